@@ -1,0 +1,168 @@
+//! The backend is a run-time choice among those compiled in; the device is made here, once, at
+//! the edge, and passed down.
+
+use std::fmt;
+use std::str::FromStr;
+
+use burn::tensor::{DType, Device, Tensor};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    Ndarray,
+    Wgpu,
+}
+
+impl Backend {
+    pub const ALL: [Backend; 2] = [Backend::Ndarray, Backend::Wgpu];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Backend::Ndarray => "ndarray",
+            Backend::Wgpu => "wgpu",
+        }
+    }
+
+    pub fn is_compiled(self) -> bool {
+        match self {
+            Backend::Ndarray => true,
+            Backend::Wgpu => cfg!(feature = "wgpu"),
+        }
+    }
+
+    /// Whether it computes on the host, so that model memory is checked against host RAM.
+    pub fn uses_host_memory(self) -> bool {
+        matches!(self, Backend::Ndarray)
+    }
+
+    /// Creates the device and proves it works with one tiny computation: wgpu picks its adapter
+    /// lazily and panics deep inside when none exists, which we turn into an error here.
+    pub fn device(self) -> Result<Device> {
+        if !self.is_compiled() {
+            return Err(Error::BackendNotCompiled(self.name().into()));
+        }
+        let device = self.make_device();
+        probe(&device).map_err(|reason| Error::BackendUnavailable {
+            backend: self.name().into(),
+            reason,
+        })?;
+        Ok(device)
+    }
+
+    #[cfg(feature = "wgpu")]
+    fn make_device(self) -> Device {
+        match self {
+            // Deprecated upstream in favour of flex; kept because our users run on it.
+            #[allow(deprecated)]
+            Backend::Ndarray => Device::ndarray(),
+            Backend::Wgpu => Device::wgpu(burn::tensor::DeviceKind::DefaultDevice),
+        }
+    }
+
+    #[cfg(not(feature = "wgpu"))]
+    #[allow(deprecated)]
+    fn make_device(self) -> Device {
+        Device::ndarray()
+    }
+}
+
+fn probe(device: &Device) -> std::result::Result<(), String> {
+    let device = device.clone();
+    let quiet_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    let outcome = std::panic::catch_unwind(move || {
+        let sum = Tensor::<1>::ones([4], &device).sum().into_scalar::<f32>();
+        device.sync().map_err(|e| format!("{e:?}"))?;
+        Ok::<f32, String>(sum)
+    });
+    std::panic::set_hook(quiet_hook);
+    match outcome {
+        Ok(Ok(sum)) if sum == 4.0 => Ok(()),
+        Ok(Ok(sum)) => Err(format!("a test sum returned {sum} instead of 4")),
+        Ok(Err(e)) => Err(e),
+        Err(panic) => Err(panic
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_else(|| "no usable adapter (is a GPU or Mesa lavapipe installed?)".into())),
+    }
+}
+
+impl fmt::Display for Backend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for Backend {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        Backend::ALL
+            .into_iter()
+            .find(|b| b.name() == s)
+            .ok_or_else(|| Error::UnknownBackend(s.into(), compiled_names()))
+    }
+}
+
+fn compiled_names() -> String {
+    Backend::ALL
+        .iter()
+        .filter(|b| b.is_compiled())
+        .map(|b| b.name())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Float dtype of a run's weights and activations; logits are always read back in f32.
+pub fn parse_dtype(name: &str, backend: Backend, device: &Device) -> Result<DType> {
+    let dtype = match name {
+        "f32" => DType::F32,
+        "f16" => DType::F16,
+        "bf16" => DType::BF16,
+        other => {
+            return Err(Error::InvalidConfig(format!("dtype `{other}`; choose f32, f16 or bf16")));
+        }
+    };
+    if !device.supports_dtype(dtype) {
+        return Err(Error::DtypeUnsupported {
+            dtype: name.into(),
+            backend: backend.name().into(),
+        });
+    }
+    Ok(dtype)
+}
+
+pub fn dtype_name(dtype: DType) -> &'static str {
+    match dtype {
+        DType::F16 => "f16",
+        DType::BF16 => "bf16",
+        _ => "f32",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_backend_lists_the_compiled_ones() {
+        let err = "cuda".parse::<Backend>().unwrap_err().to_string();
+        assert!(err.contains("cuda") && err.contains("ndarray"), "{err}");
+    }
+
+    #[test]
+    fn ndarray_device_passes_its_probe() {
+        Backend::Ndarray.device().unwrap();
+    }
+
+    #[cfg(not(feature = "wgpu"))]
+    #[test]
+    fn wgpu_without_the_feature_says_how_to_get_it() {
+        let err = Backend::Wgpu.device().unwrap_err().to_string();
+        assert!(err.contains("--features wgpu"), "{err}");
+    }
+}

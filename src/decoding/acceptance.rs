@@ -1,0 +1,203 @@
+//! Modified rejection sampling (Leviathan et al. 2023, Algorithm 1; Chen et al. 2023) as pure
+//! functions over host probability vectors. `p` is the target's processed distribution, `q` the
+//! draft's, both over the same vocabulary.
+
+use rand::Rng;
+use rand_chacha::ChaCha8Rng;
+
+use crate::sampling::{normalize, sample};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// The draft token stands.
+    Accepted,
+    /// The draft token is rejected and `token`, drawn from norm(max(0, p − q)), replaces it.
+    Rejected { token: u32 },
+}
+
+/// min(1, p(x) / q(x)). A token the draft could not have drawn (q(x) = 0) is accepted exactly
+/// when the target allows it.
+pub fn acceptance_probability(p: &[f64], q: &[f64], token: u32) -> f64 {
+    let (px, qx) = (p[token as usize], q[token as usize]);
+    if px <= 0.0 {
+        0.0
+    } else if qx <= 0.0 {
+        1.0
+    } else {
+        (px / qx).min(1.0)
+    }
+}
+
+/// norm(max(0, p − q)): the distribution a rejected position is resampled from. When p ≤ q
+/// everywhere (only possible up to rounding, as both sum to 1) it falls back to p.
+pub fn residual(p: &[f64], q: &[f64]) -> Vec<f64> {
+    let mut r: Vec<f64> = p.iter().zip(q).map(|(a, b)| (a - b).max(0.0)).collect();
+    if r.iter().sum::<f64>() <= 0.0 {
+        return p.to_vec();
+    }
+    normalize(&mut r);
+    r
+}
+
+/// β = Σ_x min(p(x), q(x)) = 1 − TV(p, q): the probability this position accepts.
+pub fn overlap(p: &[f64], q: &[f64]) -> f64 {
+    p.iter().zip(q).map(|(a, b)| a.min(*b)).sum()
+}
+
+/// How a speculative step decides on each draft token. `RejectionSampling` is the exact rule;
+/// the trait exists so that research variants (and the tests' deliberately wrong rules) run
+/// through the very same engine.
+pub trait AcceptanceRule {
+    fn verify(&self, p: &[f64], q: &[f64], token: u32, rng: &mut ChaCha8Rng) -> Verdict;
+}
+
+/// Leviathan et al. (2023), Algorithm 1: keeps the target distribution exactly.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RejectionSampling;
+
+impl AcceptanceRule for RejectionSampling {
+    fn verify(&self, p: &[f64], q: &[f64], token: u32, rng: &mut ChaCha8Rng) -> Verdict {
+        verify_token(p, q, token, rng)
+    }
+}
+
+/// The outcome of verifying one block of draft tokens.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StepOutcome {
+    /// Leading draft tokens kept.
+    pub accepted: usize,
+    /// The token after them: the residual draw at the first rejection, or the bonus token.
+    pub next: u32,
+    /// β at each position where the acceptance test ran.
+    pub overlaps: Vec<f64>,
+}
+
+/// Tests `drafts[i]` against `ps[i]` / `qs[i]` in order up to the first rejection; if all pass,
+/// draws the bonus token from `ps[k]`. `ps` has one more row than `drafts`.
+pub fn verify_block(
+    rule: &impl AcceptanceRule,
+    ps: &[Vec<f64>],
+    qs: &[Vec<f64>],
+    drafts: &[u32],
+    rng: &mut ChaCha8Rng,
+) -> StepOutcome {
+    debug_assert_eq!(ps.len(), drafts.len() + 1);
+    let mut overlaps = Vec::with_capacity(drafts.len());
+    for (i, &token) in drafts.iter().enumerate() {
+        overlaps.push(overlap(&ps[i], &qs[i]));
+        if let Verdict::Rejected { token: next } = rule.verify(&ps[i], &qs[i], token, rng) {
+            return StepOutcome { accepted: i, next, overlaps };
+        }
+    }
+    StepOutcome {
+        accepted: drafts.len(),
+        next: sample(&ps[drafts.len()], rng),
+        overlaps,
+    }
+}
+
+/// One accept/reject test for draft token `token` drawn from `q`.
+pub fn verify_token(p: &[f64], q: &[f64], token: u32, rng: &mut impl Rng) -> Verdict {
+    let u: f64 = rng.r#gen();
+    if u < acceptance_probability(p, q, token) {
+        Verdict::Accepted
+    } else {
+        Verdict::Rejected {
+            token: sample(&residual(p, q), rng),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::SeedableRng;
+    use rand_chacha::ChaCha8Rng;
+
+    #[test]
+    fn a_token_the_target_forbids_is_never_accepted() {
+        let (p, q) = ([0.0, 0.5, 0.5], [0.9, 0.05, 0.05]);
+        assert_eq!(acceptance_probability(&p, &q, 0), 0.0);
+        let mut rng = ChaCha8Rng::seed_from_u64(0);
+        for _ in 0..1000 {
+            assert_ne!(verify_token(&p, &q, 0, &mut rng), Verdict::Accepted);
+        }
+    }
+
+    #[test]
+    fn identical_distributions_always_accept() {
+        let p = [0.1, 0.2, 0.7];
+        let mut rng = ChaCha8Rng::seed_from_u64(1);
+        for token in 0..3 {
+            for _ in 0..200 {
+                assert_eq!(verify_token(&p, &p, token, &mut rng), Verdict::Accepted);
+            }
+        }
+        assert!((overlap(&p, &p) - 1.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn acceptance_is_the_probability_ratio_capped_at_one() {
+        let (p, q) = ([0.2, 0.8], [0.5, 0.5]);
+        assert!((acceptance_probability(&p, &q, 0) - 0.4).abs() < 1e-12);
+        assert_eq!(acceptance_probability(&p, &q, 1), 1.0);
+    }
+
+    #[test]
+    fn residual_keeps_only_where_the_target_exceeds_the_draft() {
+        // p − q = [−0.3, 0.1, 0.2] → max(0, ·) = [0, 0.1, 0.2] → [0, 1/3, 2/3].
+        let r = residual(&[0.2, 0.3, 0.5], &[0.5, 0.2, 0.3]);
+        assert_eq!(r[0], 0.0);
+        assert!((r[1] - 1.0 / 3.0).abs() < 1e-12 && (r[2] - 2.0 / 3.0).abs() < 1e-12);
+        // A rejected token has q > p, so the residual never proposes it again.
+        let mut rng = ChaCha8Rng::seed_from_u64(2);
+        for _ in 0..500 {
+            match verify_token(&[0.2, 0.3, 0.5], &[0.5, 0.2, 0.3], 0, &mut rng) {
+                Verdict::Rejected { token } => assert_ne!(token, 0),
+                Verdict::Accepted => {}
+            }
+        }
+    }
+
+    #[test]
+    fn residual_falls_back_to_the_target_when_p_never_exceeds_q() {
+        let p = [0.5, 0.5];
+        assert_eq!(residual(&p, &[0.5, 0.5]), p.to_vec());
+    }
+
+    #[test]
+    fn greedy_one_hot_distributions_accept_only_the_target_argmax() {
+        let (p, q_agree, q_differ) = ([0.0, 1.0, 0.0], [0.0, 1.0, 0.0], [1.0, 0.0, 0.0]);
+        let mut rng = ChaCha8Rng::seed_from_u64(3);
+        assert_eq!(verify_token(&p, &q_agree, 1, &mut rng), Verdict::Accepted);
+        assert_eq!(verify_token(&p, &q_differ, 0, &mut rng), Verdict::Rejected { token: 1 });
+        assert_eq!(overlap(&p, &q_differ), 0.0);
+    }
+
+    #[test]
+    fn a_block_stops_at_the_first_rejection_or_adds_a_bonus_token() {
+        let mut rng = ChaCha8Rng::seed_from_u64(4);
+        let certain = vec![0.0, 1.0];
+        let never = vec![1.0, 0.0];
+        // Position 1 agrees, position 2 proposes a token the target forbids.
+        let ps = vec![certain.clone(), certain.clone(), certain.clone()];
+        let qs = vec![certain.clone(), never.clone()];
+        let out = verify_block(&RejectionSampling, &ps, &qs, &[1, 0], &mut rng);
+        assert_eq!((out.accepted, out.next), (1, 1));
+        assert_eq!(out.overlaps, vec![1.0, 0.0]);
+        // Everything agrees: both kept, bonus drawn from the last target row.
+        let ps = vec![certain.clone(), certain.clone(), never.clone()];
+        let out = verify_block(&RejectionSampling, &ps, &[certain.clone(), certain], &[1, 1], &mut rng);
+        assert_eq!((out.accepted, out.next), (2, 0));
+    }
+
+    #[test]
+    fn the_same_seed_gives_the_same_verdicts() {
+        let (p, q) = ([0.3, 0.3, 0.4], [0.6, 0.2, 0.2]);
+        let run = |seed| {
+            let mut rng = ChaCha8Rng::seed_from_u64(seed);
+            (0..50).map(|_| verify_token(&p, &q, 0, &mut rng)).collect::<Vec<_>>()
+        };
+        assert_eq!(run(9), run(9));
+    }
+}

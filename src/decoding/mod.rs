@@ -1,0 +1,131 @@
+//! Decoders. The baseline and the speculative decoder share the sampler, the stopping rule, the
+//! prefill and the output type, so their rows compare like with like.
+
+pub mod acceptance;
+pub mod autoregressive;
+pub mod pairing;
+pub mod speculative;
+
+use burn::tensor::{Tensor, s};
+
+use crate::error::{Error, Result};
+use crate::metrics::{AcceptanceStats, Timings};
+use crate::model::{KvCache, Llama};
+use crate::sampling::SamplingConfig;
+
+/// What a decoder needs from a model: logits for the tokens it feeds, over a cache it can roll
+/// back. `Llama` is the real implementation; tests wrap it (e.g. to memoise forwards).
+pub trait CausalLm {
+    type Cache;
+
+    fn new_cache(&self) -> Self::Cache;
+    fn cache_len(cache: &Self::Cache) -> usize;
+    fn truncate(cache: &mut Self::Cache, len: usize);
+    /// Feeds `tokens` after the cached ones and returns the first `vocab` logits of each of the
+    /// last `rows` positions, on the host.
+    fn logits(&self, tokens: &[u32], cache: &mut Self::Cache, rows: usize, vocab: usize) -> Result<Vec<Vec<f32>>>;
+    /// Waits for queued device work, so timers measure work done.
+    fn sync(&self) -> Result<()>;
+    fn vocab_size(&self) -> usize;
+}
+
+impl CausalLm for Llama {
+    type Cache = KvCache;
+
+    fn new_cache(&self) -> KvCache {
+        Llama::new_cache(self)
+    }
+
+    fn cache_len(cache: &KvCache) -> usize {
+        cache.len()
+    }
+
+    fn truncate(cache: &mut KvCache, len: usize) {
+        cache.truncate(len);
+    }
+
+    fn logits(&self, tokens: &[u32], cache: &mut KvCache, rows: usize, vocab: usize) -> Result<Vec<Vec<f32>>> {
+        let logits = self.forward_ids(tokens, cache)?;
+        Ok(logits_rows(logits, tokens.len() - rows, tokens.len(), vocab))
+    }
+
+    fn sync(&self) -> Result<()> {
+        self.device().sync().map_err(|e| Error::BackendUnavailable {
+            backend: format!("{:?}", self.device()),
+            reason: format!("device sync failed: {e:?}"),
+        })
+    }
+
+    fn vocab_size(&self) -> usize {
+        self.config().vocab_size
+    }
+}
+
+/// Rows `from..to` and columns `..vocab` of `[seq, vocab]` logits, on the host. The slice is
+/// taken on the device so only what the sampler reads crosses to the host.
+fn logits_rows(logits: Tensor<2>, from: usize, to: usize, vocab: usize) -> Vec<Vec<f32>> {
+    let flat: Vec<f32> = logits
+        .slice(s![from..to, 0..vocab])
+        .into_data()
+        .try_to_vec()
+        .expect("logits are read back as f32");
+    flat.chunks(vocab).map(<[f32]>::to_vec).collect()
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct GenerationConfig {
+    pub max_new_tokens: usize,
+    pub sampling: SamplingConfig,
+    /// Generation stops after emitting any of these.
+    pub eos_ids: Vec<u32>,
+    pub seed: u64,
+}
+
+impl GenerationConfig {
+    fn validate(&self) -> Result<()> {
+        if self.max_new_tokens == 0 {
+            return Err(Error::InvalidSampling("max_new_tokens must be at least 1".into()));
+        }
+        self.sampling.validate()
+    }
+}
+
+/// The shared stopping rule: cut `tokens` after the first EOS or at `max_new_tokens`, and say
+/// whether generation is over.
+fn apply_stop_rule(tokens: &mut Vec<u32>, config: &GenerationConfig) -> bool {
+    if let Some(eos) = tokens.iter().position(|t| config.eos_ids.contains(t)) {
+        tokens.truncate(eos + 1);
+        return true;
+    }
+    if tokens.len() >= config.max_new_tokens {
+        tokens.truncate(config.max_new_tokens);
+        return true;
+    }
+    false
+}
+
+/// Feeds all prompt tokens but the last into `cache`: no decoder step needs their logits, and
+/// both decoders then start from the same state, so prefill means the same in both.
+fn prefill<M: CausalLm>(model: &M, prompt: &[u32], cache: &mut M::Cache) -> Result<()> {
+    match prompt.len() {
+        0 => Err(Error::EmptyPrompt),
+        1 => Ok(()),
+        n => model.logits(&prompt[..n - 1], cache, 1, 1).map(drop),
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Generation {
+    pub prompt_tokens: usize,
+    pub tokens: Vec<u32>,
+    pub timings: Timings,
+    pub acceptance: AcceptanceStats,
+}
+
+impl Generation {
+    /// New tokens per second of decoding (wall time less prefill).
+    pub fn decode_tokens_per_s(&self) -> f64 {
+        let decode = self.timings.wall.saturating_sub(self.timings.prefill).as_secs_f64();
+        self.tokens.len() as f64 / decode.max(f64::MIN_POSITIVE)
+    }
+}

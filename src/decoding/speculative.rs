@@ -1,0 +1,135 @@
+//! Speculative decoding (Leviathan et al. 2023, Algorithm 1): the draft proposes `k` tokens
+//! with its own cache, the target scores all `k + 1` positions in one forward, and modified
+//! rejection sampling keeps the target's (processed) distribution exactly. Both caches are
+//! rolled back to the kept prefix after every step.
+
+use std::time::Instant;
+
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+
+use super::acceptance::{AcceptanceRule, RejectionSampling, verify_block};
+use super::{CausalLm, Generation, GenerationConfig, apply_stop_rule, prefill};
+use crate::error::{Error, Result};
+use crate::metrics::{AcceptanceStats, Timings, timed, timed_host};
+use crate::sampling::sample;
+
+/// A target and its draft, scored over a shared vocabulary of `vocab` tokens.
+pub struct Speculative<'a, T: CausalLm, D: CausalLm> {
+    pub target: &'a T,
+    pub draft: &'a D,
+    pub vocab: usize,
+    pub k: usize,
+}
+
+impl<'a, T: CausalLm, D: CausalLm> Speculative<'a, T, D> {
+    pub fn new(target: &'a T, draft: &'a D, vocab: usize, k: usize) -> Result<Self> {
+        if k == 0 {
+            return Err(Error::InvalidSampling("draft length k must be at least 1".into()));
+        }
+        for (role, rows) in [("target", target.vocab_size()), ("draft", draft.vocab_size())] {
+            if rows < vocab {
+                return Err(Error::VocabMismatch(format!(
+                    "{role} scores {rows} tokens, fewer than the shared vocabulary of {vocab}"
+                )));
+            }
+        }
+        Ok(Self { target, draft, vocab, k })
+    }
+
+    pub fn generate(&self, prompt: &[u32], config: &GenerationConfig) -> Result<Generation> {
+        self.generate_with_rule(prompt, config, &RejectionSampling)
+    }
+
+    pub fn generate_with_rule(
+        &self,
+        prompt: &[u32],
+        config: &GenerationConfig,
+        rule: &impl AcceptanceRule,
+    ) -> Result<Generation> {
+        config.validate()?;
+        let (target, draft, k, vocab) = (self.target, self.draft, self.k, self.vocab);
+        let mut rng = ChaCha8Rng::seed_from_u64(config.seed);
+        let mut target_cache = target.new_cache();
+        let mut draft_cache = draft.new_cache();
+        let mut timings = Timings::default();
+        let mut acceptance = AcceptanceStats::new(k);
+        let start = Instant::now();
+
+        timings.prefill = timed(target, || prefill(target, prompt, &mut target_cache))?.1
+            + timed(draft, || prefill(draft, prompt, &mut draft_cache))?.1;
+        // Every token whose successor is known; each cache holds a prefix of it.
+        let mut committed = prompt.to_vec();
+        let mut tokens = Vec::new();
+        loop {
+            let (drafts, qs) = self.propose(&committed, &mut draft_cache, config, &mut rng, &mut timings)?;
+
+            let mut feed = committed[T::cache_len(&target_cache)..].to_vec();
+            feed.extend_from_slice(&drafts);
+            let (rows, verify) = timed(target, || target.logits(&feed, &mut target_cache, k + 1, vocab))?;
+            timings.verify += verify;
+
+            let (outcome, sampling) = timed_host(|| {
+                let ps = rows
+                    .iter()
+                    .enumerate()
+                    .map(|(i, row)| config.sampling.probabilities(row, committed.len() + i))
+                    .collect::<Result<Vec<_>>>()?;
+                Ok::<_, Error>(verify_block(rule, &ps, &qs, &drafts, &mut rng))
+            });
+            timings.sampling += sampling;
+            let outcome = outcome?;
+            acceptance.record_step(outcome.accepted, &outcome.overlaps);
+
+            let kept = drafts[..outcome.accepted].iter().copied().chain([outcome.next]);
+            tokens.extend(kept.clone());
+            committed.extend(kept);
+            // The newest token has not been fed to either model yet.
+            T::truncate(&mut target_cache, committed.len() - 1);
+            D::truncate(&mut draft_cache, committed.len() - 1);
+            if apply_stop_rule(&mut tokens, config) {
+                break;
+            }
+        }
+        timings.wall = start.elapsed();
+        Ok(Generation {
+            prompt_tokens: prompt.len(),
+            tokens,
+            timings,
+            acceptance,
+        })
+    }
+
+    /// Samples `k` draft tokens and keeps the draft distribution `q` of each. The first forward
+    /// also feeds whatever committed tokens the draft cache lacks (after a fully accepted
+    /// block, the last draft token was sampled but never fed).
+    fn propose(
+        &self,
+        committed: &[u32],
+        cache: &mut D::Cache,
+        config: &GenerationConfig,
+        rng: &mut ChaCha8Rng,
+        timings: &mut Timings,
+    ) -> Result<(Vec<u32>, Vec<Vec<f64>>)> {
+        let mut drafts: Vec<u32> = Vec::with_capacity(self.k);
+        let mut qs = Vec::with_capacity(self.k);
+        for i in 0..self.k {
+            let feed = match drafts.last() {
+                Some(&token) => vec![token],
+                None => committed[D::cache_len(cache)..].to_vec(),
+            };
+            let (rows, forward) = timed(self.draft, || self.draft.logits(&feed, cache, 1, self.vocab))?;
+            timings.draft += forward;
+            let (drawn, sampling) = timed_host(|| {
+                let q = config.sampling.probabilities(&rows[0], committed.len() + i)?;
+                let token = sample(&q, rng);
+                Ok::<_, Error>((token, q))
+            });
+            timings.sampling += sampling;
+            let (token, q) = drawn?;
+            drafts.push(token);
+            qs.push(q);
+        }
+        Ok((drafts, qs))
+    }
+}

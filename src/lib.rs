@@ -1,0 +1,12 @@
+//! specbench: research and benchmarking harness for speculative decoding of Llama-architecture
+//! models on Burn.
+
+pub mod backend;
+pub mod decoding;
+pub mod error;
+pub mod metrics;
+pub mod model;
+pub mod sampling;
+pub mod tokenizer;
+
+pub use error::{Error, Result};

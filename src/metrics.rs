@@ -1,0 +1,196 @@
+//! What a generation measured: time split by phase, acceptance counts, and the formulas of
+//! Leviathan et al. (2023) that turn them into predictions.
+
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+use crate::decoding::CausalLm;
+use crate::error::Result;
+
+/// Wall-clock time per phase. On asynchronous backends every region ends with a device sync, so
+/// the figures are work done, not work queued.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct Timings {
+    pub prefill: Duration,
+    pub draft: Duration,
+    /// Target forwards after prefill (verification, or plain decoding for the baseline).
+    pub verify: Duration,
+    /// Host-side sampling and acceptance tests.
+    pub sampling: Duration,
+    pub wall: Duration,
+}
+
+impl Timings {
+    /// Wall time in no measured phase (cache bookkeeping, loop overhead).
+    pub fn other(&self) -> Duration {
+        self.wall
+            .saturating_sub(self.prefill + self.draft + self.verify + self.sampling)
+    }
+}
+
+/// Runs `work` on `model`'s device, waits for it to finish, and returns the elapsed time.
+pub fn timed<M: CausalLm, T>(model: &M, work: impl FnOnce() -> Result<T>) -> Result<(T, Duration)> {
+    let start = Instant::now();
+    let out = work()?;
+    model.sync()?;
+    Ok((out, start.elapsed()))
+}
+
+/// Times host-only work.
+pub fn timed_host<T>(work: impl FnOnce() -> T) -> (T, Duration) {
+    let start = Instant::now();
+    let out = work();
+    (out, start.elapsed())
+}
+
+/// Acceptance counts of one or many generations with draft length `k` (0 for the baseline).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct AcceptanceStats {
+    pub k: usize,
+    /// Target forwards after prefill; each yields `accepted + 1` tokens.
+    pub target_calls: u64,
+    pub proposed: u64,
+    pub accepted: u64,
+    /// `[i]`: how often draft position `i + 1` was proposed / accepted.
+    pub position_proposed: Vec<u64>,
+    pub position_accepted: Vec<u64>,
+    /// `[n]`: target calls that accepted exactly `n` draft tokens, `n = 0..=k`.
+    pub accepted_len_hist: Vec<u64>,
+    /// Σ over verified positions of β = Σ_x min(p(x), q(x)), and their number.
+    pub overlap_sum: f64,
+    pub overlap_count: u64,
+}
+
+impl AcceptanceStats {
+    pub fn new(k: usize) -> Self {
+        Self {
+            k,
+            position_proposed: vec![0; k],
+            position_accepted: vec![0; k],
+            accepted_len_hist: vec![0; k + 1],
+            ..Default::default()
+        }
+    }
+
+    /// A target-only decoding step.
+    pub fn record_plain_step(&mut self) {
+        self.target_calls += 1;
+    }
+
+    /// A speculative step: `k` proposed, the first `accepted` kept; `overlaps` holds β of each
+    /// position where the acceptance test ran.
+    pub fn record_step(&mut self, accepted: usize, overlaps: &[f64]) {
+        self.target_calls += 1;
+        self.proposed += self.k as u64;
+        self.accepted += accepted as u64;
+        self.position_proposed.iter_mut().for_each(|n| *n += 1);
+        self.position_accepted[..accepted].iter_mut().for_each(|n| *n += 1);
+        self.accepted_len_hist[accepted] += 1;
+        self.overlap_sum += overlaps.iter().sum::<f64>();
+        self.overlap_count += overlaps.len() as u64;
+    }
+
+    pub fn merge(&mut self, other: &AcceptanceStats) {
+        assert_eq!(self.k, other.k, "merging statistics of different draft lengths");
+        self.target_calls += other.target_calls;
+        self.proposed += other.proposed;
+        self.accepted += other.accepted;
+        let add = |a: &mut Vec<u64>, b: &[u64]| a.iter_mut().zip(b).for_each(|(x, y)| *x += y);
+        add(&mut self.position_proposed, &other.position_proposed);
+        add(&mut self.position_accepted, &other.position_accepted);
+        add(&mut self.accepted_len_hist, &other.accepted_len_hist);
+        self.overlap_sum += other.overlap_sum;
+        self.overlap_count += other.overlap_count;
+    }
+
+    /// α̂ = accepted / proposed (vLLM's and llama.cpp's "acceptance rate"); NaN without drafts.
+    pub fn alpha_hat(&self) -> f64 {
+        self.accepted as f64 / self.proposed as f64
+    }
+
+    /// α = E[β] over verified positions: Leviathan's acceptance rate. NaN without drafts.
+    pub fn alpha(&self) -> f64 {
+        self.overlap_sum / self.overlap_count as f64
+    }
+
+    /// τ: tokens per target call, the bonus token counted (1.0 for plain decoding).
+    pub fn mean_accepted_len(&self) -> f64 {
+        (self.accepted + self.target_calls) as f64 / self.target_calls as f64
+    }
+
+    /// Acceptance rate of each draft position 1..=k.
+    pub fn per_position(&self) -> Vec<f64> {
+        self.position_accepted
+            .iter()
+            .zip(&self.position_proposed)
+            .map(|(&a, &p)| a as f64 / p as f64)
+            .collect()
+    }
+}
+
+/// E = (1 − α^(k+1)) / (1 − α): expected tokens per target call under i.i.d. acceptance.
+pub fn expected_accepted_len(alpha: f64, k: usize) -> f64 {
+    if (1.0 - alpha).abs() < 1e-12 {
+        return (k + 1) as f64;
+    }
+    (1.0 - alpha.powi(k as i32 + 1)) / (1.0 - alpha)
+}
+
+/// Leviathan et al., Theorem 3.8: expected wall-time speedup (1 − α^(k+1)) / ((1 − α)(k·c + 1)).
+pub fn predicted_speedup(alpha: f64, cost_ratio: f64, k: usize) -> f64 {
+    expected_accepted_len(alpha, k) / (k as f64 * cost_ratio + 1.0)
+}
+
+/// c = (draft time per drafted token) / (target time per verify call).
+pub fn cost_ratio(timings: &Timings, stats: &AcceptanceStats) -> f64 {
+    let per_draft = timings.draft.as_secs_f64() / stats.proposed as f64;
+    let per_verify = timings.verify.as_secs_f64() / stats.target_calls as f64;
+    per_draft / per_verify
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn expected_length_matches_the_closed_form() {
+        assert!((expected_accepted_len(0.5, 1) - 1.5).abs() < 1e-12);
+        assert!((expected_accepted_len(0.5, 3) - 1.875).abs() < 1e-12);
+        assert_eq!(expected_accepted_len(1.0, 4), 5.0);
+        assert_eq!(expected_accepted_len(0.0, 4), 1.0);
+    }
+
+    #[test]
+    fn predicted_speedup_reproduces_the_paper_example() {
+        // α = 0.8, c = 0.05, k = 5: E = (1 − 0.8⁶) / 0.2 = 3.689, divided by 5·0.05 + 1.
+        assert!((predicted_speedup(0.8, 0.05, 5) - 2.951).abs() < 1e-3);
+        // No drafting cost and perfect acceptance: k + 1 tokens per call.
+        assert_eq!(predicted_speedup(1.0, 0.0, 3), 4.0);
+    }
+
+    #[test]
+    fn statistics_count_positions_and_lengths() {
+        let mut stats = AcceptanceStats::new(3);
+        stats.record_step(3, &[1.0, 1.0, 1.0]);
+        stats.record_step(1, &[0.9, 0.2]);
+        assert_eq!((stats.proposed, stats.accepted, stats.target_calls), (6, 4, 2));
+        assert_eq!(stats.per_position(), vec![1.0, 0.5, 0.5]);
+        assert_eq!(stats.accepted_len_hist, vec![0, 1, 0, 1]);
+        assert!((stats.mean_accepted_len() - 3.0).abs() < 1e-12);
+        assert!((stats.alpha() - 4.1 / 5.0).abs() < 1e-12);
+        let mut merged = AcceptanceStats::new(3);
+        merged.merge(&stats);
+        merged.merge(&stats);
+        assert_eq!(merged.accepted_len_hist, vec![0, 2, 0, 2]);
+    }
+
+    #[test]
+    fn plain_decoding_has_length_one() {
+        let mut stats = AcceptanceStats::new(0);
+        stats.record_plain_step();
+        stats.record_plain_step();
+        assert_eq!(stats.mean_accepted_len(), 1.0);
+        assert!(stats.alpha_hat().is_nan());
+    }
+}

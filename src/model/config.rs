@@ -1,0 +1,377 @@
+//! `LlamaConfig` mirrors Hugging Face `config.json`; presets are constructors with the exact
+//! shapes of released Llama 3 models.
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LlamaConfig {
+    #[serde(default)]
+    pub architectures: Option<Vec<String>>,
+    #[serde(default)]
+    pub model_type: Option<String>,
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub intermediate_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    #[serde(default)]
+    pub num_key_value_heads: Option<usize>,
+    #[serde(default)]
+    pub head_dim: Option<usize>,
+    #[serde(default = "default_rope_theta")]
+    pub rope_theta: f64,
+    #[serde(default)]
+    pub rope_scaling: Option<RopeScaling>,
+    #[serde(default = "default_rms_norm_eps")]
+    pub rms_norm_eps: f64,
+    #[serde(default)]
+    pub tie_word_embeddings: bool,
+    #[serde(default = "default_max_position_embeddings")]
+    pub max_position_embeddings: usize,
+    #[serde(default)]
+    pub bos_token_id: Option<u32>,
+    #[serde(default)]
+    pub eos_token_id: Option<TokenIds>,
+    #[serde(default = "default_hidden_act")]
+    pub hidden_act: String,
+    #[serde(default)]
+    pub attention_bias: bool,
+    #[serde(default)]
+    pub mlp_bias: bool,
+}
+
+/// `eos_token_id` is a number in base checkpoints and a list in instruct ones.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum TokenIds {
+    One(u32),
+    Many(Vec<u32>),
+}
+
+impl TokenIds {
+    pub fn to_vec(&self) -> Vec<u32> {
+        match self {
+            TokenIds::One(id) => vec![*id],
+            TokenIds::Many(ids) => ids.clone(),
+        }
+    }
+}
+
+/// HF writes the scaling kind as `rope_type` (current) or `type` (older files).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RopeScaling {
+    #[serde(alias = "type")]
+    pub rope_type: String,
+    #[serde(default)]
+    pub factor: Option<f64>,
+    #[serde(default)]
+    pub low_freq_factor: Option<f64>,
+    #[serde(default)]
+    pub high_freq_factor: Option<f64>,
+    #[serde(default)]
+    pub original_max_position_embeddings: Option<usize>,
+}
+
+fn default_rope_theta() -> f64 {
+    10_000.0
+}
+fn default_rms_norm_eps() -> f64 {
+    1e-6
+}
+fn default_max_position_embeddings() -> usize {
+    2048
+}
+fn default_hidden_act() -> String {
+    "silu".into()
+}
+
+impl LlamaConfig {
+    pub fn from_file(path: &Path) -> Result<Self> {
+        if !path.is_file() {
+            return Err(Error::MissingFile {
+                path: path.to_path_buf(),
+                what: "config.json",
+            });
+        }
+        let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let config: Self = serde_json::from_str(&text).map_err(|e| Error::MalformedFile {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    pub fn num_kv_heads(&self) -> usize {
+        self.num_key_value_heads.unwrap_or(self.num_attention_heads)
+    }
+
+    pub fn head_dim(&self) -> usize {
+        self.head_dim
+            .unwrap_or(self.hidden_size / self.num_attention_heads.max(1))
+    }
+
+    pub fn eos_token_ids(&self) -> Vec<u32> {
+        self.eos_token_id.as_ref().map(TokenIds::to_vec).unwrap_or_default()
+    }
+
+    /// Parameter count, embeddings counted once when tied.
+    pub fn num_parameters(&self) -> usize {
+        let (h, i, v) = (self.hidden_size, self.intermediate_size, self.vocab_size);
+        let q = self.num_attention_heads * self.head_dim();
+        let kv = self.num_kv_heads() * self.head_dim();
+        let attention = h * q + 2 * h * kv + q * h;
+        let mlp = 3 * h * i;
+        let layer = attention + mlp + 2 * h;
+        let head = if self.tie_word_embeddings { 0 } else { v * h };
+        v * h + self.num_hidden_layers * layer + h + head
+    }
+
+    /// Rejects what this implementation does not compute, instead of producing silent garbage.
+    pub fn validate(&self) -> Result<()> {
+        if let Some(arch) = &self.architectures {
+            if !arch.iter().any(|a| a == "LlamaForCausalLM") {
+                return Err(Error::Unsupported(format!(
+                    "architecture {arch:?}; specbench implements LlamaForCausalLM"
+                )));
+            }
+        }
+        if let Some(kind) = &self.model_type {
+            if kind != "llama" {
+                return Err(Error::Unsupported(format!(
+                    "model_type `{kind}`; specbench implements `llama`"
+                )));
+            }
+        }
+        if self.hidden_act != "silu" {
+            return Err(Error::Unsupported(format!(
+                "hidden_act `{}`; Llama uses `silu`",
+                self.hidden_act
+            )));
+        }
+        if self.attention_bias || self.mlp_bias {
+            return Err(Error::Unsupported(
+                "attention_bias / mlp_bias = true; Llama 3 has no biases".into(),
+            ));
+        }
+        let positive = [
+            ("vocab_size", self.vocab_size),
+            ("hidden_size", self.hidden_size),
+            ("intermediate_size", self.intermediate_size),
+            ("num_hidden_layers", self.num_hidden_layers),
+            ("num_attention_heads", self.num_attention_heads),
+            ("num_key_value_heads", self.num_kv_heads()),
+            ("head_dim", self.head_dim()),
+            ("max_position_embeddings", self.max_position_embeddings),
+        ];
+        if let Some((key, _)) = positive.iter().find(|(_, v)| *v == 0) {
+            return Err(Error::InvalidConfig(format!("`{key}` must be positive")));
+        }
+        if self.num_attention_heads % self.num_kv_heads() != 0 {
+            return Err(Error::InvalidConfig(format!(
+                "num_attention_heads ({}) is not a multiple of num_key_value_heads ({})",
+                self.num_attention_heads,
+                self.num_kv_heads()
+            )));
+        }
+        if self.head_dim() % 2 != 0 {
+            return Err(Error::InvalidConfig(format!(
+                "head_dim {} must be even for rotary embeddings",
+                self.head_dim()
+            )));
+        }
+        crate::model::rope::RopeScalingKind::from_config(self)?;
+        Ok(())
+    }
+
+    pub fn llama3_2_1b() -> Self {
+        Self::llama3(128_256, 2048, 8192, 16, 32, 8, 64, true, 32.0)
+    }
+
+    pub fn llama3_2_3b() -> Self {
+        Self::llama3(128_256, 3072, 8192, 28, 24, 8, 128, true, 32.0)
+    }
+
+    pub fn llama3_1_8b() -> Self {
+        Self::llama3(128_256, 4096, 14_336, 32, 32, 8, 128, false, 8.0)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn llama3(
+        vocab_size: usize,
+        hidden_size: usize,
+        intermediate_size: usize,
+        num_hidden_layers: usize,
+        num_attention_heads: usize,
+        num_key_value_heads: usize,
+        head_dim: usize,
+        tie_word_embeddings: bool,
+        rope_factor: f64,
+    ) -> Self {
+        Self {
+            architectures: Some(vec!["LlamaForCausalLM".into()]),
+            model_type: Some("llama".into()),
+            vocab_size,
+            hidden_size,
+            intermediate_size,
+            num_hidden_layers,
+            num_attention_heads,
+            num_key_value_heads: Some(num_key_value_heads),
+            head_dim: Some(head_dim),
+            rope_theta: 500_000.0,
+            rope_scaling: Some(RopeScaling {
+                rope_type: "llama3".into(),
+                factor: Some(rope_factor),
+                low_freq_factor: Some(1.0),
+                high_freq_factor: Some(4.0),
+                original_max_position_embeddings: Some(8192),
+            }),
+            rms_norm_eps: 1e-5,
+            tie_word_embeddings,
+            max_position_embeddings: 131_072,
+            bos_token_id: Some(128_000),
+            eos_token_id: Some(TokenIds::Many(vec![128_001, 128_008, 128_009])),
+            hidden_act: "silu".into(),
+            attention_bias: false,
+            mlp_bias: false,
+        }
+    }
+
+    /// A small Llama with the given dimensions, for tests and custom random presets.
+    pub fn custom(dims: &CustomDims) -> Self {
+        Self {
+            architectures: Some(vec!["LlamaForCausalLM".into()]),
+            model_type: Some("llama".into()),
+            vocab_size: dims.vocab,
+            hidden_size: dims.hidden,
+            intermediate_size: dims.intermediate,
+            num_hidden_layers: dims.layers,
+            num_attention_heads: dims.heads,
+            num_key_value_heads: Some(dims.kv_heads),
+            head_dim: Some(dims.head_dim),
+            rope_theta: 10_000.0,
+            rope_scaling: None,
+            rms_norm_eps: 1e-5,
+            tie_word_embeddings: dims.tied,
+            max_position_embeddings: dims.max_positions,
+            bos_token_id: None,
+            eos_token_id: None,
+            hidden_act: "silu".into(),
+            attention_bias: false,
+            mlp_bias: false,
+        }
+    }
+}
+
+/// Dimensions of a custom random model: `random:custom,hidden=256,layers=4,...`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CustomDims {
+    pub vocab: usize,
+    pub hidden: usize,
+    pub intermediate: usize,
+    pub layers: usize,
+    pub heads: usize,
+    pub kv_heads: usize,
+    pub head_dim: usize,
+    pub tied: bool,
+    pub max_positions: usize,
+}
+
+impl Default for CustomDims {
+    fn default() -> Self {
+        Self {
+            vocab: 512,
+            hidden: 128,
+            intermediate: 256,
+            layers: 2,
+            heads: 4,
+            kv_heads: 2,
+            head_dim: 32,
+            tied: true,
+            max_positions: 2048,
+        }
+    }
+}
+
+impl CustomDims {
+    /// Parses `key=value` pairs separated by commas; unknown keys are an error.
+    pub fn parse(spec: &str) -> Result<Self> {
+        let mut dims = Self::default();
+        for pair in spec.split(',').filter(|s| !s.is_empty()) {
+            let (key, value) = pair.split_once('=').ok_or_else(|| {
+                Error::InvalidConfig(format!("custom model spec `{pair}` is not key=value"))
+            })?;
+            let number = || {
+                value.parse::<usize>().map_err(|_| {
+                    Error::InvalidConfig(format!("custom model `{key}`: `{value}` is not a number"))
+                })
+            };
+            match key {
+                "vocab" => dims.vocab = number()?,
+                "hidden" => dims.hidden = number()?,
+                "intermediate" => dims.intermediate = number()?,
+                "layers" => dims.layers = number()?,
+                "heads" => dims.heads = number()?,
+                "kv_heads" => dims.kv_heads = number()?,
+                "head_dim" => dims.head_dim = number()?,
+                "max_positions" => dims.max_positions = number()?,
+                "tied" => {
+                    dims.tied = value.parse().map_err(|_| {
+                        Error::InvalidConfig(format!("custom model `tied`: `{value}` is not true/false"))
+                    })?
+                }
+                _ => {
+                    return Err(Error::InvalidConfig(format!(
+                        "unknown custom model key `{key}` (vocab, hidden, intermediate, layers, heads, kv_heads, head_dim, tied, max_positions)"
+                    )));
+                }
+            }
+        }
+        Ok(dims)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn presets_have_the_published_parameter_counts() {
+        // Rounded counts from the model cards: 1.24B, 3.21B, 8.03B.
+        let billions = |c: LlamaConfig| c.num_parameters() as f64 / 1e9;
+        assert!((billions(LlamaConfig::llama3_2_1b()) - 1.236).abs() < 0.01);
+        assert!((billions(LlamaConfig::llama3_2_3b()) - 3.213).abs() < 0.01);
+        assert!((billions(LlamaConfig::llama3_1_8b()) - 8.030).abs() < 0.01);
+    }
+
+    #[test]
+    fn eos_may_be_a_number_or_a_list() {
+        let one: TokenIds = serde_json::from_str("7").unwrap();
+        let many: TokenIds = serde_json::from_str("[7, 9]").unwrap();
+        assert_eq!(one.to_vec(), vec![7]);
+        assert_eq!(many.to_vec(), vec![7, 9]);
+    }
+
+    #[test]
+    fn custom_spec_rejects_unknown_keys() {
+        let dims = CustomDims::parse("hidden=64,layers=3,tied=false").unwrap();
+        assert_eq!((dims.hidden, dims.layers, dims.tied), (64, 3, false));
+        let err = CustomDims::parse("hiddn=64").unwrap_err().to_string();
+        assert!(err.contains("hiddn"), "{err}");
+    }
+
+    #[test]
+    fn gqa_head_counts_must_divide() {
+        let mut config = LlamaConfig::custom(&CustomDims::default());
+        config.num_key_value_heads = Some(3);
+        let err = config.validate().unwrap_err().to_string();
+        assert!(err.contains("multiple of num_key_value_heads"), "{err}");
+    }
+}

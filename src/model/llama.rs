@@ -1,0 +1,245 @@
+//! One Llama 3 implementation for draft and target: RMSNorm, RoPE, grouped-query attention,
+//! SwiGLU, tied or untied embeddings.
+
+use burn::module::{Module, Param};
+use burn::nn::{Linear, RmsNorm};
+use burn::tensor::activation::{silu, softmax};
+use burn::tensor::{Bool, DType, Device, Int, Tensor, TensorData};
+
+use crate::error::{Error, Result};
+use crate::model::cache::KvCache;
+use crate::model::config::LlamaConfig;
+use crate::model::rope::{Rope, apply_rotary};
+use crate::model::weights::{LayerWeight, Weight, WeightSource};
+
+#[derive(Module, Debug)]
+pub struct Llama {
+    embed: Param<Tensor<2>>,
+    layers: Vec<DecoderLayer>,
+    norm: RmsNorm,
+    /// `None` when the output projection is tied to the embedding.
+    lm_head: Option<Linear>,
+    #[module(skip)]
+    config: LlamaConfig,
+    #[module(skip)]
+    rope: Rope,
+}
+
+#[derive(Module, Debug)]
+struct DecoderLayer {
+    attention_norm: RmsNorm,
+    attention: Attention,
+    mlp_norm: RmsNorm,
+    mlp: Mlp,
+}
+
+#[derive(Module, Debug)]
+struct Attention {
+    query: Linear,
+    key: Linear,
+    value: Linear,
+    output: Linear,
+    num_heads: usize,
+    num_kv_heads: usize,
+    head_dim: usize,
+}
+
+#[derive(Module, Debug)]
+struct Mlp {
+    gate: Linear,
+    up: Linear,
+    down: Linear,
+}
+
+/// PyTorch stores `[out, in]`; burn's `Linear` computes `x · W` with `W: [in, out]`.
+fn linear(source: &mut impl WeightSource, weight: Weight, config: &LlamaConfig) -> Result<Linear> {
+    let w: Tensor<2> = source.load(weight, config)?;
+    Ok(Linear {
+        weight: Param::from_tensor(w.transpose()),
+        bias: None,
+    })
+}
+
+fn rms_norm(source: &mut impl WeightSource, weight: Weight, config: &LlamaConfig) -> Result<RmsNorm> {
+    Ok(RmsNorm {
+        gamma: Param::from_tensor(source.load(weight, config)?),
+        epsilon: config.rms_norm_eps,
+    })
+}
+
+impl Llama {
+    /// Builds the model from `source`, which names the tensor that is missing or misshapen.
+    pub fn build(config: LlamaConfig, source: &mut impl WeightSource) -> Result<Self> {
+        config.validate()?;
+        let layers = (0..config.num_hidden_layers)
+            .map(|i| DecoderLayer::build(&config, i, source))
+            .collect::<Result<Vec<_>>>()?;
+        let lm_head = if config.tie_word_embeddings {
+            None
+        } else {
+            Some(linear(source, Weight::LmHead, &config)?)
+        };
+        Ok(Self {
+            embed: Param::from_tensor(source.load(Weight::Embed, &config)?),
+            layers,
+            norm: rms_norm(source, Weight::FinalNorm, &config)?,
+            lm_head,
+            rope: Rope::new(&config)?,
+            config,
+        })
+    }
+
+    pub fn config(&self) -> &LlamaConfig {
+        &self.config
+    }
+
+    pub fn device(&self) -> Device {
+        self.embed.val().device()
+    }
+
+    pub fn dtype(&self) -> DType {
+        self.embed.val().dtype()
+    }
+
+    pub fn new_cache(&self) -> KvCache {
+        KvCache::new(self.config.num_hidden_layers)
+    }
+
+    /// Logits `[batch, seq, vocab]` (f32) for every position of `tokens: [batch, seq]`, which
+    /// sit at positions `start_pos..start_pos + seq` after the `start_pos` positions in `cache`.
+    pub fn forward(&self, tokens: Tensor<2, Int>, start_pos: usize, cache: &mut KvCache) -> Result<Tensor<3>> {
+        let [_, seq] = tokens.dims();
+        if start_pos != cache.len() {
+            return Err(Error::PositionMismatch {
+                start_pos,
+                cache_len: cache.len(),
+            });
+        }
+        if start_pos + seq > self.config.max_position_embeddings {
+            return Err(Error::ContextOverflow {
+                end: start_pos + seq,
+                max: self.config.max_position_embeddings,
+            });
+        }
+        let device = tokens.device();
+        let (cos, sin) = self.rope.cos_sin(start_pos, seq, &device);
+        let mask = (seq > 1).then(|| self.causal_mask(start_pos, seq, &device));
+        let mut x = burn::tensor::module::embedding(self.embed.val(), tokens);
+        for (i, layer) in self.layers.iter().enumerate() {
+            x = layer.forward(x, i, cache, &cos, &sin, mask.as_ref());
+        }
+        cache.advance(seq);
+        let x = self.norm.forward(x);
+        let logits = match &self.lm_head {
+            Some(head) => head.forward(x),
+            None => x.matmul(self.embed.val().transpose().unsqueeze()),
+        };
+        Ok(logits.cast(DType::F32))
+    }
+
+    /// Convenience for batch 1: token ids in, logits `[seq, vocab]` out.
+    pub fn forward_ids(&self, ids: &[u32], cache: &mut KvCache) -> Result<Tensor<2>> {
+        if ids.is_empty() {
+            return Err(Error::EmptyPrompt);
+        }
+        let vocab_size = self.config.vocab_size;
+        if let Some(&id) = ids.iter().find(|&&id| id as usize >= vocab_size) {
+            return Err(Error::TokenOutOfRange { id, vocab_size });
+        }
+        let data = TensorData::new(ids.iter().map(|&t| t as i64).collect::<Vec<_>>(), [1, ids.len()]);
+        let tokens = Tensor::<2, Int>::from_data(data, &self.device());
+        let start = cache.len();
+        Ok(self.forward(tokens, start, cache)?.squeeze_dim(0))
+    }
+
+    /// The rectangular causal mask `[seq, start + seq]` (true = hidden): query `i` sits at
+    /// position `start + i` and sees every key up to it, cached ones included.
+    fn causal_mask(&self, start: usize, seq: usize, device: &Device) -> Tensor<2, Bool> {
+        let total = start + seq;
+        let hidden: Vec<bool> = (0..seq)
+            .flat_map(|i| (0..total).map(move |j| j > start + i))
+            .collect();
+        Tensor::from_data(TensorData::new(hidden, [seq, total]), device)
+    }
+}
+
+impl DecoderLayer {
+    fn build(config: &LlamaConfig, i: usize, source: &mut impl WeightSource) -> Result<Self> {
+        let w = |kind| Weight::Layer(i, kind);
+        Ok(Self {
+            attention_norm: rms_norm(source, w(LayerWeight::AttentionNorm), config)?,
+            attention: Attention {
+                query: linear(source, w(LayerWeight::Query), config)?,
+                key: linear(source, w(LayerWeight::Key), config)?,
+                value: linear(source, w(LayerWeight::Value), config)?,
+                output: linear(source, w(LayerWeight::Output), config)?,
+                num_heads: config.num_attention_heads,
+                num_kv_heads: config.num_kv_heads(),
+                head_dim: config.head_dim(),
+            },
+            mlp_norm: rms_norm(source, w(LayerWeight::MlpNorm), config)?,
+            mlp: Mlp {
+                gate: linear(source, w(LayerWeight::Gate), config)?,
+                up: linear(source, w(LayerWeight::Up), config)?,
+                down: linear(source, w(LayerWeight::Down), config)?,
+            },
+        })
+    }
+
+    fn forward(
+        &self,
+        x: Tensor<3>,
+        index: usize,
+        cache: &mut KvCache,
+        cos: &Tensor<4>,
+        sin: &Tensor<4>,
+        mask: Option<&Tensor<2, Bool>>,
+    ) -> Tensor<3> {
+        let h = x.clone() + self.attention.forward(self.attention_norm.forward(x), index, cache, cos, sin, mask);
+        h.clone() + self.mlp.forward(self.mlp_norm.forward(h))
+    }
+}
+
+impl Attention {
+    fn forward(
+        &self,
+        x: Tensor<3>,
+        layer: usize,
+        cache: &mut KvCache,
+        cos: &Tensor<4>,
+        sin: &Tensor<4>,
+        mask: Option<&Tensor<2, Bool>>,
+    ) -> Tensor<3> {
+        let [batch, seq, _] = x.dims();
+        let (h, kv, d) = (self.num_heads, self.num_kv_heads, self.head_dim);
+        let heads = |t: Tensor<3>, n: usize| t.reshape([batch, seq, n, d]).swap_dims(1, 2);
+        let q = apply_rotary(heads(self.query.forward(x.clone()), h), cos, sin);
+        let k = apply_rotary(heads(self.key.forward(x.clone()), kv), cos, sin);
+        let v = heads(self.value.forward(x), kv);
+        let (k, v) = cache.append(layer, k, v);
+        let total = k.dims()[2];
+
+        // Grouped-query attention without copying K/V: the `group` query heads that share a KV
+        // head are stacked along the sequence axis, [b, kv, group * seq, d].
+        let group = h / kv;
+        let q = q.reshape([batch, kv, group * seq, d]);
+        let scores = q.matmul(k.swap_dims(2, 3)).mul_scalar(1.0 / (d as f64).sqrt());
+        let scores = match mask {
+            Some(mask) => {
+                let mask = mask.clone().repeat_dim(0, group).reshape([1, 1, group * seq, total]);
+                scores.mask_fill(mask.expand([batch, kv, group * seq, total]), f32::NEG_INFINITY)
+            }
+            None => scores,
+        };
+        let dtype = scores.dtype();
+        let probs = softmax(scores.cast(DType::F32), 3).cast(dtype);
+        let out = probs.matmul(v).reshape([batch, h, seq, d]).swap_dims(1, 2);
+        self.output.forward(out.reshape([batch, seq, h * d]))
+    }
+}
+
+impl Mlp {
+    fn forward(&self, x: Tensor<3>) -> Tensor<3> {
+        self.down.forward(silu(self.gate.forward(x.clone())) * self.up.forward(x))
+    }
+}

@@ -1,0 +1,185 @@
+//! Reads Hugging Face checkpoint folders: `config.json`, `model.safetensors` or a sharded
+//! `model.safetensors.index.json`, tensors in F32/F16/BF16 converted to the run's dtype.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use burn::tensor::{DType, Device, Tensor, TensorData};
+use memmap2::Mmap;
+use safetensors::{Dtype, SafeTensors};
+
+use crate::error::{Error, Result};
+use crate::model::config::LlamaConfig;
+use crate::model::weights::{Weight, WeightSource};
+
+const SINGLE_FILE: &str = "model.safetensors";
+const INDEX_FILE: &str = "model.safetensors.index.json";
+
+/// Checks that `dir` is a folder; every loader entry point starts here.
+pub fn require_dir(dir: &Path) -> Result<()> {
+    if dir.is_dir() {
+        Ok(())
+    } else {
+        Err(Error::MissingModelDir(dir.to_path_buf()))
+    }
+}
+
+pub struct Checkpoint {
+    dir: PathBuf,
+    shards: Vec<(PathBuf, Mmap)>,
+    shard_of: HashMap<String, usize>,
+    device: Device,
+    dtype: DType,
+}
+
+impl Checkpoint {
+    /// Maps every shard and checks its header and length, so a truncated file fails here
+    /// rather than halfway through loading.
+    pub fn open(dir: &Path, device: &Device, dtype: DType) -> Result<Self> {
+        require_dir(dir)?;
+        let shard_names = shard_files(dir)?;
+        let mut shards = Vec::with_capacity(shard_names.len());
+        let mut shard_of = HashMap::new();
+        for (index, name) in shard_names.iter().enumerate() {
+            let path = dir.join(name);
+            let mmap = map_file(&path)?;
+            let tensors = SafeTensors::deserialize(&mmap).map_err(|e| Error::CorruptSafetensors {
+                path: path.clone(),
+                message: e.to_string(),
+            })?;
+            for tensor in tensors.names() {
+                shard_of.insert(tensor.to_string(), index);
+            }
+            shards.push((path, mmap));
+        }
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            shards,
+            shard_of,
+            device: device.clone(),
+            dtype,
+        })
+    }
+}
+
+fn shard_files(dir: &Path) -> Result<Vec<String>> {
+    let index_path = dir.join(INDEX_FILE);
+    if index_path.is_file() {
+        let text = std::fs::read_to_string(&index_path).map_err(|source| Error::Io {
+            path: index_path.clone(),
+            source,
+        })?;
+        let malformed = |message: String| Error::MalformedFile {
+            path: index_path.clone(),
+            message,
+        };
+        let index: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| malformed(e.to_string()))?;
+        let map = index
+            .get("weight_map")
+            .and_then(|m| m.as_object())
+            .ok_or_else(|| malformed("no `weight_map` object".into()))?;
+        let mut files: Vec<String> = map
+            .values()
+            .map(|v| v.as_str().map(str::to_string).ok_or_else(|| malformed("non-string shard name".into())))
+            .collect::<Result<_>>()?;
+        files.sort();
+        files.dedup();
+        for file in &files {
+            if !dir.join(file).is_file() {
+                return Err(Error::MissingFile {
+                    path: dir.join(file),
+                    what: "safetensors shard listed in model.safetensors.index.json",
+                });
+            }
+        }
+        return Ok(files);
+    }
+    if dir.join(SINGLE_FILE).is_file() {
+        return Ok(vec![SINGLE_FILE.into()]);
+    }
+    Err(Error::MissingFile {
+        path: dir.join(SINGLE_FILE),
+        what: "weights (model.safetensors or model.safetensors.index.json)",
+    })
+}
+
+fn map_file(path: &Path) -> Result<Mmap> {
+    let file = std::fs::File::open(path).map_err(|source| Error::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    // SAFETY: the checkpoint is read-only input; specbench never writes it while mapped.
+    unsafe { Mmap::map(&file) }.map_err(|source| Error::Io {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+impl WeightSource for Checkpoint {
+    fn load<const D: usize>(&mut self, weight: Weight, config: &LlamaConfig) -> Result<Tensor<D>> {
+        let name = weight.hf_name();
+        let expected = weight.hf_shape(config);
+        let &shard = self.shard_of.get(&name).ok_or_else(|| Error::MissingTensor {
+            name: name.clone(),
+            dir: self.dir.clone(),
+        })?;
+        let (path, mmap) = &self.shards[shard];
+        let tensors = SafeTensors::deserialize(mmap).map_err(|e| Error::CorruptSafetensors {
+            path: path.clone(),
+            message: e.to_string(),
+        })?;
+        let view = tensors.tensor(&name).map_err(|e| Error::CorruptSafetensors {
+            path: path.clone(),
+            message: e.to_string(),
+        })?;
+        if view.shape() != expected.as_slice() {
+            return Err(Error::ShapeMismatch {
+                name,
+                expected,
+                found: view.shape().to_vec(),
+            });
+        }
+        let values = to_f32(&name, view.dtype(), view.data())?;
+        let shape: [usize; D] = expected.try_into().expect("weight rank is fixed by the table");
+        let tensor = Tensor::<D>::from_data(TensorData::new(values, shape), &self.device);
+        Ok(tensor.cast(self.dtype))
+    }
+}
+
+fn to_f32(name: &str, dtype: Dtype, bytes: &[u8]) -> Result<Vec<f32>> {
+    let pairs = || bytes.chunks_exact(2).map(|b| u16::from_le_bytes([b[0], b[1]]));
+    Ok(match dtype {
+        Dtype::F32 => bytes
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect(),
+        Dtype::F16 => pairs().map(|bits| half::f16::from_bits(bits).to_f32()).collect(),
+        Dtype::BF16 => pairs().map(|bits| half::bf16::from_bits(bits).to_f32()).collect(),
+        other => {
+            return Err(Error::UnsupportedTensorDtype {
+                name: name.to_string(),
+                dtype: format!("{other:?}"),
+            });
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bf16_and_f16_convert_exactly() {
+        let one_bf16 = half::bf16::from_f32(1.5).to_bits().to_le_bytes();
+        let one_f16 = half::f16::from_f32(-0.25).to_bits().to_le_bytes();
+        assert_eq!(to_f32("x", Dtype::BF16, &one_bf16).unwrap(), vec![1.5]);
+        assert_eq!(to_f32("x", Dtype::F16, &one_f16).unwrap(), vec![-0.25]);
+    }
+
+    #[test]
+    fn integer_tensors_are_rejected_by_name() {
+        let err = to_f32("model.norm.weight", Dtype::I64, &[0; 8]).unwrap_err().to_string();
+        assert!(err.contains("model.norm.weight") && err.contains("I64"), "{err}");
+    }
+}

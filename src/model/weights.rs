@@ -1,0 +1,130 @@
+//! The one table of weight names and shapes, and the sources parameters come from: a Hugging
+//! Face checkpoint or seeded random values. The model builder asks a source for each `Weight`;
+//! it never spells a tensor name itself.
+
+use burn::tensor::{DType, Device, Distribution, Tensor};
+
+use crate::error::Result;
+use crate::model::config::LlamaConfig;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Weight {
+    Embed,
+    FinalNorm,
+    LmHead,
+    Layer(usize, LayerWeight),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LayerWeight {
+    Query,
+    Key,
+    Value,
+    Output,
+    Gate,
+    Up,
+    Down,
+    AttentionNorm,
+    MlpNorm,
+}
+
+impl Weight {
+    /// Name in Hugging Face `LlamaForCausalLM` checkpoints.
+    pub fn hf_name(self) -> String {
+        match self {
+            Weight::Embed => "model.embed_tokens.weight".into(),
+            Weight::FinalNorm => "model.norm.weight".into(),
+            Weight::LmHead => "lm_head.weight".into(),
+            Weight::Layer(i, w) => {
+                let suffix = match w {
+                    LayerWeight::Query => "self_attn.q_proj",
+                    LayerWeight::Key => "self_attn.k_proj",
+                    LayerWeight::Value => "self_attn.v_proj",
+                    LayerWeight::Output => "self_attn.o_proj",
+                    LayerWeight::Gate => "mlp.gate_proj",
+                    LayerWeight::Up => "mlp.up_proj",
+                    LayerWeight::Down => "mlp.down_proj",
+                    LayerWeight::AttentionNorm => "input_layernorm",
+                    LayerWeight::MlpNorm => "post_attention_layernorm",
+                };
+                format!("model.layers.{i}.{suffix}.weight")
+            }
+        }
+    }
+
+    /// Shape as stored by PyTorch (linear weights are `[out, in]`).
+    pub fn hf_shape(self, config: &LlamaConfig) -> Vec<usize> {
+        let h = config.hidden_size;
+        let q = config.num_attention_heads * config.head_dim();
+        let kv = config.num_kv_heads() * config.head_dim();
+        let i = config.intermediate_size;
+        match self {
+            Weight::Embed | Weight::LmHead => vec![config.vocab_size, h],
+            Weight::FinalNorm => vec![h],
+            Weight::Layer(_, w) => match w {
+                LayerWeight::Query => vec![q, h],
+                LayerWeight::Key | LayerWeight::Value => vec![kv, h],
+                LayerWeight::Output => vec![h, q],
+                LayerWeight::Gate | LayerWeight::Up => vec![i, h],
+                LayerWeight::Down => vec![h, i],
+                LayerWeight::AttentionNorm | LayerWeight::MlpNorm => vec![h],
+            },
+        }
+    }
+
+    fn is_norm(self) -> bool {
+        matches!(
+            self,
+            Weight::FinalNorm
+                | Weight::Layer(_, LayerWeight::AttentionNorm)
+                | Weight::Layer(_, LayerWeight::MlpNorm)
+        )
+    }
+}
+
+/// Where parameters come from. Tensors are returned in the Hugging Face layout and the run's
+/// float dtype; the model builder transposes linear weights itself.
+pub trait WeightSource {
+    fn load<const D: usize>(&mut self, weight: Weight, config: &LlamaConfig) -> Result<Tensor<D>>;
+}
+
+/// Seeded random weights with the initialisation transformers uses (normal, std 0.02; norms 1),
+/// generated on the device so even the 8B shape never passes through host memory.
+pub struct RandomWeights {
+    device: Device,
+    dtype: DType,
+    std: f64,
+}
+
+impl RandomWeights {
+    pub fn new(device: &Device, dtype: DType, seed: u64) -> Self {
+        device.seed(seed);
+        Self {
+            device: device.clone(),
+            dtype,
+            std: 0.02,
+        }
+    }
+
+    /// A larger standard deviation gives peaked output distributions, which tiny test models
+    /// need for greedy decoding to be free of near-ties.
+    pub fn with_std(mut self, std: f64) -> Self {
+        self.std = std;
+        self
+    }
+}
+
+impl WeightSource for RandomWeights {
+    fn load<const D: usize>(&mut self, weight: Weight, config: &LlamaConfig) -> Result<Tensor<D>> {
+        let shape: [usize; D] = weight
+            .hf_shape(config)
+            .try_into()
+            .expect("weight rank is fixed by the table");
+        let tensor = if weight.is_norm() {
+            Tensor::<D>::ones(shape, &self.device)
+        } else {
+            Tensor::<D>::random(shape, Distribution::Normal(0.0, self.std), &self.device)
+        };
+        Ok(tensor.cast(self.dtype))
+    }
+}

@@ -1,0 +1,205 @@
+//! Logits to probabilities (temperature, top-k, top-p, in transformers' order) and seeded
+//! sampling, as pure functions over host vectors. Temperature 0 is greedy: a one-hot
+//! distribution at the argmax, so the speculative rule needs no special case to be exact.
+
+use rand::Rng;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct SamplingConfig {
+    pub temperature: f64,
+    /// 0 disables top-k.
+    #[serde(default)]
+    pub top_k: usize,
+    /// 1.0 disables top-p.
+    #[serde(default = "one")]
+    pub top_p: f64,
+}
+
+fn one() -> f64 {
+    1.0
+}
+
+impl Default for SamplingConfig {
+    fn default() -> Self {
+        Self::greedy()
+    }
+}
+
+impl SamplingConfig {
+    pub fn greedy() -> Self {
+        Self {
+            temperature: 0.0,
+            top_k: 0,
+            top_p: 1.0,
+        }
+    }
+
+    pub fn with_temperature(temperature: f64) -> Self {
+        Self {
+            temperature,
+            ..Self::greedy()
+        }
+    }
+
+    pub fn is_greedy(&self) -> bool {
+        self.temperature == 0.0
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        if !self.temperature.is_finite() || self.temperature < 0.0 {
+            return Err(Error::InvalidSampling(format!(
+                "temperature must be a finite number ≥ 0, got {}",
+                self.temperature
+            )));
+        }
+        if !(self.top_p > 0.0 && self.top_p <= 1.0) {
+            return Err(Error::InvalidSampling(format!("top_p must be in (0, 1], got {}", self.top_p)));
+        }
+        Ok(())
+    }
+
+    /// The distribution tokens are drawn from. `position` only labels errors.
+    pub fn probabilities(&self, logits: &[f32], position: usize) -> Result<Vec<f64>> {
+        if logits.iter().any(|x| x.is_nan()) || logits.iter().all(|x| x.is_infinite()) {
+            return Err(Error::NonFiniteLogits { position });
+        }
+        let n = logits.len();
+        if self.is_greedy() {
+            let mut p = vec![0.0; n];
+            p[argmax(logits) as usize] = 1.0;
+            return Ok(p);
+        }
+        let scaled: Vec<f64> = logits.iter().map(|&x| x as f64 / self.temperature).collect();
+        let max = scaled.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+        let mut p: Vec<f64> = scaled.iter().map(|&x| (x - max).exp()).collect();
+        normalize(&mut p);
+        if self.top_k > 0 && self.top_k < n {
+            keep_top(&mut p, self.top_k);
+        }
+        if self.top_p < 1.0 {
+            let kept = nucleus_size(&p, self.top_p);
+            keep_top(&mut p, kept);
+        }
+        Ok(p)
+    }
+}
+
+/// Index of the largest logit; the first one wins ties, as in `torch.argmax`.
+pub fn argmax(logits: &[f32]) -> u32 {
+    let mut best = 0;
+    for (i, &x) in logits.iter().enumerate() {
+        if x > logits[best] {
+            best = i;
+        }
+    }
+    best as u32
+}
+
+pub fn normalize(p: &mut [f64]) {
+    let total: f64 = p.iter().sum();
+    p.iter_mut().for_each(|x| *x /= total);
+}
+
+/// Indices sorted by descending probability (stable, so ties keep the lower id first).
+fn ranked(p: &[f64]) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..p.len()).collect();
+    order.sort_by(|&a, &b| p[b].total_cmp(&p[a]));
+    order
+}
+
+/// Zeroes all but the `k` most likely tokens and renormalises.
+fn keep_top(p: &mut [f64], k: usize) {
+    for &i in &ranked(p)[k..] {
+        p[i] = 0.0;
+    }
+    normalize(p);
+}
+
+/// Size of the smallest set of most likely tokens whose mass reaches `top_p` (at least 1).
+fn nucleus_size(p: &[f64], top_p: f64) -> usize {
+    let mut mass = 0.0;
+    for (n, &i) in ranked(p).iter().enumerate() {
+        mass += p[i];
+        if mass >= top_p {
+            return n + 1;
+        }
+    }
+    p.len()
+}
+
+/// Draws an index from `p` by inverting the cumulative distribution at one uniform number.
+pub fn sample(p: &[f64], rng: &mut impl Rng) -> u32 {
+    let u: f64 = rng.r#gen::<f64>() * p.iter().sum::<f64>();
+    let mut cumulative = 0.0;
+    let mut last_nonzero = 0;
+    for (i, &x) in p.iter().enumerate() {
+        if x > 0.0 {
+            cumulative += x;
+            last_nonzero = i;
+            if u < cumulative {
+                return i as u32;
+            }
+        }
+    }
+    // Rounding can leave u a hair above the total.
+    last_nonzero as u32
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::SeedableRng;
+    use rand_chacha::ChaCha8Rng;
+
+    #[test]
+    fn greedy_is_one_hot_at_the_first_maximum() {
+        let p = SamplingConfig::greedy().probabilities(&[0.5, 2.0, 2.0, -1.0], 0).unwrap();
+        assert_eq!(p, vec![0.0, 1.0, 0.0, 0.0]);
+    }
+
+    #[test]
+    fn temperature_one_is_softmax() {
+        let p = SamplingConfig::with_temperature(1.0).probabilities(&[0.0, (2.0f32).ln()], 0).unwrap();
+        assert!((p[0] - 1.0 / 3.0).abs() < 1e-7 && (p[1] - 2.0 / 3.0).abs() < 1e-7);
+    }
+
+    #[test]
+    fn top_k_and_top_p_keep_the_head_of_the_distribution() {
+        let logits = [(0.1f32).ln(), (0.2f32).ln(), (0.3f32).ln(), (0.4f32).ln()];
+        let top2 = SamplingConfig { top_k: 2, ..SamplingConfig::with_temperature(1.0) };
+        let p = top2.probabilities(&logits, 0).unwrap();
+        assert!((p[3] - 4.0 / 7.0).abs() < 1e-6 && p[0] == 0.0 && p[1] == 0.0);
+        // 0.4 + 0.3 = 0.7 reaches top_p = 0.65: the two most likely tokens remain.
+        let nucleus = SamplingConfig { top_p: 0.65, ..SamplingConfig::with_temperature(1.0) };
+        let p = nucleus.probabilities(&logits, 0).unwrap();
+        assert!((p[2] - 3.0 / 7.0).abs() < 1e-6 && p[1] == 0.0);
+    }
+
+    #[test]
+    fn nan_logits_are_an_error_not_a_token() {
+        let err = SamplingConfig::with_temperature(1.0).probabilities(&[0.0, f32::NAN], 7).unwrap_err();
+        assert!(err.to_string().contains("position 7"), "{err}");
+    }
+
+    #[test]
+    fn bad_parameters_are_rejected() {
+        assert!(SamplingConfig::with_temperature(-0.5).validate().is_err());
+        assert!(SamplingConfig { top_p: 0.0, ..Default::default() }.validate().is_err());
+    }
+
+    #[test]
+    fn sampling_follows_the_distribution_and_never_draws_zero_mass() {
+        let p = [0.0, 0.25, 0.75, 0.0];
+        let mut rng = ChaCha8Rng::seed_from_u64(3);
+        let mut counts = [0usize; 4];
+        for _ in 0..20_000 {
+            counts[sample(&p, &mut rng) as usize] += 1;
+        }
+        assert_eq!((counts[0], counts[3]), (0, 0));
+        let share = counts[2] as f64 / 20_000.0;
+        assert!((share - 0.75).abs() < 0.02, "{share}");
+    }
+}

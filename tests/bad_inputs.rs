@@ -1,0 +1,191 @@
+//! Every bad input gets a clear message and a non-zero exit code from the CLI, never a panic.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+
+use safetensors::SafeTensors;
+use safetensors::tensor::TensorView;
+
+/// Runs `specbench generate` on `model` and returns (exit code, stderr).
+fn generate(model: &str, extra: &[&str]) -> (i32, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_specbench"))
+        .args(["generate", "--model", model, "--prompt", "The", "--max-new-tokens", "2"])
+        .args(extra)
+        .output()
+        .unwrap();
+    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+fn assert_clean_failure(model: &str, extra: &[&str], expected: &[&str]) {
+    let (code, stderr) = generate(model, extra);
+    assert_eq!(code, 1, "expected exit code 1, stderr: {stderr}");
+    assert!(!stderr.contains("panicked"), "panic instead of an error: {stderr}");
+    for part in expected {
+        assert!(stderr.contains(part), "stderr lacks `{part}`: {stderr}");
+    }
+}
+
+/// A writable copy of a fixture checkpoint.
+fn copy_fixture(name: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for entry in std::fs::read_dir(common::fixture_dir(name)).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), dir.path().join(entry.file_name())).unwrap();
+    }
+    dir
+}
+
+fn path(dir: &tempfile::TempDir) -> &str {
+    dir.path().to_str().unwrap()
+}
+
+fn edit_config(dir: &Path, edit: impl FnOnce(&mut serde_json::Value)) {
+    let file = dir.join("config.json");
+    let mut config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+    edit(&mut config);
+    std::fs::write(file, config.to_string()).unwrap();
+}
+
+/// Rewrites model.safetensors with `edit` applied to its (name, dtype, shape, bytes) list.
+fn edit_weights(dir: &Path, edit: impl FnOnce(&mut Vec<(String, safetensors::Dtype, Vec<usize>, Vec<u8>)>)) {
+    let file = dir.join("model.safetensors");
+    let bytes = std::fs::read(&file).unwrap();
+    let tensors = SafeTensors::deserialize(&bytes).unwrap();
+    let mut entries: Vec<_> = tensors
+        .tensors()
+        .into_iter()
+        .map(|(name, view)| (name, view.dtype(), view.shape().to_vec(), view.data().to_vec()))
+        .collect();
+    edit(&mut entries);
+    let views: Vec<(String, TensorView)> = entries
+        .iter()
+        .map(|(name, dtype, shape, data)| (name.clone(), TensorView::new(*dtype, shape.clone(), data).unwrap()))
+        .collect();
+    std::fs::write(file, safetensors::serialize(views, &None).unwrap()).unwrap();
+}
+
+#[test]
+fn missing_folder() {
+    assert_clean_failure("/no/such/model", &[], &["/no/such/model", "does not exist"]);
+}
+
+#[test]
+fn missing_config() {
+    let dir = copy_fixture("tiny-gqa");
+    std::fs::remove_file(dir.path().join("config.json")).unwrap();
+    assert_clean_failure(path(&dir), &[], &["config.json not found"]);
+}
+
+#[test]
+fn malformed_config() {
+    let dir = copy_fixture("tiny-gqa");
+    std::fs::write(dir.path().join("config.json"), "{\"hidden_size\": 64,").unwrap();
+    assert_clean_failure(path(&dir), &[], &["malformed", "config.json"]);
+}
+
+#[test]
+fn unsupported_architecture() {
+    let dir = copy_fixture("tiny-gqa");
+    edit_config(dir.path(), |c| c["architectures"] = serde_json::json!(["MistralForCausalLM"]));
+    assert_clean_failure(path(&dir), &[], &["unsupported model", "MistralForCausalLM"]);
+}
+
+#[test]
+fn unsupported_rope_type() {
+    let dir = copy_fixture("tiny-gqa");
+    edit_config(dir.path(), |c| c["rope_scaling"]["rope_type"] = "yarn".into());
+    assert_clean_failure(path(&dir), &[], &["rope_scaling type `yarn`", "llama3"]);
+}
+
+#[test]
+fn missing_tokenizer() {
+    let dir = copy_fixture("tiny-gqa");
+    std::fs::remove_file(dir.path().join("tokenizer.json")).unwrap();
+    assert_clean_failure(path(&dir), &[], &["tokenizer.json not found"]);
+}
+
+#[test]
+fn missing_weights_file() {
+    let dir = copy_fixture("tiny-gqa");
+    std::fs::remove_file(dir.path().join("model.safetensors")).unwrap();
+    assert_clean_failure(path(&dir), &[], &["model.safetensors", "not found"]);
+}
+
+#[test]
+fn missing_shard_of_a_sharded_checkpoint() {
+    let dir = copy_fixture("tiny-untied-bf16");
+    std::fs::remove_file(dir.path().join("model-00002-of-00003.safetensors")).unwrap();
+    assert_clean_failure(path(&dir), &[], &["model-00002-of-00003.safetensors", "index.json"]);
+}
+
+#[test]
+fn truncated_safetensors() {
+    let dir = copy_fixture("tiny-gqa");
+    let file = dir.path().join("model.safetensors");
+    let bytes = std::fs::read(&file).unwrap();
+    std::fs::write(&file, &bytes[..bytes.len() / 2]).unwrap();
+    assert_clean_failure(path(&dir), &[], &["corrupt or truncated", "model.safetensors"]);
+}
+
+#[test]
+fn garbage_safetensors() {
+    let dir = copy_fixture("tiny-gqa");
+    std::fs::write(dir.path().join("model.safetensors"), b"not a safetensors file").unwrap();
+    assert_clean_failure(path(&dir), &[], &["corrupt or truncated"]);
+}
+
+#[test]
+fn missing_tensor_is_named() {
+    let dir = copy_fixture("tiny-gqa");
+    edit_weights(dir.path(), |entries| entries.retain(|(name, ..)| name != "model.layers.1.mlp.up_proj.weight"));
+    assert_clean_failure(path(&dir), &[], &["`model.layers.1.mlp.up_proj.weight` is missing"]);
+}
+
+#[test]
+fn wrong_shape_reports_expected_and_found() {
+    let dir = copy_fixture("tiny-gqa");
+    edit_config(dir.path(), |c| c["intermediate_size"] = 150.into());
+    assert_clean_failure(
+        path(&dir),
+        &[],
+        &["model.layers.0.mlp.gate_proj.weight", "[160, 64]", "expected [150, 64]"],
+    );
+}
+
+#[test]
+fn nan_weights_give_a_non_finite_logits_error() {
+    let dir = copy_fixture("tiny-gqa");
+    edit_weights(dir.path(), |entries| {
+        let norm = entries.iter_mut().find(|(name, ..)| name == "model.norm.weight").unwrap();
+        norm.3 = norm.3.chunks(4).flat_map(|_| f32::NAN.to_le_bytes()).collect();
+    });
+    assert_clean_failure(path(&dir), &[], &["non-finite logits"]);
+}
+
+#[test]
+fn unknown_backend_and_preset() {
+    let fixture = common::fixture_dir("tiny-gqa");
+    assert_clean_failure(fixture.to_str().unwrap(), &["--backend", "cuda"], &["unknown backend `cuda`", "ndarray"]);
+    assert_clean_failure("random:llama9", &[], &["unknown model preset", "random:llama3.2-1b"]);
+}
+
+#[test]
+fn f16_on_ndarray_is_refused() {
+    let fixture = common::fixture_dir("tiny-gqa");
+    assert_clean_failure(fixture.to_str().unwrap(), &["--dtype", "f16"], &["f16", "not supported", "ndarray"]);
+}
+
+#[cfg(not(feature = "wgpu"))]
+#[test]
+fn wgpu_not_compiled_in() {
+    let fixture = common::fixture_dir("tiny-gqa");
+    assert_clean_failure(fixture.to_str().unwrap(), &["--backend", "wgpu"], &["not compiled", "--features wgpu"]);
+}
+
+#[test]
+fn negative_temperature() {
+    let fixture = common::fixture_dir("tiny-gqa");
+    assert_clean_failure(fixture.to_str().unwrap(), &["--temperature=-1"], &["temperature"]);
+}

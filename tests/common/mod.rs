@@ -1,0 +1,72 @@
+//! Helpers shared by the integration tests: committed fixtures and the backends to run on.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+
+use burn::tensor::{DType, Device};
+use specbench::backend::Backend;
+use specbench::model::{LoadedModel, ModelSpec};
+
+pub fn fixture_dir(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
+}
+
+/// Every backend compiled into this test binary, with the logits tolerance it is held to
+/// against transformers' f32 CPU reference.
+pub fn backends() -> Vec<(Backend, Device, f32)> {
+    let mut out = vec![(Backend::Ndarray, Backend::Ndarray.device().unwrap(), 1e-4)];
+    if Backend::Wgpu.is_compiled() {
+        let device = Backend::Wgpu
+            .device()
+            .expect("the wgpu feature is on but no adapter works (install mesa-vulkan-drivers)");
+        out.push((Backend::Wgpu, device, 1e-3));
+    }
+    out
+}
+
+pub fn load_fixture(name: &str, backend: Backend, device: &Device) -> LoadedModel {
+    let spec = ModelSpec::Folder(fixture_dir(name));
+    LoadedModel::load(&spec, backend, device, DType::F32, 0).unwrap()
+}
+
+pub struct Reference {
+    pub vocab_size: usize,
+    pub tokens: Vec<u32>,
+    pub logits: Vec<f32>,
+    pub prompt: String,
+    pub prompt_ids: Vec<u32>,
+    pub greedy_continuation: Vec<u32>,
+}
+
+pub fn reference(name: &str) -> Reference {
+    let path = fixture_dir(&format!("{name}.reference.json"));
+    let json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let ids = |key: &str| -> Vec<u32> {
+        json[key].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect()
+    };
+    Reference {
+        vocab_size: json["vocab_size"].as_u64().unwrap() as usize,
+        tokens: ids("tokens"),
+        logits: json["logits"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap() as f32).collect(),
+        prompt: json["prompt"].as_str().unwrap().to_string(),
+        prompt_ids: ids("prompt_ids"),
+        greedy_continuation: ids("greedy_continuation"),
+    }
+}
+
+pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len(), "length mismatch");
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+}
+
+pub fn to_vec(t: burn::tensor::Tensor<2>) -> Vec<f32> {
+    t.into_data().try_to_vec().unwrap()
+}
+
+/// A seeded random Llama of the given dimensions; a large `std` gives peaked distributions.
+pub fn random_model(dims: &str, seed: u64, std: f64, device: &Device) -> specbench::model::Llama {
+    use specbench::model::weights::RandomWeights;
+    use specbench::model::{CustomDims, Llama, LlamaConfig};
+    let config = LlamaConfig::custom(&CustomDims::parse(dims).unwrap());
+    Llama::build(config, &mut RandomWeights::new(device, DType::F32, seed).with_std(std)).unwrap()
+}

@@ -1,0 +1,130 @@
+//! The model against Hugging Face transformers on the same checkpoints (tests/fixtures, made by
+//! scripts/make_fixtures.py), and the KV cache against the full-sequence forward.
+
+mod common;
+
+use burn::tensor::s;
+use common::{backends, load_fixture, max_abs_diff, reference, to_vec};
+use specbench::decoding::{GenerationConfig, autoregressive};
+use specbench::sampling::SamplingConfig;
+
+const FIXTURES: [&str; 2] = ["tiny-gqa", "tiny-untied-bf16"];
+
+#[test]
+fn parity_transformers_logits() {
+    for (backend, device, tolerance) in backends() {
+        for name in FIXTURES {
+            let model = load_fixture(name, backend, &device).model;
+            let reference = reference(name);
+            let mut cache = model.new_cache();
+            let logits = to_vec(model.forward_ids(&reference.tokens, &mut cache).unwrap());
+            let diff = max_abs_diff(&logits, &reference.logits);
+            println!("{name} on {backend}: max |logits - transformers| = {diff:.2e}");
+            assert!(diff <= tolerance, "{name} on {backend}: {diff} > {tolerance}");
+        }
+    }
+}
+
+#[test]
+fn parity_transformers_greedy_continuation() {
+    for (backend, device, _) in backends() {
+        for name in FIXTURES {
+            let loaded = load_fixture(name, backend, &device);
+            let reference = reference(name);
+            assert_eq!(loaded.tokenizer.encode(&reference.prompt).unwrap(), reference.prompt_ids);
+            let config = GenerationConfig {
+                max_new_tokens: reference.greedy_continuation.len(),
+                sampling: SamplingConfig::greedy(),
+                eos_ids: vec![],
+                seed: 0,
+            };
+            let out = autoregressive::generate(&loaded.model, &reference.prompt_ids, &config).unwrap();
+            assert_eq!(out.tokens, reference.greedy_continuation, "{name} on {backend}");
+        }
+    }
+}
+
+#[test]
+fn parity_transformers_kv_cache_matches_full_forward() {
+    for (backend, device, _) in backends() {
+        for name in FIXTURES {
+            let model = load_fixture(name, backend, &device).model;
+            let tokens = reference(name).tokens;
+            let full = to_vec(model.forward_ids(&tokens, &mut model.new_cache()).unwrap());
+            let mut cache = model.new_cache();
+            let stepwise: Vec<f32> = tokens
+                .iter()
+                .flat_map(|&t| to_vec(model.forward_ids(&[t], &mut cache).unwrap()))
+                .collect();
+            let diff = max_abs_diff(&full, &stepwise);
+            assert!(diff <= 1e-5, "{name} on {backend}: one-token decoding differs by {diff}");
+            assert_eq!(cache.len(), tokens.len());
+        }
+    }
+}
+
+#[test]
+fn parity_transformers_multi_token_forward_on_a_filled_cache() {
+    for (backend, device, _) in backends() {
+        for name in FIXTURES {
+            let model = load_fixture(name, backend, &device).model;
+            let tokens = reference(name).tokens;
+            let (prefix, chunk) = tokens.split_at(7);
+
+            let mut cache = model.new_cache();
+            model.forward_ids(prefix, &mut cache).unwrap();
+            let together = to_vec(model.forward_ids(chunk, &mut cache).unwrap());
+
+            let mut cache = model.new_cache();
+            model.forward_ids(prefix, &mut cache).unwrap();
+            let one_by_one: Vec<f32> = chunk
+                .iter()
+                .flat_map(|&t| to_vec(model.forward_ids(&[t], &mut cache).unwrap()))
+                .collect();
+            let diff = max_abs_diff(&together, &one_by_one);
+            assert!(diff <= 1e-5, "{name} on {backend}: verify-style forward differs by {diff}");
+        }
+    }
+}
+
+#[test]
+fn parity_transformers_truncate_forgets_dropped_tokens() {
+    for (backend, device, _) in backends() {
+        for name in FIXTURES {
+            let model = load_fixture(name, backend, &device).model;
+            let tokens = reference(name).tokens;
+            let rejected = [5, 6, 7, 8];
+            let (kept, continuation) = (&tokens[..9], &tokens[9..]);
+
+            let mut cache = model.new_cache();
+            model.forward_ids(kept, &mut cache).unwrap();
+            model.forward_ids(&rejected, &mut cache).unwrap();
+            cache.truncate(kept.len());
+            assert_eq!(cache.len(), kept.len());
+            let after_rollback = to_vec(model.forward_ids(continuation, &mut cache).unwrap());
+
+            let mut fresh = model.new_cache();
+            model.forward_ids(kept, &mut fresh).unwrap();
+            let never_fed = to_vec(model.forward_ids(continuation, &mut fresh).unwrap());
+            let diff = max_abs_diff(&after_rollback, &never_fed);
+            assert!(diff <= 1e-5, "{name} on {backend}: rollback leaves a trace of {diff}");
+
+            cache.reset();
+            assert!(cache.is_empty());
+            let full = model.forward_ids(&tokens, &mut cache).unwrap();
+            let last_rows = to_vec(full.slice(s![9.., ..]));
+            assert!(max_abs_diff(&last_rows, &never_fed) <= 1e-5, "{name} on {backend}: reset");
+        }
+    }
+}
+
+#[test]
+fn parity_transformers_forward_rejects_a_wrong_start_position() {
+    let (backend, device, _) = backends().remove(0);
+    let model = load_fixture("tiny-gqa", backend, &device).model;
+    let mut cache = model.new_cache();
+    model.forward_ids(&[1, 2, 3], &mut cache).unwrap();
+    let tokens = burn::tensor::Tensor::<2, burn::tensor::Int>::from_data([[4i64]], &device);
+    let err = model.forward(tokens, 1, &mut cache).unwrap_err().to_string();
+    assert!(err.contains("start_pos 1") && err.contains("holds 3"), "{err}");
+}

@@ -1,0 +1,325 @@
+//! The speculative decoder against its guarantees: greedy output identical to target-only
+//! greedy decoding, the target distribution preserved (chi-square, with negative controls that
+//! must fail), and acceptance statistics that agree with the theory.
+
+mod common;
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+
+use burn::tensor::Device;
+use rand_chacha::ChaCha8Rng;
+use specbench::backend::Backend;
+use specbench::decoding::acceptance::{AcceptanceRule, RejectionSampling, Verdict, verify_token};
+use specbench::decoding::pairing::shared_vocab;
+use specbench::decoding::speculative::Speculative;
+use specbench::decoding::{CausalLm, GenerationConfig, autoregressive};
+use specbench::metrics::expected_accepted_len;
+use specbench::model::{KvCache, Llama};
+use specbench::sampling::{SamplingConfig, sample};
+use statrs::distribution::{ChiSquared, ContinuousCDF};
+
+fn config(sampling: SamplingConfig, max_new_tokens: usize, seed: u64) -> GenerationConfig {
+    GenerationConfig {
+        max_new_tokens,
+        sampling,
+        eos_ids: vec![],
+        seed,
+    }
+}
+
+fn ndarray() -> Device {
+    Backend::Ndarray.device().unwrap()
+}
+
+#[test]
+fn greedy_equivalence_on_the_transformers_fixture_pair() {
+    for (backend, device, _) in common::backends() {
+        let target = common::load_fixture("tiny-gqa", backend, &device);
+        let draft = common::load_fixture("tiny-untied-bf16", backend, &device);
+        let vocab = shared_vocab(&target, &draft).unwrap();
+        let prompt = common::reference("tiny-gqa").prompt_ids;
+        let greedy = config(SamplingConfig::greedy(), 40, 0);
+        let expected = autoregressive::generate(&target.model, &prompt, &greedy).unwrap().tokens;
+        for k in 1..=8 {
+            let spec = Speculative::new(&target.model, &draft.model, vocab, k).unwrap();
+            let out = spec.generate(&prompt, &greedy).unwrap();
+            assert_eq!(out.tokens, expected, "k = {k} on {backend}");
+        }
+    }
+}
+
+#[test]
+fn greedy_equivalence_on_a_random_pair_with_a_similar_draft() {
+    let device = ndarray();
+    let target = common::random_model("vocab=64,hidden=64,intermediate=128,layers=3,heads=4,kv_heads=2,head_dim=16", 11, 0.3, &device);
+    let draft = common::random_model("vocab=64,hidden=32,intermediate=64,layers=1,heads=2,kv_heads=1,head_dim=16", 12, 0.3, &device);
+    let prompt = [3, 14, 15, 9, 2, 6];
+    let greedy = config(SamplingConfig::greedy(), 48, 0);
+    let expected = autoregressive::generate(&target, &prompt, &greedy).unwrap().tokens;
+    for k in 1..=8 {
+        let out = Speculative::new(&target, &draft, 64, k).unwrap().generate(&prompt, &greedy).unwrap();
+        assert_eq!(out.tokens, expected, "k = {k}");
+    }
+    // The draft equal to the target accepts every greedy proposal.
+    let out = Speculative::new(&target, &target, 64, 4).unwrap().generate(&prompt, &greedy).unwrap();
+    assert_eq!(out.tokens, expected);
+    assert_eq!(out.acceptance.accepted, out.acceptance.proposed);
+}
+
+#[test]
+fn draft_equals_target_accepts_everything() {
+    let device = ndarray();
+    let target = common::load_fixture("tiny-gqa", Backend::Ndarray, &device);
+    let prompt = common::reference("tiny-gqa").prompt_ids;
+    for (sampling, k) in [(SamplingConfig::with_temperature(1.0), 4), (SamplingConfig::greedy(), 6)] {
+        let spec = Speculative::new(&target.model, &target.model, 320, k).unwrap();
+        let out = spec.generate(&prompt, &config(sampling, 60, 5)).unwrap();
+        let a = &out.acceptance;
+        assert_eq!(a.alpha_hat(), 1.0, "{sampling:?}");
+        assert_eq!(a.mean_accepted_len(), (k + 1) as f64, "{sampling:?}");
+        assert!((a.alpha() - 1.0).abs() < 1e-6, "alpha {}", a.alpha());
+        assert_eq!(a.accepted_len_hist[k], a.target_calls);
+    }
+}
+
+/// Real tiny models behind a memo: each distinct prefix is run through the model once, so
+/// tens of thousands of runs of the real engine loop take seconds.
+struct Memoized<'a> {
+    model: &'a Llama,
+    rows: RefCell<HashMap<Vec<u32>, Vec<f32>>>,
+}
+
+impl<'a> Memoized<'a> {
+    fn new(model: &'a Llama) -> Self {
+        Self { model, rows: RefCell::default() }
+    }
+
+    /// Next-token logits after `prefix`.
+    fn next(&self, prefix: &[u32]) -> Vec<f32> {
+        if let Some(row) = self.rows.borrow().get(prefix) {
+            return row.clone();
+        }
+        let mut cache = KvCache::new(self.model.config().num_hidden_layers);
+        let all = self.model.logits(prefix, &mut cache, 1, self.model.vocab_size()).unwrap();
+        self.rows.borrow_mut().insert(prefix.to_vec(), all[0].clone());
+        all[0].clone()
+    }
+}
+
+impl CausalLm for Memoized<'_> {
+    type Cache = Vec<u32>;
+
+    fn new_cache(&self) -> Vec<u32> {
+        Vec::new()
+    }
+    fn cache_len(cache: &Vec<u32>) -> usize {
+        cache.len()
+    }
+    fn truncate(cache: &mut Vec<u32>, len: usize) {
+        cache.truncate(len);
+    }
+    fn logits(&self, tokens: &[u32], cache: &mut Vec<u32>, rows: usize, vocab: usize) -> specbench::Result<Vec<Vec<f32>>> {
+        cache.extend_from_slice(tokens);
+        Ok((cache.len() - rows..cache.len())
+            .map(|end| self.next(&cache[..=end])[..vocab].to_vec())
+            .collect())
+    }
+    fn sync(&self) -> specbench::Result<()> {
+        Ok(())
+    }
+    fn vocab_size(&self) -> usize {
+        self.model.vocab_size()
+    }
+}
+
+const VOCAB: usize = 12;
+const RUNS: u64 = 20_000;
+const PROMPT: [u32; 3] = [1, 7, 4];
+
+fn tiny_vocab_pair(device: &Device) -> (Llama, Llama) {
+    let target = common::random_model("vocab=12,hidden=32,intermediate=64,layers=2,heads=4,kv_heads=2,head_dim=8", 21, 0.35, device);
+    let draft = common::random_model("vocab=12,hidden=16,intermediate=32,layers=1,heads=2,kv_heads=1,head_dim=8", 22, 0.35, device);
+    (target, draft)
+}
+
+/// Exact target distribution of the first two generated tokens, by enumeration.
+fn exact_first_two(target: &Memoized, sampling: &SamplingConfig) -> Vec<f64> {
+    let p1 = sampling.probabilities(&target.next(&PROMPT), 0).unwrap();
+    let mut joint = vec![0.0; VOCAB * VOCAB];
+    for x1 in 0..VOCAB {
+        let mut prefix = PROMPT.to_vec();
+        prefix.push(x1 as u32);
+        let p2 = sampling.probabilities(&target.next(&prefix), 0).unwrap();
+        for x2 in 0..VOCAB {
+            joint[x1 * VOCAB + x2] = p1[x1] * p2[x2];
+        }
+    }
+    joint
+}
+
+/// Chi-square goodness of fit of the first two tokens of `RUNS` seeded runs against `expected`.
+/// Bins expected fewer than 5 times are pooled. Returns the p-value.
+fn first_two_p_value(
+    target: &Memoized,
+    draft: &Memoized,
+    sampling: SamplingConfig,
+    k: usize,
+    rule: &impl AcceptanceRule,
+) -> f64 {
+    let expected = exact_first_two(target, &sampling);
+    let spec = Speculative::new(target, draft, VOCAB, k).unwrap();
+    let mut counts = vec![0u64; VOCAB * VOCAB];
+    for seed in 0..RUNS {
+        let out = spec.generate_with_rule(&PROMPT, &config(sampling, 2, seed), rule).unwrap();
+        counts[out.tokens[0] as usize * VOCAB + out.tokens[1] as usize] += 1;
+    }
+    let (mut statistic, mut bins, mut pooled_expected, mut pooled_observed) = (0.0, 0, 0.0, 0.0);
+    for (&p, &observed) in expected.iter().zip(&counts) {
+        let e = p * RUNS as f64;
+        if e >= 5.0 {
+            statistic += (observed as f64 - e).powi(2) / e;
+            bins += 1;
+        } else {
+            pooled_expected += e;
+            pooled_observed += observed as f64;
+        }
+    }
+    if pooled_expected > 0.0 {
+        statistic += (pooled_observed - pooled_expected).powi(2) / pooled_expected.max(1e-9);
+        bins += 1;
+    }
+    1.0 - ChiSquared::new((bins - 1) as f64).unwrap().cdf(statistic)
+}
+
+/// The deliberately wrong rules that the same harness must catch.
+struct AlwaysAccept;
+impl AcceptanceRule for AlwaysAccept {
+    fn verify(&self, _: &[f64], _: &[f64], _: u32, _: &mut ChaCha8Rng) -> Verdict {
+        Verdict::Accepted
+    }
+}
+
+/// The right test, but a rejected position is redrawn from p instead of norm(max(0, p − q)).
+struct ResampleFromTarget;
+impl AcceptanceRule for ResampleFromTarget {
+    fn verify(&self, p: &[f64], q: &[f64], token: u32, rng: &mut ChaCha8Rng) -> Verdict {
+        match verify_token(p, q, token, rng) {
+            Verdict::Accepted => Verdict::Accepted,
+            Verdict::Rejected { .. } => Verdict::Rejected { token: sample(p, rng) },
+        }
+    }
+}
+
+fn total_variation(a: &[f64], b: &[f64]) -> f64 {
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).sum::<f64>() / 2.0
+}
+
+#[test]
+fn distribution_preserved_and_wrong_rules_detected() {
+    let device = ndarray();
+    let (target, draft) = tiny_vocab_pair(&device);
+    let (target, draft) = (Memoized::new(&target), Memoized::new(&draft));
+    let t1 = SamplingConfig::with_temperature(1.0);
+    // Precondition: the draft is clearly different from the target.
+    let (p, q) = (t1.probabilities(&target.next(&PROMPT), 0).unwrap(), t1.probabilities(&draft.next(&PROMPT), 0).unwrap());
+    let tv = total_variation(&p, &q);
+    assert!(tv > 0.2, "draft too close to the target for a meaningful test (TV {tv:.3})");
+
+    let cases = [
+        ("temperature 1", t1, 2),
+        ("temperature 0.6", SamplingConfig::with_temperature(0.6), 3),
+        ("top-p 0.8", SamplingConfig { top_p: 0.8, ..t1 }, 2),
+        ("temperature 1.4, top-k 6", SamplingConfig { top_k: 6, ..SamplingConfig::with_temperature(1.4) }, 1),
+    ];
+    for (name, sampling, k) in cases {
+        let p_value = first_two_p_value(&target, &draft, sampling, k, &RejectionSampling);
+        println!("rejection sampling, {name}, k = {k}: p = {p_value:.4}");
+        assert!(p_value > 1e-3, "{name}: speculative output differs from the target (p = {p_value:.2e})");
+    }
+    for (name, sampling, k) in [("temperature 1", t1, 2), ("top-p 0.8", SamplingConfig { top_p: 0.8, ..t1 }, 2)] {
+        let always = first_two_p_value(&target, &draft, sampling, k, &AlwaysAccept);
+        let from_p = first_two_p_value(&target, &draft, sampling, k, &ResampleFromTarget);
+        println!("negative controls, {name}: always-accept p = {always:.2e}, resample-from-p p = {from_p:.2e}");
+        assert!(always < 1e-3, "{name}: the test failed to detect always-accept (p = {always})");
+        assert!(from_p < 1e-3, "{name}: the test failed to detect resampling from p (p = {from_p})");
+    }
+}
+
+/// A model whose next-token logits never depend on the context: acceptance is then i.i.d.
+/// across positions, the assumption behind E = (1 − α^(k+1)) / (1 − α).
+struct ContextFree(Vec<f32>);
+
+impl CausalLm for ContextFree {
+    type Cache = usize;
+    fn new_cache(&self) -> usize {
+        0
+    }
+    fn cache_len(cache: &usize) -> usize {
+        *cache
+    }
+    fn truncate(cache: &mut usize, len: usize) {
+        *cache = (*cache).min(len);
+    }
+    fn logits(&self, tokens: &[u32], cache: &mut usize, rows: usize, vocab: usize) -> specbench::Result<Vec<Vec<f32>>> {
+        *cache += tokens.len();
+        Ok(vec![self.0[..vocab].to_vec(); rows])
+    }
+    fn sync(&self) -> specbench::Result<()> {
+        Ok(())
+    }
+    fn vocab_size(&self) -> usize {
+        self.0.len()
+    }
+}
+
+/// z for a two-sided 99.9% interval: wide enough that a correct engine fails once in a
+/// thousand seeds, narrow enough to catch an off-by-one in the counting.
+const Z: f64 = 3.29;
+
+#[test]
+fn mean_accepted_length_matches_the_iid_expectation() {
+    let target = ContextFree(vec![2.0, 1.5, 0.5, 0.0, -1.0, 1.0]);
+    let draft = ContextFree(vec![1.0, 2.0, 0.0, 0.5, 0.0, 0.0]);
+    for k in [1, 3, 5] {
+        let spec = Speculative::new(&target, &draft, 6, k).unwrap();
+        let out = spec.generate(&[0], &config(SamplingConfig::with_temperature(1.0), 20_000, 7)).unwrap();
+        let a = &out.acceptance;
+        let steps = a.target_calls as f64;
+        let tau = a.mean_accepted_len();
+        let second_moment = a
+            .accepted_len_hist
+            .iter()
+            .enumerate()
+            .map(|(n, &c)| ((n + 1) as f64).powi(2) * c as f64)
+            .sum::<f64>()
+            / steps;
+        let se = ((second_moment - tau * tau) / steps).sqrt();
+        let expected = expected_accepted_len(a.alpha(), k);
+        println!("k = {k}: tau {tau:.4} ± {se:.4}, E {expected:.4}, alpha {:.4}", a.alpha());
+        assert!((tau - expected).abs() <= Z * se, "k = {k}: tau {tau} vs E {expected} (se {se})");
+        // Under i.i.d. acceptance, position i accepts with probability α^i.
+        for (i, rate) in a.per_position().iter().enumerate() {
+            let expected = a.alpha().powi(i as i32 + 1);
+            let se = (expected * (1.0 - expected) / steps).sqrt();
+            assert!((rate - expected).abs() <= Z * se, "k = {k}, position {}: {rate} vs {expected}", i + 1);
+        }
+    }
+}
+
+#[test]
+fn alpha_hat_agrees_with_alpha_on_a_long_run() {
+    // With k = 1 every proposal is tested, so E[α̂] = α exactly.
+    let device = ndarray();
+    let target = common::load_fixture("tiny-gqa", Backend::Ndarray, &device);
+    let draft = common::load_fixture("tiny-untied-bf16", Backend::Ndarray, &device);
+    let prompt = common::reference("tiny-gqa").prompt_ids;
+    let spec = Speculative::new(&target.model, &draft.model, 320, 1).unwrap();
+    let out = spec.generate(&prompt, &config(SamplingConfig::with_temperature(1.0), 200, 3)).unwrap();
+    let a = &out.acceptance;
+    let n = a.proposed as f64;
+    let se = (a.alpha() * (1.0 - a.alpha()) / n).sqrt();
+    println!("alpha_hat {:.4}, alpha {:.4}, n {n}, se {se:.4}", a.alpha_hat(), a.alpha());
+    assert!(n >= 100.0);
+    assert!((a.alpha_hat() - a.alpha()).abs() <= Z * se, "alpha_hat {} vs alpha {}", a.alpha_hat(), a.alpha());
+}
