@@ -3,6 +3,7 @@
 
 use std::fmt;
 use std::str::FromStr;
+use std::sync::{Arc, Mutex};
 
 use burn::tensor::{DType, Device, Tensor};
 use serde::{Deserialize, Serialize};
@@ -71,23 +72,35 @@ impl Backend {
 
 fn probe(device: &Device) -> std::result::Result<(), String> {
     let device = device.clone();
-    let quiet_hook = std::panic::take_hook();
-    std::panic::set_hook(Box::new(|_| {}));
+    // Adapter setup panics on a worker thread; keep the first message, which names the cause
+    // (the panic that reaches us only says a channel closed).
+    let first_panic = Arc::new(Mutex::new(None::<String>));
+    let sink = Arc::clone(&first_panic);
+    let previous_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let message = info
+            .payload()
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| info.payload().downcast_ref::<&str>().map(|s| s.to_string()));
+        let mut slot = sink.lock().unwrap_or_else(|e| e.into_inner());
+        if slot.is_none() {
+            *slot = message;
+        }
+    }));
     let outcome = std::panic::catch_unwind(move || {
         let sum = Tensor::<1>::ones([4], &device).sum().into_scalar::<f32>();
         device.sync().map_err(|e| format!("{e:?}"))?;
         Ok::<f32, String>(sum)
     });
-    std::panic::set_hook(quiet_hook);
+    std::panic::set_hook(previous_hook);
+    let first_panic = first_panic.lock().unwrap_or_else(|e| e.into_inner()).take();
     match outcome {
         Ok(Ok(sum)) if sum == 4.0 => Ok(()),
         Ok(Ok(sum)) => Err(format!("a test sum returned {sum} instead of 4")),
         Ok(Err(e)) => Err(e),
-        Err(panic) => Err(panic
-            .downcast_ref::<String>()
-            .cloned()
-            .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
-            .unwrap_or_else(|| "no usable adapter (is a GPU or Mesa lavapipe installed?)".into())),
+        Err(_) => Err(first_panic
+            .unwrap_or_else(|| "no usable adapter (is a GPU driver or Mesa lavapipe installed?)".into())),
     }
 }
 

@@ -184,6 +184,20 @@ fn wgpu_not_compiled_in() {
     assert_clean_failure(fixture.to_str().unwrap(), &["--backend", "wgpu"], &["not compiled", "--features wgpu"]);
 }
 
+#[cfg(feature = "wgpu")]
+#[test]
+fn wgpu_adapter_that_is_not_there() {
+    // Ask for an eighth discrete GPU: no test machine has one.
+    let out = Command::new(env!("CARGO_BIN_EXE_specbench"))
+        .args(["generate", "--model", "random:custom", "--prompt", "x", "--backend", "wgpu"])
+        .env("CUBECL_WGPU_DEFAULT_DEVICE", "DiscreteGpu(7)")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("backend `wgpu` is unavailable") && stderr.contains("adapter"), "{stderr}");
+}
+
 #[test]
 fn negative_temperature() {
     let fixture = common::fixture_dir("tiny-gqa");
