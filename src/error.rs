@@ -20,7 +20,7 @@ pub enum Error {
     MalformedFile { path: PathBuf, message: String },
     #[error("unsupported model: {0}")]
     Unsupported(String),
-    #[error("invalid model config: {0}")]
+    #[error("invalid config: {0}")]
     InvalidConfig(String),
     #[error("corrupt or truncated safetensors file {path}: {message}")]
     CorruptSafetensors { path: PathBuf, message: String },
@@ -64,6 +64,8 @@ pub enum Error {
     InvalidSampling(String),
     #[error("empty prompt: at least one token is needed")]
     EmptyPrompt,
+    #[error("cannot draw plot {0}")]
+    Plot(String),
     #[error("token id {id} is outside the vocabulary (size {vocab_size})")]
     TokenOutOfRange { id: u32, vocab_size: usize },
 }

@@ -4,8 +4,10 @@
 pub mod backend;
 pub mod decoding;
 pub mod error;
+pub mod experiment;
 pub mod metrics;
 pub mod model;
+pub mod report;
 pub mod sampling;
 pub mod tokenizer;
 

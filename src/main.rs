@@ -1,5 +1,7 @@
 //! The `specbench` command line: errors become one readable line and exit code 1.
 
+use std::io::IsTerminal;
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
@@ -9,6 +11,12 @@ use specbench::backend::{Backend, dtype_name, parse_dtype};
 use specbench::decoding::pairing::shared_vocab;
 use specbench::decoding::speculative::Speculative;
 use specbench::decoding::{Generation, GenerationConfig, autoregressive};
+use specbench::experiment::config::ExperimentConfig;
+use specbench::experiment::manifest::Manifest;
+use specbench::experiment::rows::read_rows;
+use specbench::experiment::runner::{RunOptions, Shard, run as run_sweep};
+use specbench::report::regression::{Baseline, Verdict, cell_counts, check, format_check};
+use specbench::report::{merge, summary_markdown, write_report};
 use specbench::metrics::{cost_ratio, expected_accepted_len, predicted_speedup};
 use specbench::model::{LoadedModel, ModelSpec};
 use specbench::sampling::SamplingConfig;
@@ -25,6 +33,39 @@ enum Command {
     /// Generate text from a prompt, target-only or with a draft model, and print speed and
     /// acceptance statistics.
     Generate(GenerateArgs),
+    /// Run an experiment config: every backend × temperature × k cell, baseline included.
+    Run {
+        config: PathBuf,
+        /// Complete an interrupted run in this result folder.
+        #[arg(long)]
+        resume: Option<PathBuf>,
+        /// Run only the cells i, i + n, i + 2n, ... (0-based), e.g. 0/4.
+        #[arg(long)]
+        shard: Option<String>,
+        /// Result folder (default: results/<name>/<run-id>).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Rebuild summary.csv, summary.md and plots/ from a result folder's runs.csv.
+    Report { dir: PathBuf },
+    /// Join shard result folders into one.
+    Merge {
+        dirs: Vec<PathBuf>,
+        #[arg(short, long)]
+        out: PathBuf,
+    },
+    /// Store a result folder's per-cell acceptance counts as a regression baseline.
+    Baseline {
+        dir: PathBuf,
+        #[arg(short, long)]
+        out: PathBuf,
+    },
+    /// Test a result folder's acceptance rates against a baseline; exit 1 on a significant drop.
+    Check {
+        dir: PathBuf,
+        #[arg(long)]
+        baseline: PathBuf,
+    },
 }
 
 #[derive(Args)]
@@ -63,7 +104,7 @@ struct GenerateArgs {
 
 fn main() -> ExitCode {
     match run(Cli::parse()) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(error) => {
             eprintln!("error: {error:#}");
             ExitCode::FAILURE
@@ -71,10 +112,71 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(cli: Cli) -> Result<()> {
+fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
-        Command::Generate(args) => generate(args),
+        Command::Generate(args) => generate(args).map(|_| ExitCode::SUCCESS),
+        Command::Run { config, resume, shard, out } => {
+            let options = RunOptions {
+                resume,
+                shard: shard.as_deref().map(str::parse::<Shard>).transpose()?,
+                out,
+                progress: std::io::stderr().is_terminal(),
+            };
+            let dir = run_sweep(&config, &options).with_context(|| format!("running {}", config.display()))?;
+            report(&dir)
+        }
+        Command::Report { dir } => report(&dir),
+        Command::Merge { dirs, out } => {
+            merge(&dirs, &out)?;
+            report_paths(&out);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Baseline { dir, out } => {
+            let manifest = Manifest::read(&dir)?;
+            let config = ExperimentConfig::parse(&manifest.config)?;
+            let baseline = Baseline {
+                experiment: manifest.experiment,
+                significance: config.experiment.significance,
+                cells: cell_counts(&read_rows(&dir.join("runs.csv"))?),
+            };
+            baseline.write(&out)?;
+            println!("baseline of {} cells written to {}", baseline.cells.len(), out.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Check { dir, baseline } => {
+            let baseline = Baseline::read(&baseline)?;
+            let rows = check(&baseline, &read_rows(&dir.join("runs.csv"))?);
+            print!("{}", format_check(&rows, baseline.significance));
+            let failed = rows.iter().filter(|r| r.verdict != Verdict::Pass).count();
+            if failed == 0 {
+                println!("acceptance rates hold: {} cells, no significant drop", rows.len());
+                Ok(ExitCode::SUCCESS)
+            } else {
+                println!("{failed} of {} cells dropped significantly or are missing", rows.len());
+                Ok(ExitCode::FAILURE)
+            }
+        }
     }
+}
+
+/// Writes the summary and plots of `dir` and prints the table and where everything is.
+fn report(dir: &std::path::Path) -> Result<ExitCode> {
+    let summary = write_report(dir)?;
+    let markdown = summary_markdown(&summary, None);
+    let table: Vec<&str> = markdown
+        .lines()
+        .filter(|l| l.starts_with('|'))
+        .take_while(|l| !l.starts_with("| category"))
+        .collect();
+    println!("{}", table.join("\n"));
+    report_paths(dir);
+    Ok(ExitCode::SUCCESS)
+}
+
+fn report_paths(dir: &std::path::Path) {
+    println!("\nresults: {}", dir.display());
+    println!("  runs.csv, summary.csv, summary.md, manifest.json");
+    println!("  plots: {}", dir.join("plots").display());
 }
 
 fn generate(args: GenerateArgs) -> Result<()> {
@@ -111,12 +213,12 @@ fn generate(args: GenerateArgs) -> Result<()> {
         None => format!("{} on {backend}/{}", target.spec, dtype_name(dtype)),
         Some(d) => format!("{} + draft {} (k = {}) on {backend}/{}", target.spec, d.spec, args.k, dtype_name(dtype)),
     };
-    eprintln!("\n{}", report(&label, &generation, draft.is_some()));
+    eprintln!("\n{}", describe(&label, &generation, draft.is_some()));
     Ok(())
 }
 
 /// A human-readable summary of one generation.
-fn report(label: &str, g: &Generation, speculative: bool) -> String {
+fn describe(label: &str, g: &Generation, speculative: bool) -> String {
     let t = &g.timings;
     let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
     let mut lines = vec![

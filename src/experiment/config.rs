@@ -1,0 +1,304 @@
+//! The experiment TOML schema. Unknown keys are rejected (serde's `deny_unknown_fields`), and
+//! every bad value is an error that names its key.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::backend::Backend;
+use crate::error::{Error, Result};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExperimentConfig {
+    pub experiment: Experiment,
+    pub models: Models,
+    pub sweep: Sweep,
+    #[serde(default)]
+    pub prompts: Prompts,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Experiment {
+    pub name: String,
+    #[serde(default)]
+    pub seed: u64,
+    #[serde(default = "one")]
+    pub repeats: usize,
+    /// Generations per cell run before measuring (kernel compilation, caches), not recorded.
+    #[serde(default = "one")]
+    pub warmup: usize,
+    pub max_new_tokens: usize,
+    /// Significance level of `specbench check`.
+    #[serde(default = "default_significance")]
+    pub significance: f64,
+    /// Where result folders go; relative paths are taken from the current directory.
+    #[serde(default = "default_results")]
+    pub results_dir: String,
+}
+
+fn one() -> usize {
+    1
+}
+fn default_significance() -> f64 {
+    0.01
+}
+fn default_results() -> String {
+    "results".into()
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Models {
+    pub target: ModelEntry,
+    pub draft: ModelEntry,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelEntry {
+    /// A local Hugging Face folder (environment variables allowed: `$VAR`, `${VAR}`) or
+    /// `random:PRESET`.
+    pub path: String,
+    #[serde(default = "default_dtype")]
+    pub dtype: String,
+}
+
+fn default_dtype() -> String {
+    "f32".into()
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Sweep {
+    pub k: Vec<usize>,
+    pub backends: Vec<String>,
+    pub temperatures: Vec<f64>,
+    #[serde(default = "default_top_p")]
+    pub top_p: f64,
+    #[serde(default)]
+    pub top_k: usize,
+}
+
+fn default_top_p() -> f64 {
+    1.0
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Prompts {
+    /// JSONL with `id`, `category`, `prompt` per line; the built-in set when absent.
+    #[serde(default)]
+    pub file: Option<String>,
+    /// Use only the first `limit` prompts.
+    #[serde(default)]
+    pub limit: Option<usize>,
+}
+
+impl ExperimentConfig {
+    pub fn from_file(path: &Path) -> Result<(Self, String)> {
+        let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let config = Self::parse(&text).map_err(|e| match e {
+            Error::InvalidConfig(message) => Error::MalformedFile {
+                path: path.to_path_buf(),
+                message,
+            },
+            other => other,
+        })?;
+        Ok((config, text))
+    }
+
+    pub fn parse(text: &str) -> Result<Self> {
+        let config: Self = toml::from_str(text).map_err(|e| Error::InvalidConfig(e.to_string()))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<()> {
+        let bad = |key: &str, why: &str| Err(Error::InvalidConfig(format!("`{key}` {why}")));
+        let e = &self.experiment;
+        if e.name.is_empty() || e.name.contains(['/', '\\']) {
+            return bad("experiment.name", "must be a non-empty name without slashes");
+        }
+        if e.repeats == 0 {
+            return bad("experiment.repeats", "must be at least 1");
+        }
+        if e.max_new_tokens == 0 {
+            return bad("experiment.max_new_tokens", "must be at least 1");
+        }
+        if !(e.significance > 0.0 && e.significance < 1.0) {
+            return bad("experiment.significance", "must be in (0, 1)");
+        }
+        let s = &self.sweep;
+        if s.k.is_empty() {
+            return bad("sweep.k", "is empty: list at least one draft length");
+        }
+        if s.k.contains(&0) {
+            return bad("sweep.k", "contains 0; draft lengths start at 1 (the baseline runs anyway)");
+        }
+        if s.backends.is_empty() {
+            return bad("sweep.backends", "is empty: list at least one backend");
+        }
+        for name in &s.backends {
+            name.parse::<Backend>()
+                .map_err(|e| Error::InvalidConfig(format!("`sweep.backends`: {e}")))?;
+        }
+        if s.temperatures.is_empty() {
+            return bad("sweep.temperatures", "is empty: list at least one temperature");
+        }
+        if let Some(t) = s.temperatures.iter().find(|t| !t.is_finite() || **t < 0.0) {
+            return Err(Error::InvalidConfig(format!("`sweep.temperatures` contains {t}; temperatures must be ≥ 0")));
+        }
+        if !(s.top_p > 0.0 && s.top_p <= 1.0) {
+            return bad("sweep.top_p", "must be in (0, 1]");
+        }
+        if self.prompts.limit == Some(0) {
+            return bad("prompts.limit", "must be at least 1");
+        }
+        for (key, entry) in [("models.target", &self.models.target), ("models.draft", &self.models.draft)] {
+            if !["f32", "f16", "bf16"].contains(&entry.dtype.as_str()) {
+                return Err(Error::InvalidConfig(format!("`{key}.dtype` is `{}`; choose f32, f16 or bf16", entry.dtype)));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn backends(&self) -> Vec<Backend> {
+        self.sweep.backends.iter().map(|b| b.parse().expect("validated")).collect()
+    }
+}
+
+/// Expands `$VAR`, `${VAR}` and `${VAR:-default}`; an unset variable without a default is an
+/// error naming it and the key.
+pub fn expand_env(value: &str, key: &str) -> Result<String> {
+    let mut out = String::new();
+    let mut rest = value;
+    while let Some(start) = rest.find('$') {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 1..];
+        let (name, remainder) = if let Some(braced) = after.strip_prefix('{') {
+            let end = braced.find('}').ok_or_else(|| {
+                Error::InvalidConfig(format!("`{key}`: unclosed `${{` in `{value}`"))
+            })?;
+            (&braced[..end], &braced[end + 1..])
+        } else {
+            let end = after
+                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .unwrap_or(after.len());
+            (&after[..end], &after[end..])
+        };
+        let (name, default) = match name.split_once(":-") {
+            Some((name, default)) => (name, Some(default)),
+            None => (name, None),
+        };
+        if name.is_empty() {
+            return Err(Error::InvalidConfig(format!("`{key}`: a `$` without a variable name in `{value}`")));
+        }
+        let resolved = match (std::env::var(name), default) {
+            (Ok(v), _) => v,
+            (Err(_), Some(default)) => default.to_string(),
+            (Err(_), None) => {
+                return Err(Error::InvalidConfig(format!(
+                    "`{key}` uses ${name}, which is not set in the environment"
+                )));
+            }
+        };
+        out.push_str(&resolved);
+        rest = remainder;
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+/// A model entry's path with environment variables expanded; relative folders are taken from
+/// the config file's folder, `random:` presets pass through.
+pub fn model_path(entry: &ModelEntry, key: &str, config_path: &Path) -> Result<String> {
+    if entry.path.starts_with("random:") {
+        return Ok(entry.path.clone());
+    }
+    Ok(resolve_beside(config_path, &entry.path, key)?.display().to_string())
+}
+
+/// Expands `path` and resolves it from the config file's folder when relative, so a config
+/// means the same from any working directory.
+pub fn resolve_beside(config_path: &Path, path: &str, key: &str) -> Result<PathBuf> {
+    let expanded = PathBuf::from(expand_env(path, key)?);
+    Ok(if expanded.is_relative() {
+        config_path.parent().unwrap_or(Path::new(".")).join(expanded)
+    } else {
+        expanded
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const VALID: &str = r#"
+[experiment]
+name = "t"
+max_new_tokens = 8
+[models.target]
+path = "random:custom"
+[models.draft]
+path = "random:custom"
+[sweep]
+k = [1, 2]
+backends = ["ndarray"]
+temperatures = [0.0, 1.0]
+"#;
+
+    fn error_of(text: &str) -> String {
+        ExperimentConfig::parse(text).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn a_minimal_config_parses_with_defaults() {
+        let config = ExperimentConfig::parse(VALID).unwrap();
+        assert_eq!((config.experiment.repeats, config.experiment.warmup), (1, 1));
+        assert_eq!(config.sweep.top_p, 1.0);
+        assert_eq!(config.models.draft.dtype, "f32");
+    }
+
+    #[test]
+    fn unknown_keys_are_named() {
+        let err = error_of(&VALID.replace("k = [1, 2]", "k = [1, 2]\ndraft_len = 3"));
+        assert!(err.contains("draft_len"), "{err}");
+    }
+
+    #[test]
+    fn missing_fields_are_named() {
+        let err = error_of(&VALID.replace("max_new_tokens = 8\n", ""));
+        assert!(err.contains("max_new_tokens"), "{err}");
+    }
+
+    #[test]
+    fn bad_values_name_their_key() {
+        for (from, to, key) in [
+            ("k = [1, 2]", "k = [0, 2]", "sweep.k"),
+            ("k = [1, 2]", "k = []", "sweep.k"),
+            ("temperatures = [0.0, 1.0]", "temperatures = [-0.5]", "sweep.temperatures"),
+            ("backends = [\"ndarray\"]", "backends = []", "sweep.backends"),
+            ("backends = [\"ndarray\"]", "backends = [\"tpu\"]", "sweep.backends"),
+            ("max_new_tokens = 8", "max_new_tokens = 0", "experiment.max_new_tokens"),
+        ] {
+            let err = error_of(&VALID.replace(from, to));
+            assert!(err.contains(key), "{to}: {err}");
+        }
+    }
+
+    #[test]
+    fn environment_variables_expand_and_unset_ones_are_named() {
+        // SAFETY: tests in this module do not read this variable concurrently.
+        unsafe { std::env::set_var("SPECBENCH_TEST_MODELS", "/models") };
+        assert_eq!(expand_env("$SPECBENCH_TEST_MODELS/a", "k").unwrap(), "/models/a");
+        assert_eq!(expand_env("${SPECBENCH_TEST_MODELS}x", "k").unwrap(), "/modelsx");
+        assert_eq!(expand_env("${SPECBENCH_SURELY_UNSET:-../models}/a", "k").unwrap(), "../models/a");
+        let err = expand_env("$SPECBENCH_SURELY_UNSET/x", "models.target.path").unwrap_err().to_string();
+        assert!(err.contains("SPECBENCH_SURELY_UNSET") && err.contains("models.target.path"), "{err}");
+    }
+}

@@ -1,0 +1,150 @@
+//! Turning `runs.csv` into `summary.csv`, `summary.md` and `plots/`; merging shards; acceptance
+//! regression checks. Everything here reads the result folder alone.
+
+pub mod plots;
+pub mod regression;
+pub mod summary;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use crate::error::{Error, Result};
+use crate::experiment::manifest::Manifest;
+use crate::experiment::rows::{RowWriter, RunRow, read_rows};
+use summary::{ALL, SummaryRow, summarize};
+
+/// Rebuilds the summary and plots of a result folder from its `runs.csv`.
+pub fn write_report(dir: &Path) -> Result<Vec<SummaryRow>> {
+    let rows = read_rows(&dir.join("runs.csv"))?;
+    if rows.is_empty() {
+        return Err(Error::MalformedFile { path: dir.join("runs.csv"), message: "no rows".into() });
+    }
+    let summary = summarize(&rows);
+    write_summary_csv(&summary, &dir.join("summary.csv"))?;
+    let manifest = Manifest::read(dir).ok();
+    let markdown = summary_markdown(&summary, manifest.as_ref());
+    std::fs::write(dir.join("summary.md"), markdown).map_err(|source| Error::Io { path: dir.join("summary.md"), source })?;
+    plots::write_all(&summary, &rows, &dir.join("plots"))?;
+    Ok(summary)
+}
+
+fn write_summary_csv(summary: &[SummaryRow], path: &Path) -> Result<()> {
+    let csv_error = |e: csv::Error| Error::MalformedFile { path: path.to_path_buf(), message: e.to_string() };
+    let mut writer = csv::Writer::from_path(path).map_err(csv_error)?;
+    for row in summary {
+        writer.serialize(row).map_err(csv_error)?;
+    }
+    writer.flush().map_err(|source| Error::Io { path: path.to_path_buf(), source })
+}
+
+fn opt(value: Option<f64>, digits: usize) -> String {
+    value.map_or("—".into(), |v| format!("{v:.digits$}"))
+}
+
+fn speedup_cell(row: &SummaryRow) -> String {
+    match (row.speedup, row.speedup_ci_low, row.speedup_ci_high) {
+        (Some(s), Some(lo), Some(hi)) => format!("{s:.2}× [{lo:.2}, {hi:.2}]"),
+        (Some(s), ..) => format!("{s:.2}×"),
+        _ => "—".into(),
+    }
+}
+
+pub fn summary_markdown(summary: &[SummaryRow], manifest: Option<&Manifest>) -> String {
+    let mut out = String::new();
+    if let Some(m) = manifest {
+        out += &format!("# {}\n\n", m.experiment);
+        out += &format!(
+            "Machine: {} ({} cores, {} GiB); devices: {}. Commit `{}`, specbench {}, config sha256 `{}`. Started {}, finished {}.\n\n",
+            m.machine.cpu,
+            m.machine.cores,
+            m.machine.memory_gib,
+            if m.devices.is_empty() { "—".into() } else { m.devices.join("; ") },
+            m.git_commit,
+            m.crate_version,
+            &m.config_sha256[..12.min(m.config_sha256.len())],
+            m.started,
+            m.finished.as_deref().unwrap_or("(unfinished)")
+        );
+    }
+    out += "Speedup = tokens/s of the cell ÷ tokens/s of target-only decoding (k = 0) on the same backend, \
+            temperature, prompts and seeds, end to end (prefill of both models included); 95% CI by Student's t \
+            over repeats (`t`) or a paired bootstrap over prompts (`bootstrap`). α = mean Σ min(p, q) over verified \
+            positions; α̂ = accepted / proposed; τ = tokens per target call; E = (1 − α^(k+1)) / (1 − α); \
+            c = draft time per drafted token ÷ target time per verify call; predicted = Theorem 3.8 from α, c, k.\n\n";
+    out += "| engine | backend | dtype | T | k | n | α | α̂ | τ | E | tokens/s | target-only tokens/s | speedup [95% CI] | CI | c | predicted |\n";
+    out += "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n";
+    for r in summary.iter().filter(|r| r.category == ALL) {
+        out += &format!(
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {:.2} | {} | {:.2} | {} | {} | {} | {} | {} |\n",
+            r.engine,
+            r.backend,
+            r.dtype,
+            r.temperature,
+            r.k,
+            r.n,
+            opt(r.alpha, 3),
+            opt(r.alpha_hat, 3),
+            r.mean_accepted_len,
+            opt(r.expected_accepted_len, 2),
+            r.tokens_per_s,
+            opt(r.baseline_tokens_per_s, 2),
+            speedup_cell(r),
+            r.ci_method,
+            opt(r.cost_ratio, 3),
+            r.predicted_speedup.map_or("—".into(), |p| format!("{p:.2}×")),
+        );
+    }
+    out += "\n## By prompt category\n\n| category | engine | backend | T | k | n | α | τ | speedup [95% CI] |\n|---|---|---|---|---|---|---|---|---|\n";
+    for r in summary.iter().filter(|r| r.category != ALL && r.k > 0) {
+        out += &format!(
+            "| {} | {} | {} | {} | {} | {} | {} | {:.2} | {} |\n",
+            r.category, r.engine, r.backend, r.temperature, r.k, r.n, opt(r.alpha, 3), r.mean_accepted_len, speedup_cell(r)
+        );
+    }
+    out += "\nPlots: `plots/speedup_vs_k`, `plots/tokens_per_s`, `plots/accepted_len_vs_k`, `plots/acceptance_by_position` (PNG and SVG).\n";
+    out
+}
+
+/// Joins shard folders into `out`: rows deduplicated by key (a key seen twice with different
+/// rows is an error), manifests recorded, then the report rebuilt.
+pub fn merge(dirs: &[PathBuf], out: &Path) -> Result<Vec<SummaryRow>> {
+    let mut rows: BTreeMap<_, RunRow> = BTreeMap::new();
+    let mut manifests = Vec::new();
+    for dir in dirs {
+        manifests.push(Manifest::read(dir)?);
+        for row in read_rows(&dir.join("runs.csv"))? {
+            if let Some(existing) = rows.get(&row.key()) {
+                if existing != &row {
+                    return Err(Error::MalformedFile {
+                        path: dir.join("runs.csv"),
+                        message: format!("row {:?} differs from the same row in another folder", row.key()),
+                    });
+                }
+            }
+            rows.insert(row.key(), row);
+        }
+    }
+    let first = manifests.first().ok_or_else(|| Error::InvalidConfig("merge needs at least one folder".into()))?;
+    if let Some(other) = manifests.iter().find(|m| m.config_sha256 != first.config_sha256) {
+        return Err(Error::InvalidConfig(format!(
+            "cannot merge runs of different configs ({} vs {})",
+            first.config_sha256, other.config_sha256
+        )));
+    }
+    std::fs::create_dir_all(out).map_err(|source| Error::Io { path: out.to_path_buf(), source })?;
+    if out.join("runs.csv").exists() {
+        return Err(Error::InvalidConfig(format!("{} already holds a runs.csv", out.display())));
+    }
+    let mut writer = RowWriter::open(&out.join("runs.csv"))?;
+    for row in rows.values() {
+        writer.append(row)?;
+    }
+    let mut manifest = first.clone();
+    manifest.shard = None;
+    manifest.merged_from = dirs.iter().map(|d| d.display().to_string()).collect();
+    manifest.devices = manifests.iter().flat_map(|m| m.devices.clone()).collect();
+    manifest.devices.dedup();
+    manifest.finished = manifests.iter().filter_map(|m| m.finished.clone()).max();
+    manifest.write(out)?;
+    write_report(out)
+}

@@ -1,0 +1,207 @@
+//! Figures for papers, in PNG and SVG. Every figure is a `LineChart` value drawn by one
+//! function, so all share axes, fonts and colours.
+
+use std::path::Path;
+use std::sync::Once;
+
+use plotters::coord::Shift;
+use plotters::prelude::*;
+
+use super::summary::{ALL, SummaryRow, position_acceptance};
+use crate::error::{Error, Result};
+use crate::experiment::rows::RunRow;
+use crate::metrics::{expected_accepted_len, predicted_speedup};
+
+const SIZE: (u32, u32) = (900, 560);
+const FONT: &str = "sans-serif";
+
+pub struct LineChart {
+    pub title: String,
+    pub x_label: String,
+    pub y_label: String,
+    pub series: Vec<Series>,
+    /// A dotted horizontal reference line (e.g. speedup 1).
+    pub reference: Option<f64>,
+}
+
+pub struct Series {
+    pub label: String,
+    pub color: usize,
+    pub points: Vec<(f64, f64)>,
+    pub dashed: bool,
+    /// (x, low, high) intervals drawn as error bars.
+    pub intervals: Vec<(f64, f64, f64)>,
+}
+
+impl Series {
+    fn solid(label: String, color: usize, points: Vec<(f64, f64)>) -> Self {
+        Self { label, color, points, dashed: false, intervals: Vec::new() }
+    }
+
+    fn dashed(label: String, color: usize, points: Vec<(f64, f64)>) -> Self {
+        Self { dashed: true, ..Self::solid(label, color, points) }
+    }
+}
+
+/// Registers the bundled font once: plotters finds no system fonts without fontconfig.
+fn register_font() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        plotters::style::register_font(FONT, FontStyle::Normal, include_bytes!("../../assets/DejaVuSans.ttf"))
+            .unwrap_or_else(|_| panic!("the bundled DejaVuSans.ttf is a valid font"));
+    });
+}
+
+fn plot_error(path: &Path, e: impl std::fmt::Debug) -> Error {
+    Error::Plot(format!("{}: {e:?}", path.display()))
+}
+
+/// Writes `name.png` and `name.svg` into `dir`.
+pub fn render(chart: &LineChart, dir: &Path, name: &str) -> Result<()> {
+    register_font();
+    let png = dir.join(format!("{name}.png"));
+    chart.draw(BitMapBackend::new(&png, SIZE).into_drawing_area()).map_err(|e| plot_error(&png, e))?;
+    let svg = dir.join(format!("{name}.svg"));
+    chart.draw(SVGBackend::new(&svg, SIZE).into_drawing_area()).map_err(|e| plot_error(&svg, e))?;
+    Ok(())
+}
+
+impl LineChart {
+    fn bounds(&self) -> ((f64, f64), (f64, f64)) {
+        let xs = self.series.iter().flat_map(|s| s.points.iter().map(|p| p.0));
+        let ys = self.series.iter().flat_map(|s| {
+            s.points.iter().map(|p| p.1).chain(s.intervals.iter().flat_map(|i| [i.1, i.2]))
+        });
+        let (x_min, x_max) = xs.fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), x| (a.min(x), b.max(x)));
+        let y_max = ys.chain(self.reference).filter(|y| y.is_finite()).fold(0.0f64, f64::max);
+        let (x_min, x_max) = if x_min.is_finite() { (x_min, x_max) } else { (0.0, 1.0) };
+        ((x_min - 0.5, x_max + 0.5), (0.0, (y_max * 1.15).max(1e-9)))
+    }
+
+    fn draw<DB: DrawingBackend>(&self, root: DrawingArea<DB, Shift>) -> std::result::Result<(), DrawingAreaErrorKind<DB::ErrorType>> {
+        root.fill(&WHITE)?;
+        let ((x0, x1), (y0, y1)) = self.bounds();
+        let mut chart = ChartBuilder::on(&root)
+            .caption(&self.title, (FONT, 22))
+            .margin(14)
+            .x_label_area_size(45)
+            .y_label_area_size(65)
+            .build_cartesian_2d(x0..x1, y0..y1)?;
+        chart
+            .configure_mesh()
+            .x_desc(&self.x_label)
+            .y_desc(&self.y_label)
+            .label_style((FONT, 14))
+            .axis_desc_style((FONT, 16))
+            .light_line_style(WHITE.mix(0.0))
+            .draw()?;
+        if let Some(y) = self.reference {
+            chart.draw_series(DashedLineSeries::new(vec![(x0, y), (x1, y)], 2, 4, BLACK.mix(0.4).stroke_width(1)))?;
+        }
+        for series in &self.series {
+            let color = Palette99::pick(series.color).to_rgba();
+            let style = color.stroke_width(2);
+            if series.dashed {
+                chart
+                    .draw_series(DashedLineSeries::new(series.points.clone(), 6, 5, style))?
+                    .label(&series.label)
+                    .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 8, y)], style));
+            } else {
+                chart
+                    .draw_series(LineSeries::new(series.points.clone(), style))?
+                    .label(&series.label)
+                    .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], style));
+                chart.draw_series(series.points.iter().map(|&p| Circle::new(p, 4, color.filled())))?;
+            }
+            chart.draw_series(
+                series.intervals.iter().map(|&(x, lo, hi)| ErrorBar::new_vertical(x, lo, (lo + hi) / 2.0, hi, style, 8)),
+            )?;
+        }
+        chart
+            .configure_series_labels()
+            .label_font((FONT, 13))
+            .background_style(WHITE.mix(0.85))
+            .border_style(BLACK.mix(0.5))
+            .position(SeriesLabelPosition::UpperLeft)
+            .draw()?;
+        root.present()
+    }
+}
+
+/// The (engine, backend, temperature) groups of speculative cells, each with its rows by k.
+fn groups(summary: &[SummaryRow]) -> Vec<(String, Vec<&SummaryRow>)> {
+    let mut out: Vec<(String, Vec<&SummaryRow>)> = Vec::new();
+    for row in summary.iter().filter(|s| s.category == ALL && s.k > 0) {
+        let label = format!("{} {} {} T={}", row.engine, row.backend, row.dtype, row.temperature);
+        match out.iter_mut().find(|(l, _)| *l == label) {
+            Some((_, rows)) => rows.push(row),
+            None => out.push((label, vec![row])),
+        }
+    }
+    out
+}
+
+pub fn write_all(summary: &[SummaryRow], rows: &[RunRow], dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(|source| Error::Io { path: dir.to_path_buf(), source })?;
+    let groups = groups(summary);
+    let k_of = |r: &SummaryRow| r.k as f64;
+
+    let mut speedup = Vec::new();
+    let mut tokens = Vec::new();
+    let mut lengths = Vec::new();
+    let mut positions = Vec::new();
+    for (color, (label, cells)) in groups.iter().enumerate() {
+        let measured: Vec<(f64, f64)> = cells.iter().filter_map(|r| Some((k_of(r), r.speedup?))).collect();
+        let mut series = Series::solid(format!("{label} measured"), color, measured);
+        series.intervals = cells
+            .iter()
+            .filter_map(|r| Some((k_of(r), r.speedup_ci_low?, r.speedup_ci_high?)))
+            .collect();
+        speedup.push(series);
+        let predicted: Vec<(f64, f64)> = cells
+            .iter()
+            .filter_map(|r| Some((k_of(r), predicted_speedup(r.alpha?, r.cost_ratio?, r.k))))
+            .collect();
+        if !predicted.is_empty() {
+            speedup.push(Series::dashed(format!("{label} Thm 3.8"), color, predicted));
+        }
+
+        tokens.push(Series::solid(format!("{label} speculative"), color, cells.iter().map(|r| (k_of(r), r.tokens_per_s)).collect()));
+        if let Some(base) = cells[0].baseline_tokens_per_s {
+            let ks = [k_of(cells[0]), k_of(cells[cells.len() - 1])];
+            tokens.push(Series::dashed(format!("{label} target-only"), color, ks.iter().map(|&k| (k, base)).collect()));
+        }
+
+        lengths.push(Series::solid(format!("{label} measured"), color, cells.iter().map(|r| (k_of(r), r.mean_accepted_len)).collect()));
+        let expected: Vec<(f64, f64)> = cells
+            .iter()
+            .filter_map(|r| Some((k_of(r), expected_accepted_len(r.alpha?, r.k))))
+            .collect();
+        if !expected.is_empty() {
+            lengths.push(Series::dashed(format!("{label} (1-a^(k+1))/(1-a)"), color, expected));
+        }
+
+        let longest = cells.iter().max_by_key(|r| r.k).expect("groups are non-empty");
+        if longest.engine == crate::experiment::runner::ENGINE {
+            let rates = position_acceptance(rows, &longest.engine, &longest.backend, longest.temperature, longest.k);
+            let points = rates.iter().enumerate().map(|(i, &r)| ((i + 1) as f64, r)).collect();
+            positions.push(Series::solid(format!("{label} k={}", longest.k), color, points));
+            if let Some(alpha) = longest.alpha {
+                let iid = (1..=longest.k).map(|i| (i as f64, alpha.powi(i as i32))).collect();
+                positions.push(Series::dashed(format!("{label} a^i"), color, iid));
+            }
+        }
+    }
+    let chart = |title: &str, x: &str, y: &str, series, reference| LineChart {
+        title: title.into(),
+        x_label: x.into(),
+        y_label: y.into(),
+        series,
+        reference,
+    };
+    render(&chart("Speedup over target-only decoding", "draft length k", "speedup (95% CI)", speedup, Some(1.0)), dir, "speedup_vs_k")?;
+    render(&chart("Decoding speed", "draft length k", "tokens/s", tokens, None), dir, "tokens_per_s")?;
+    render(&chart("Tokens per target call", "draft length k", "mean accepted length", lengths, Some(1.0)), dir, "accepted_len_vs_k")?;
+    render(&chart("Acceptance by draft position", "draft position", "acceptance rate", positions, None), dir, "acceptance_by_position")?;
+    Ok(())
+}

@@ -1,0 +1,220 @@
+//! `specbench run / report / merge / baseline / check` end to end on the fixture pair.
+
+mod common;
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use specbench::experiment::rows::{RowKey, read_rows};
+
+fn specbench(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_specbench")).args(args).output().unwrap()
+}
+
+fn ok(out: &Output) -> String {
+    let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "exit {:?}: {text}", out.status.code());
+    text
+}
+
+fn fixture(name: &str) -> String {
+    common::fixture_dir(name).display().to_string()
+}
+
+fn run_into(config: &str, dir: &Path, extra: &[&str]) -> String {
+    let mut args = vec!["run", config, "--out", dir.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    ok(&specbench(&args))
+}
+
+fn keys(dir: &Path) -> Vec<RowKey> {
+    read_rows(&dir.join("runs.csv")).unwrap().iter().map(|r| r.key()).collect()
+}
+
+/// 2 temperatures × (baseline + 2 k) × 4 prompts × 2 repeats.
+const SWEEP_ROWS: usize = 48;
+
+#[test]
+fn run_writes_the_whole_result_folder_and_report_reproduces_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("run");
+    let printed = run_into(&fixture("sweep.toml"), &dir, &[]);
+    assert!(printed.contains("speedup") && printed.contains(dir.to_str().unwrap()), "{printed}");
+
+    let rows = read_rows(&dir.join("runs.csv")).unwrap();
+    assert_eq!(rows.len(), SWEEP_ROWS);
+    assert_eq!(rows.iter().map(|r| r.key()).collect::<HashSet<_>>().len(), SWEEP_ROWS);
+    for row in &rows {
+        assert_eq!(row.engine, "specbench");
+        assert!(row.new_tokens > 0 && row.tokens_per_s > 0.0 && row.wall_s > 0.0);
+        if row.k == 0 {
+            assert_eq!((row.proposed, row.mean_accepted_len), (0, 1.0));
+            assert!(row.draft.is_empty() && row.alpha.is_none());
+        } else {
+            assert_eq!(row.proposed, row.k as u64 * row.target_calls);
+            assert!(row.alpha.is_some() && row.draft_s > 0.0);
+        }
+    }
+    let manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("manifest.json")).unwrap()).unwrap();
+    for field in ["config", "config_sha256", "git_commit", "crate_version", "machine", "devices", "started", "finished"] {
+        assert!(!manifest[field].is_null(), "manifest lacks {field}");
+    }
+    assert_eq!(manifest["config"].as_str().unwrap(), std::fs::read_to_string(fixture("sweep.toml")).unwrap());
+
+    let summary = std::fs::read_to_string(dir.join("summary.csv")).unwrap();
+    assert!(summary.starts_with("engine,backend,dtype,category,temperature,k,n,alpha"));
+    let markdown = std::fs::read_to_string(dir.join("summary.md")).unwrap();
+    assert!(markdown.contains("speedup [95% CI]") && markdown.contains("By prompt category"));
+    let plots = ["speedup_vs_k", "tokens_per_s", "accepted_len_vs_k", "acceptance_by_position"];
+    for plot in plots {
+        for ext in ["png", "svg"] {
+            let size = std::fs::metadata(dir.join("plots").join(format!("{plot}.{ext}"))).unwrap().len();
+            assert!(size > 1000, "{plot}.{ext} is {size} bytes");
+        }
+    }
+
+    // `report` rebuilds the same summary from runs.csv alone.
+    std::fs::remove_file(dir.join("summary.csv")).unwrap();
+    std::fs::remove_dir_all(dir.join("plots")).unwrap();
+    ok(&specbench(&["report", dir.to_str().unwrap()]));
+    assert_eq!(std::fs::read_to_string(dir.join("summary.csv")).unwrap(), summary);
+    assert!(dir.join("plots/speedup_vs_k.svg").exists());
+}
+
+#[test]
+fn check_passes_on_itself_and_on_the_committed_baseline_and_fails_on_a_doctored_one() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("run");
+    run_into(&fixture("sweep.toml"), &dir, &[]);
+    let dir_arg = dir.to_str().unwrap();
+
+    let own = tmp.path().join("baseline.json");
+    ok(&specbench(&["baseline", dir_arg, "-o", own.to_str().unwrap()]));
+    let printed = ok(&specbench(&["check", dir_arg, "--baseline", own.to_str().unwrap()]));
+    assert!(printed.contains("no significant drop"), "{printed}");
+
+    let committed = fixture("sweep.baseline.json");
+    let printed = ok(&specbench(&["check", dir_arg, "--baseline", &committed]));
+    assert!(printed.contains("no significant drop"), "{printed}");
+
+    // A baseline claiming the sampled cells used to accept 90% of drafts.
+    let mut doctored: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&own).unwrap()).unwrap();
+    for cell in doctored["cells"].as_array_mut().unwrap() {
+        if cell["temperature"].as_f64() == Some(1.0) {
+            let proposed = cell["proposed"].as_u64().unwrap();
+            cell["accepted"] = (proposed * 9 / 10).into();
+        }
+    }
+    let doctored_path = tmp.path().join("doctored.json");
+    std::fs::write(&doctored_path, doctored.to_string()).unwrap();
+    let out = specbench(&["check", dir_arg, "--baseline", doctored_path.to_str().unwrap()]);
+    let printed = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{printed}");
+    assert!(printed.contains("SIGNIFICANT DROP"), "{printed}");
+}
+
+#[test]
+fn a_killed_run_resumes_without_losing_or_repeating_rows() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("run");
+    let config = fixture("sweep-long.toml");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_specbench"))
+        .args(["run", &config, "--out", dir.to_str().unwrap()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let runs = dir.join("runs.csv");
+    let start = Instant::now();
+    let lines = |p: &PathBuf| std::fs::read_to_string(p).map(|t| t.lines().count()).unwrap_or(0);
+    while lines(&runs) < 20 {
+        assert!(start.elapsed() < Duration::from_secs(120), "the run never wrote 20 rows");
+        assert!(child.try_wait().unwrap().is_none(), "the run finished before it could be killed");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    child.kill().unwrap(); // SIGKILL: no chance to clean up
+    child.wait().unwrap();
+    let before = read_rows(&runs).unwrap();
+    let expected_total = 2 * 3 * 8 * 3;
+    assert!(before.len() < expected_total, "killed too late to test resume");
+
+    ok(&specbench(&["run", &config, "--resume", dir.to_str().unwrap()]));
+    let after = read_rows(&runs).unwrap();
+    assert_eq!(after.len(), expected_total);
+    assert_eq!(&after[..before.len()], &before[..], "finished rows changed");
+    assert_eq!(after.iter().map(|r| r.key()).collect::<HashSet<_>>().len(), expected_total, "duplicated rows");
+    let manifest = std::fs::read_to_string(dir.join("manifest.json")).unwrap();
+    assert!(manifest.contains("\"resumed\": [\n    \""), "{manifest}");
+}
+
+#[test]
+fn resume_refuses_a_different_config() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("run");
+    run_into(&fixture("sweep.toml"), &dir, &[]);
+    let out = specbench(&["run", &fixture("sweep-long.toml"), "--resume", dir.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("different config"));
+}
+
+#[test]
+fn shards_merge_into_the_full_sweep() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = fixture("sweep.toml");
+    let shards: Vec<PathBuf> = (0..3).map(|i| tmp.path().join(format!("shard{i}"))).collect();
+    for (i, dir) in shards.iter().enumerate() {
+        run_into(&config, dir, &["--shard", &format!("{i}/3")]);
+    }
+    let merged = tmp.path().join("merged");
+    let mut args = vec!["merge"];
+    args.extend(shards.iter().map(|d| d.to_str().unwrap()));
+    args.extend(["-o", merged.to_str().unwrap()]);
+    ok(&specbench(&args));
+    let mut merged_keys = keys(&merged);
+    merged_keys.sort();
+    let full = tmp.path().join("full");
+    run_into(&config, &full, &[]);
+    let mut full_keys = keys(&full);
+    full_keys.sort();
+    assert_eq!(merged_keys, full_keys);
+    assert!(shards.iter().all(|d| keys(d).len() < SWEEP_ROWS));
+    assert!(merged.join("summary.md").exists());
+}
+
+#[test]
+fn the_llama3_config_fails_cleanly_without_weights() {
+    let config = Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/llama3-8b-1b.toml");
+    let out = Command::new(env!("CARGO_BIN_EXE_specbench"))
+        .args(["run", config.to_str().unwrap()])
+        .env("SPECBENCH_MODELS", "/nonexistent/models")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(stderr.contains("/nonexistent/models/Llama-3.1-8B-Instruct"), "{stderr}");
+    assert!(stderr.contains("config.json") && stderr.contains("tokenizer.json"), "{stderr}");
+    assert!(!Path::new(env!("CARGO_MANIFEST_DIR")).join("results/llama3-8b-1b").exists());
+}
+
+#[test]
+fn shipped_configs_parse() {
+    for config in ["configs/llama3-8b-1b.toml", "configs/llama3-8b-1b-random.toml"] {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(config);
+        specbench::experiment::config::ExperimentConfig::from_file(&path).unwrap();
+    }
+}
+
+#[test]
+fn a_bad_config_names_the_key() {
+    let tmp = tempfile::tempdir().unwrap();
+    let text = std::fs::read_to_string(fixture("sweep.toml")).unwrap().replace("k = [1, 3]", "k = [1, 3]\nbogus = 1");
+    let path = tmp.path().join("bad.toml");
+    std::fs::write(&path, text).unwrap();
+    let out = specbench(&["run", path.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("bogus"));
+}
