@@ -51,11 +51,10 @@ struct Mlp {
     down: Linear,
 }
 
-/// PyTorch stores `[out, in]`; burn's `Linear` computes `x · W` with `W: [in, out]`.
+/// Sources hand out linear weights as `[in, out]`, the layout burn's `Linear` multiplies by.
 fn linear(source: &mut impl WeightSource, weight: Weight, config: &LlamaConfig) -> Result<Linear> {
-    let w: Tensor<2> = source.load(weight, config)?;
     Ok(Linear {
-        weight: Param::from_tensor(w.transpose()),
+        weight: Param::from_tensor(source.load(weight, config)?),
         bias: None,
     })
 }
@@ -132,7 +131,13 @@ impl Llama {
         let x = self.norm.forward(x);
         let logits = match &self.lm_head {
             Some(head) => head.forward(x),
-            None => x.matmul(self.embed.val().transpose().unsqueeze()),
+            // Tied: E · xᵀ reads the contiguous embedding rows; x · Eᵀ would multiply by a
+            // strided view, several times slower on ndarray.
+            None => {
+                let [batch, seq, hidden] = x.dims();
+                let x = x.reshape([batch * seq, hidden]);
+                self.embed.val().matmul(x.transpose()).transpose().reshape([batch, seq, self.config.vocab_size])
+            }
         };
         Ok(logits.cast(DType::F32))
     }

@@ -140,11 +140,28 @@ impl WeightSource for Checkpoint {
                 found: view.shape().to_vec(),
             });
         }
-        let values = to_f32(&name, view.dtype(), view.data())?;
-        let shape: [usize; D] = expected.try_into().expect("weight rank is fixed by the table");
+        let mut values = to_f32(&name, view.dtype(), view.data())?;
+        if weight.is_linear() {
+            values = transpose(&values, expected[0], expected[1]);
+        }
+        let shape: [usize; D] = weight
+            .burn_shape(config)
+            .try_into()
+            .expect("weight rank is fixed by the table");
         let tensor = Tensor::<D>::from_data(TensorData::new(values, shape), &self.device);
         Ok(tensor.cast(self.dtype))
     }
+}
+
+/// `[rows, cols]` row-major to `[cols, rows]` row-major, on the host while loading.
+fn transpose(values: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    let mut out = vec![0.0; values.len()];
+    for (r, row) in values.chunks_exact(cols).enumerate() {
+        for (c, &v) in row.iter().enumerate() {
+            out[c * rows + r] = v;
+        }
+    }
+    out
 }
 
 fn to_f32(name: &str, dtype: Dtype, bytes: &[u8]) -> Result<Vec<f32>> {
@@ -175,6 +192,11 @@ mod tests {
         let one_f16 = half::f16::from_f32(-0.25).to_bits().to_le_bytes();
         assert_eq!(to_f32("x", Dtype::BF16, &one_bf16).unwrap(), vec![1.5]);
         assert_eq!(to_f32("x", Dtype::F16, &one_f16).unwrap(), vec![-0.25]);
+    }
+
+    #[test]
+    fn transpose_swaps_rows_and_columns() {
+        assert_eq!(transpose(&[1.0, 2.0, 3.0, 4.0, 5.0, 6.0], 2, 3), vec![1.0, 4.0, 2.0, 5.0, 3.0, 6.0]);
     }
 
     #[test]

@@ -72,6 +72,22 @@ impl Weight {
         }
     }
 
+    /// Linear projections are handed out as `[in, out]`, the layout burn's `Linear` multiplies
+    /// by; materialising it (rather than a transposed view of `[out, in]`) makes batch-1 decoding
+    /// on ndarray about 4× faster.
+    pub fn is_linear(self) -> bool {
+        !matches!(self, Weight::Embed) && !self.is_norm()
+    }
+
+    /// Shape as a `WeightSource` returns it: the HF shape, reversed for linear weights.
+    pub fn burn_shape(self, config: &LlamaConfig) -> Vec<usize> {
+        let mut shape = self.hf_shape(config);
+        if self.is_linear() {
+            shape.reverse();
+        }
+        shape
+    }
+
     fn is_norm(self) -> bool {
         matches!(
             self,
@@ -82,8 +98,8 @@ impl Weight {
     }
 }
 
-/// Where parameters come from. Tensors are returned in the Hugging Face layout and the run's
-/// float dtype; the model builder transposes linear weights itself.
+/// Where parameters come from. Tensors are returned in `Weight::burn_shape` (linear weights
+/// `[in, out]`) and the run's float dtype.
 pub trait WeightSource {
     fn load<const D: usize>(&mut self, weight: Weight, config: &LlamaConfig) -> Result<Tensor<D>>;
 }
@@ -117,7 +133,7 @@ impl RandomWeights {
 impl WeightSource for RandomWeights {
     fn load<const D: usize>(&mut self, weight: Weight, config: &LlamaConfig) -> Result<Tensor<D>> {
         let shape: [usize; D] = weight
-            .hf_shape(config)
+            .burn_shape(config)
             .try_into()
             .expect("weight rank is fixed by the table");
         let tensor = if weight.is_norm() {
