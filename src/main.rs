@@ -14,7 +14,7 @@ use specbench::decoding::{Generation, GenerationConfig, autoregressive};
 use specbench::experiment::config::ExperimentConfig;
 use specbench::experiment::manifest::Manifest;
 use specbench::experiment::rows::read_rows;
-use specbench::experiment::runner::{RunOptions, Shard, run as run_sweep};
+use specbench::experiment::runner::{RunOptions, Shard, load_prompts, run as run_sweep};
 use specbench::report::regression::{Baseline, Verdict, cell_counts, check, format_check};
 use specbench::report::{merge, summary_markdown, write_report};
 use specbench::metrics::{cost_ratio, expected_accepted_len, predicted_speedup};
@@ -46,6 +46,8 @@ enum Command {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// Print the prompts a config runs, as JSONL (for peer engines and notebooks).
+    Prompts { config: PathBuf },
     /// Rebuild summary.csv, summary.md and plots/ from a result folder's runs.csv.
     Report { dir: PathBuf },
     /// Join shard result folders into one.
@@ -126,6 +128,13 @@ fn run(cli: Cli) -> Result<ExitCode> {
             report(&dir)
         }
         Command::Report { dir } => report(&dir),
+        Command::Prompts { config } => {
+            let (parsed, _) = ExperimentConfig::from_file(&config)?;
+            for prompt in load_prompts(&parsed, &config)? {
+                println!("{}", serde_json::to_string(&prompt)?);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Merge { dirs, out } => {
             merge(&dirs, &out)?;
             report_paths(&out);

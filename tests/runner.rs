@@ -218,3 +218,21 @@ fn a_bad_config_names_the_key() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("bogus"));
 }
+
+#[test]
+fn the_embedded_pair_keeps_its_acceptance_rates() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("run");
+    run_into(&fixture("tiny-check.toml"), &dir, &[]);
+    let printed = ok(&specbench(&["check", dir.to_str().unwrap(), "--baseline", &fixture("tiny-check.baseline.json")]));
+    assert!(printed.contains("no significant drop"), "{printed}");
+}
+
+#[test]
+fn the_embedded_target_has_at_least_five_times_the_draft_parameters() {
+    use specbench::model::LlamaConfig;
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/tiny");
+    let params = |name: &str| LlamaConfig::from_file(&root.join(name).join("config.json")).unwrap().num_parameters();
+    let (target, draft) = (params("target"), params("draft"));
+    assert!(target >= 5 * draft, "target {target} vs draft {draft}");
+}
