@@ -4,7 +4,8 @@ specbench config, and write rows in specbench's runs.csv schema with engine = tr
 `specbench report` puts both engines in one table and one plot.
 
 For every temperature of the config: target-only `generate` (k = 0) and assisted generation
-(`assistant_model`, `num_assistant_tokens = k`, constant schedule) for each k.
+(`assistant_model`, `num_assistant_tokens = k`, constant schedule, confidence threshold 0 so
+every block is drafted to length k) for each k.
 
 Timing: wall time of `generate`; the target's and the draft's forward calls are wrapped to count
 them and time them (CUDA synchronised), which gives verify_s, draft_s, target_calls, proposed
@@ -76,6 +77,7 @@ def main():
     ap.add_argument("--specbench", default="target/release/specbench", help="binary, to list the prompts")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--repeats", type=int, default=None, help="override the config's repeats")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -105,6 +107,9 @@ def main():
         if k > 0:
             draft.generation_config.num_assistant_tokens = k
             draft.generation_config.num_assistant_tokens_schedule = "constant"
+            # transformers >= 4.45 stops drafting once the draft's confidence falls below 0.4;
+            # a constant-k comparison needs every block drafted to length k.
+            draft.generation_config.assistant_confidence_threshold = 0.0
             kwargs["assistant_model"] = draft
         t_meter.reset(), d_meter.reset()
         start = time.perf_counter()
@@ -122,7 +127,7 @@ def main():
                 encoded = [torch.tensor([tok(p["prompt"]).input_ids], device=args.device) for p in prompts]
                 for _ in range(exp.get("warmup", 1)):
                     generate(encoded[0], temperature, k, 0)
-                for repeat in range(exp.get("repeats", 1)):
+                for repeat in range(args.repeats or exp.get("repeats", 1)):
                     for i, p in enumerate(prompts):
                         seed = exp.get("seed", 0) * 1_000_003 + i * 1000 + repeat
                         tokens, wall = generate(encoded[i], temperature, k, seed)
