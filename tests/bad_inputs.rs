@@ -3,7 +3,7 @@
 mod common;
 
 use std::path::Path;
-use std::process::Command;
+use std::process::{Command, Output};
 
 use safetensors::SafeTensors;
 use safetensors::tensor::TensorView;
@@ -202,4 +202,71 @@ fn wgpu_adapter_that_is_not_there() {
 fn negative_temperature() {
     let fixture = common::fixture_dir("tiny-gqa");
     assert_clean_failure(fixture.to_str().unwrap(), &["--temperature=-1"], &["temperature"]);
+}
+
+/// Runs speculative `generate` with `draft` against the tiny-gqa target.
+fn generate_with_draft(draft: &str) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_specbench"))
+        .args(["generate", "--target", common::fixture_dir("tiny-gqa").to_str().unwrap(), "--draft", draft])
+        .args(["--prompt", "The", "--max-new-tokens", "4", "--k", "2"])
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn a_draft_with_another_vocabulary_is_refused_naming_the_first_differing_id() {
+    let dir = copy_fixture("tiny-untied-bf16");
+    let file = dir.path().join("tokenizer.json");
+    let mut tokenizer: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+    // Swap the ids of tokens 300 and 301: still a valid tokenizer, but another vocabulary.
+    let vocab = tokenizer["model"]["vocab"].as_object_mut().unwrap();
+    let token_of = |id: u64| vocab.iter().find(|(_, v)| v.as_u64() == Some(id)).map(|(t, _)| t.clone()).unwrap();
+    let (a, b) = (token_of(300), token_of(301));
+    vocab.insert(a.clone(), 301.into());
+    vocab.insert(b.clone(), 300.into());
+    std::fs::write(&file, tokenizer.to_string()).unwrap();
+    let out = generate_with_draft(path(&dir));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("first differing token id 300"), "{stderr}");
+}
+
+#[test]
+fn a_draft_with_padded_embedding_rows_pairs_and_the_padding_is_masked() {
+    // Pad the draft's embedding and head from 320 to 384 rows with huge logits-to-be: if the
+    // padding were scored, the draft would propose token ids ≥ 320 and the target would fail.
+    let dir = copy_fixture("tiny-untied-bf16");
+    let index: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("model.safetensors.index.json")).unwrap()).unwrap();
+    for (name, shard) in index["weight_map"].as_object().unwrap() {
+        if name == "lm_head.weight" || name == "model.embed_tokens.weight" {
+            pad_rows(&dir.path().join(shard.as_str().unwrap()), name, 64);
+        }
+    }
+    edit_config(dir.path(), |c| c["vocab_size"] = 384.into());
+    let out = generate_with_draft(path(&dir));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("acceptance"), "{stderr}");
+}
+
+/// Appends `extra` rows of large bf16 values to tensor `name` in a safetensors shard.
+fn pad_rows(file: &Path, name: &str, extra: usize) {
+    let bytes = std::fs::read(file).unwrap();
+    let tensors = SafeTensors::deserialize(&bytes).unwrap();
+    let mut entries: Vec<(String, safetensors::Dtype, Vec<usize>, Vec<u8>)> = tensors
+        .tensors()
+        .into_iter()
+        .map(|(n, v)| (n, v.dtype(), v.shape().to_vec(), v.data().to_vec()))
+        .collect();
+    let entry = entries.iter_mut().find(|(n, ..)| n == name).unwrap();
+    let width = entry.2[1];
+    let big = half::bf16::from_f32(50.0).to_bits().to_le_bytes();
+    entry.3.extend((0..extra * width).flat_map(|_| big));
+    entry.2[0] += extra;
+    let views: Vec<(String, TensorView)> = entries
+        .iter()
+        .map(|(n, d, s, data)| (n.clone(), TensorView::new(*d, s.clone(), data).unwrap()))
+        .collect();
+    std::fs::write(file, safetensors::serialize(views, &None).unwrap()).unwrap();
 }

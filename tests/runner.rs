@@ -182,6 +182,13 @@ fn shards_merge_into_the_full_sweep() {
     assert_eq!(merged_keys, full_keys);
     assert!(shards.iter().all(|d| keys(d).len() < SWEEP_ROWS));
     assert!(merged.join("summary.md").exists());
+
+    // A shard folder resumes as its own shard: nothing else is added to it.
+    let before = keys(&shards[1]);
+    ok(&specbench(&["run", &config, "--resume", shards[1].to_str().unwrap()]));
+    assert_eq!(keys(&shards[1]), before);
+    let out = specbench(&["run", &config, "--resume", shards[1].to_str().unwrap(), "--shard", "0/3"]);
+    assert_eq!(out.status.code(), Some(1), "resuming shard 1 as shard 0 must fail");
 }
 
 #[test]

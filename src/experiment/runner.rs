@@ -121,31 +121,30 @@ pub fn run(config_path: &Path, options: &RunOptions) -> Result<PathBuf> {
     let (config, config_text) = ExperimentConfig::from_file(config_path)?;
     let prompts = load_prompts(&config, config_path)?;
     let (target_spec, draft_spec) = model_specs(&config, config_path)?;
-    let cells = cells(&config, options.shard);
-
-    let dir = match &options.resume {
-        Some(dir) => resume_manifest(dir, &config_text)?,
-        None => new_result_dir(&config, &config_text, options)?,
+    let (dir, shard) = match &options.resume {
+        Some(dir) => resume_manifest(dir, &config_text, options.shard)?,
+        None => (new_result_dir(&config, &config_text, options)?, options.shard),
     };
+    let cells = cells(&config, shard);
     let runs_path = dir.join("runs.csv");
     let done = if runs_path.exists() { done_keys(&read_rows(&runs_path)?) } else { HashSet::new() };
     let mut writer = RowWriter::open(&runs_path)?;
 
-    let total = cells.len() * prompts.len() * config.experiment.repeats;
-    let progress = if options.progress { ProgressBar::new(total as u64) } else { ProgressBar::hidden() };
+    let total = (cells.len() * prompts.len() * config.experiment.repeats) as u64;
+    let progress = if options.progress { ProgressBar::new(total) } else { ProgressBar::hidden() };
     progress.set_style(
         ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} rows, ETA {eta} {msg}")
             .expect("valid template"),
     );
+    let repeats = config.experiment.repeats;
+    let pending = |cell: &Cell, p: &Prompt, repeat| !done.contains(&key(cell, p, repeat));
+    let any_pending = |cells: &[Cell]| cells.iter().any(|c| prompts.iter().any(|p| (0..repeats).any(|r| pending(c, p, r))));
+    let rows_of = |cells: &[Cell]| (cells.len() * prompts.len() * repeats) as u64;
     let mut devices = Vec::new();
     for backend in config.backends() {
         let backend_cells: Vec<Cell> = cells.iter().copied().filter(|c| c.backend == backend).collect();
-        let pending = |cell: &Cell, p: &Prompt, repeat| !done.contains(&key(cell, p, repeat));
-        let any_pending = backend_cells
-            .iter()
-            .any(|c| prompts.iter().any(|p| (0..config.experiment.repeats).any(|r| pending(c, p, r))));
-        if !any_pending {
-            progress.inc((backend_cells.len() * prompts.len() * config.experiment.repeats) as u64);
+        if !any_pending(&backend_cells) {
+            progress.inc(rows_of(&backend_cells));
             continue;
         }
         let device = backend.device()?;
@@ -165,7 +164,8 @@ pub fn run(config_path: &Path, options: &RunOptions) -> Result<PathBuf> {
         };
         for &temperature in &config.sweep.temperatures {
             let group: Vec<Cell> = backend_cells.iter().copied().filter(|c| c.temperature == temperature).collect();
-            if group.is_empty() {
+            if !any_pending(&group) {
+                progress.inc(rows_of(&group));
                 continue;
             }
             progress.set_message(format!("{backend}, T = {temperature}: warm-up"));
@@ -175,7 +175,7 @@ pub fn run(config_path: &Path, options: &RunOptions) -> Result<PathBuf> {
                 }
             }
             progress.set_message(format!("{backend}, T = {temperature}"));
-            for repeat in 0..config.experiment.repeats {
+            for repeat in 0..repeats {
                 for (index, prompt) in prompts.iter().enumerate() {
                     for cell in &group {
                         if pending(cell, prompt, repeat) {
@@ -319,9 +319,17 @@ fn new_result_dir(config: &ExperimentConfig, config_text: &str, options: &RunOpt
 }
 
 /// A resumed run must be of the same config, byte for byte: otherwise its rows would mix two
-/// experiments.
-fn resume_manifest(dir: &Path, config_text: &str) -> Result<PathBuf> {
+/// experiments. A shard folder resumes as the same shard, whether or not `--shard` is repeated.
+fn resume_manifest(dir: &Path, config_text: &str, shard: Option<Shard>) -> Result<(PathBuf, Option<Shard>)> {
     let mut manifest = Manifest::read(dir)?;
+    let recorded = manifest.shard.as_deref().map(str::parse::<Shard>).transpose()?;
+    if shard.is_some() && shard != recorded {
+        return Err(Error::InvalidConfig(format!(
+            "{} holds shard {}, not the one given with --shard",
+            dir.display(),
+            manifest.shard.as_deref().unwrap_or("(none: the whole sweep)")
+        )));
+    }
     if manifest.config_sha256 != sha256_hex(config_text) {
         return Err(Error::InvalidConfig(format!(
             "{} was run with a different config (sha256 {}); resume needs the same file",
@@ -331,7 +339,7 @@ fn resume_manifest(dir: &Path, config_text: &str) -> Result<PathBuf> {
     }
     manifest.resumed.push(now());
     manifest.write(dir)?;
-    Ok(dir.to_path_buf())
+    Ok((dir.to_path_buf(), recorded))
 }
 
 #[cfg(test)]
