@@ -27,10 +27,6 @@ impl KvCache {
         self.len == 0
     }
 
-    pub fn num_layers(&self) -> usize {
-        self.layers.len()
-    }
-
     /// Keeps the first `n` positions; a no-op when `n >= len`.
     pub fn truncate(&mut self, n: usize) {
         if n >= self.len {
