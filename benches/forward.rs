@@ -11,9 +11,8 @@ const CONTEXT: usize = 64;
 fn forward(c: &mut Criterion) {
     let device = Backend::Ndarray.device().unwrap();
     let spec = ModelSpec::Folder(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/tiny-gqa").into());
-    let model = LoadedModel::load(&spec, Backend::Ndarray, &device, burn::tensor::DType::F32, 0)
-        .unwrap()
-        .model;
+    let model =
+        LoadedModel::load(&spec, Backend::Ndarray, &device, burn::tensor::DType::F32, 0).unwrap().model;
     let context: Vec<u32> = (0..CONTEXT as u32).map(|i| 2 + i % 300).collect();
     let mut cache = model.new_cache();
     model.forward_ids(&context, &mut cache).unwrap();

@@ -5,14 +5,15 @@ use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use specbench::backend::Backend;
+use specbench::decoding::GenerationConfig;
 use specbench::decoding::acceptance::{RejectionSampling, verify_block};
 use specbench::decoding::speculative::Speculative;
-use specbench::decoding::GenerationConfig;
 use specbench::model::{LoadedModel, ModelSpec};
 use specbench::sampling::SamplingConfig;
 
 fn distribution(vocab: usize, shift: usize) -> Vec<f64> {
-    let logits: Vec<f32> = (0..vocab).map(|i| (((i + shift) * 2_654_435_761) % 1000) as f32 / 100.0).collect();
+    let logits: Vec<f32> =
+        (0..vocab).map(|i| (((i + shift) * 2_654_435_761) % 1000) as f32 / 100.0).collect();
     SamplingConfig::with_temperature(1.0).probabilities(&logits, 0).unwrap()
 }
 
@@ -53,7 +54,9 @@ fn speculative_generation(c: &mut Criterion) {
     let mut group = c.benchmark_group("speculative generation, 16 tokens, tiny fixtures");
     for k in [1, 4] {
         let spec = Speculative::new(&target.model, &draft.model, 320, k).unwrap();
-        group.bench_function(BenchmarkId::new("k", k), |b| b.iter(|| spec.generate(&prompt, &config).unwrap()));
+        group.bench_function(BenchmarkId::new("k", k), |b| {
+            b.iter(|| spec.generate(&prompt, &config).unwrap())
+        });
     }
     group.finish();
 }

@@ -46,10 +46,7 @@ impl Backend {
             return Err(Error::BackendNotCompiled(self.name().into()));
         }
         let device = self.make_device();
-        probe(&device).map_err(|reason| Error::BackendUnavailable {
-            backend: self.name().into(),
-            reason,
-        })?;
+        probe(&device).map_err(|reason| Error::BackendUnavailable { backend: self.name().into(), reason })?;
         Ok(device)
     }
 
@@ -96,7 +93,7 @@ fn probe(device: &Device) -> std::result::Result<(), String> {
     std::panic::set_hook(previous_hook);
     let first_panic = first_panic.lock().unwrap_or_else(|e| e.into_inner()).take();
     match outcome {
-        Ok(Ok(sum)) if sum == 4.0 => Ok(()),
+        Ok(Ok(4.0)) => Ok(()),
         Ok(Ok(sum)) => Err(format!("a test sum returned {sum} instead of 4")),
         Ok(Err(e)) => Err(e),
         Err(_) => Err(first_panic
@@ -122,12 +119,7 @@ impl FromStr for Backend {
 }
 
 fn compiled_names() -> String {
-    Backend::ALL
-        .iter()
-        .filter(|b| b.is_compiled())
-        .map(|b| b.name())
-        .collect::<Vec<_>>()
-        .join(", ")
+    Backend::ALL.iter().filter(|b| b.is_compiled()).map(|b| b.name()).collect::<Vec<_>>().join(", ")
 }
 
 /// Float dtype of a run's weights and activations; logits are always read back in f32.
@@ -141,10 +133,7 @@ pub fn parse_dtype(name: &str, backend: Backend, device: &Device) -> Result<DTyp
         }
     };
     if !device.supports_dtype(dtype) {
-        return Err(Error::DtypeUnsupported {
-            dtype: name.into(),
-            backend: backend.name().into(),
-        });
+        return Err(Error::DtypeUnsupported { dtype: name.into(), backend: backend.name().into() });
     }
     Ok(dtype)
 }

@@ -6,7 +6,9 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("model folder {0} does not exist (expected a Hugging Face checkpoint folder with config.json, *.safetensors and tokenizer.json)")]
+    #[error(
+        "model folder {0} does not exist (expected a Hugging Face checkpoint folder with config.json, *.safetensors and tokenizer.json)"
+    )]
     MissingModelDir(PathBuf),
     #[error("{what} not found: {path}")]
     MissingFile { path: PathBuf, what: &'static str },
@@ -27,11 +29,7 @@ pub enum Error {
     #[error("tensor `{name}` is missing from the checkpoint in {dir}")]
     MissingTensor { name: String, dir: PathBuf },
     #[error("tensor `{name}` has shape {found:?}, expected {expected:?} from config.json")]
-    ShapeMismatch {
-        name: String,
-        expected: Vec<usize>,
-        found: Vec<usize>,
-    },
+    ShapeMismatch { name: String, expected: Vec<usize>, found: Vec<usize> },
     #[error("tensor `{name}` has dtype {dtype}; supported: F32, F16, BF16")]
     UnsupportedTensorDtype { name: String, dtype: String },
     #[error("tokenizer {path}: {message}")]
@@ -47,11 +45,7 @@ pub enum Error {
     #[error("unknown model preset `{0}`; presets: {1}")]
     UnknownPreset(String, String),
     #[error("{what} needs about {needed_gib:.1} GiB but only {available_gib:.1} GiB of memory is available")]
-    InsufficientMemory {
-        what: String,
-        needed_gib: f64,
-        available_gib: f64,
-    },
+    InsufficientMemory { what: String, needed_gib: f64, available_gib: f64 },
     #[error("position {end} is past the model's context length {max}")]
     ContextOverflow { end: usize, max: usize },
     #[error("forward called with start_pos {start_pos} but the KV cache holds {cache_len} tokens")]

@@ -15,10 +15,10 @@ use specbench::experiment::config::ExperimentConfig;
 use specbench::experiment::manifest::Manifest;
 use specbench::experiment::rows::read_rows;
 use specbench::experiment::runner::{RunOptions, Shard, load_prompts, run as run_sweep};
-use specbench::report::regression::{Baseline, Verdict, cell_counts, check, format_check};
-use specbench::report::{merge, summary_markdown, write_report};
 use specbench::metrics::{cost_ratio, expected_accepted_len, predicted_speedup};
 use specbench::model::{LoadedModel, ModelSpec};
+use specbench::report::regression::{Baseline, Verdict, cell_counts, check, format_check};
+use specbench::report::{merge, summary_markdown, write_report};
 use specbench::sampling::SamplingConfig;
 
 #[derive(Parser)]
@@ -124,7 +124,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 out,
                 progress: std::io::stderr().is_terminal(),
             };
-            let dir = run_sweep(&config, &options).with_context(|| format!("running {}", config.display()))?;
+            let dir =
+                run_sweep(&config, &options).with_context(|| format!("running {}", config.display()))?;
             report(&dir)
         }
         Command::Report { dir } => report(&dir),
@@ -194,7 +195,8 @@ fn generate(args: GenerateArgs) -> Result<()> {
     let dtype = parse_dtype(&args.dtype, backend, &device)?;
     let load = |model: &str, seed: u64| -> Result<LoadedModel> {
         let spec: ModelSpec = model.parse()?;
-        LoadedModel::load(&spec, backend, &device, dtype, seed).with_context(|| format!("loading model {spec}"))
+        LoadedModel::load(&spec, backend, &device, dtype, seed)
+            .with_context(|| format!("loading model {spec}"))
     };
     let target = load(&args.model, args.seed)?;
     // A different seed keeps a random draft from being a copy of a random target.
@@ -202,11 +204,7 @@ fn generate(args: GenerateArgs) -> Result<()> {
     let prompt = target.tokenizer.encode(&args.prompt)?;
     let config = GenerationConfig {
         max_new_tokens: args.max_new_tokens,
-        sampling: SamplingConfig {
-            temperature: args.temperature,
-            top_k: args.top_k,
-            top_p: args.top_p,
-        },
+        sampling: SamplingConfig { temperature: args.temperature, top_k: args.top_k, top_p: args.top_p },
         eos_ids: target.eos_ids(),
         seed: args.seed,
     };
@@ -220,7 +218,9 @@ fn generate(args: GenerateArgs) -> Result<()> {
     println!("{}{}", args.prompt, target.tokenizer.decode(&generation.tokens));
     let label = match &draft {
         None => format!("{} on {backend}/{}", target.spec, dtype_name(dtype)),
-        Some(d) => format!("{} + draft {} (k = {}) on {backend}/{}", target.spec, d.spec, args.k, dtype_name(dtype)),
+        Some(d) => {
+            format!("{} + draft {} (k = {}) on {backend}/{}", target.spec, d.spec, args.k, dtype_name(dtype))
+        }
     };
     eprintln!("\n{}", describe(&label, &generation, draft.is_some()));
     Ok(())

@@ -24,8 +24,7 @@ pub struct Timings {
 impl Timings {
     /// Wall time in no measured phase (cache bookkeeping, loop overhead).
     pub fn other(&self) -> Duration {
-        self.wall
-            .saturating_sub(self.prefill + self.draft + self.verify + self.sampling)
+        self.wall.saturating_sub(self.prefill + self.draft + self.verify + self.sampling)
     }
 }
 

@@ -30,18 +30,11 @@ impl Default for SamplingConfig {
 
 impl SamplingConfig {
     pub fn greedy() -> Self {
-        Self {
-            temperature: 0.0,
-            top_k: 0,
-            top_p: 1.0,
-        }
+        Self { temperature: 0.0, top_k: 0, top_p: 1.0 }
     }
 
     pub fn with_temperature(temperature: f64) -> Self {
-        Self {
-            temperature,
-            ..Self::greedy()
-        }
+        Self { temperature, ..Self::greedy() }
     }
 
     pub fn is_greedy(&self) -> bool {

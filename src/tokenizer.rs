@@ -8,21 +8,18 @@ use crate::error::{Error, Result};
 pub enum Tokenizer {
     HuggingFace(Box<tokenizers::Tokenizer>),
     /// Token id = byte value; `bos` is prepended when the model has one.
-    Bytes { bos: Option<u32> },
+    Bytes {
+        bos: Option<u32>,
+    },
 }
 
 impl Tokenizer {
     pub fn from_file(path: &Path) -> Result<Self> {
         if !path.is_file() {
-            return Err(Error::MissingFile {
-                path: path.to_path_buf(),
-                what: "tokenizer.json",
-            });
+            return Err(Error::MissingFile { path: path.to_path_buf(), what: "tokenizer.json" });
         }
-        let inner = tokenizers::Tokenizer::from_file(path).map_err(|e| Error::Tokenizer {
-            path: path.to_path_buf(),
-            message: e.to_string(),
-        })?;
+        let inner = tokenizers::Tokenizer::from_file(path)
+            .map_err(|e| Error::Tokenizer { path: path.to_path_buf(), message: e.to_string() })?;
         Ok(Self::HuggingFace(Box::new(inner)))
     }
 
@@ -32,19 +29,14 @@ impl Tokenizer {
             Self::HuggingFace(t) => t
                 .encode(text, true)
                 .map(|e| e.get_ids().to_vec())
-                .map_err(|e| Error::Tokenizer {
-                    path: "tokenizer.json".into(),
-                    message: e.to_string(),
-                }),
+                .map_err(|e| Error::Tokenizer { path: "tokenizer.json".into(), message: e.to_string() }),
             Self::Bytes { bos } => Ok(bos.iter().copied().chain(text.bytes().map(u32::from)).collect()),
         }
     }
 
     pub fn decode(&self, ids: &[u32]) -> String {
         match self {
-            Self::HuggingFace(t) => t
-                .decode(ids, true)
-                .unwrap_or_else(|_| format!("{ids:?}")),
+            Self::HuggingFace(t) => t.decode(ids, true).unwrap_or_else(|_| format!("{ids:?}")),
             Self::Bytes { .. } => {
                 let bytes: Vec<u8> = ids.iter().filter_map(|&id| u8::try_from(id).ok()).collect();
                 String::from_utf8_lossy(&bytes).into_owned()

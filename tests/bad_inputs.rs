@@ -43,7 +43,8 @@ fn path(dir: &tempfile::TempDir) -> &str {
 
 fn edit_config(dir: &Path, edit: impl FnOnce(&mut serde_json::Value)) {
     let file = dir.join("config.json");
-    let mut config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+    let mut config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
     edit(&mut config);
     std::fs::write(file, config.to_string()).unwrap();
 }
@@ -61,7 +62,9 @@ fn edit_weights(dir: &Path, edit: impl FnOnce(&mut Vec<(String, safetensors::Dty
     edit(&mut entries);
     let views: Vec<(String, TensorView)> = entries
         .iter()
-        .map(|(name, dtype, shape, data)| (name.clone(), TensorView::new(*dtype, shape.clone(), data).unwrap()))
+        .map(|(name, dtype, shape, data)| {
+            (name.clone(), TensorView::new(*dtype, shape.clone(), data).unwrap())
+        })
         .collect();
     std::fs::write(file, safetensors::serialize(views, &None).unwrap()).unwrap();
 }
@@ -139,7 +142,9 @@ fn garbage_safetensors() {
 #[test]
 fn missing_tensor_is_named() {
     let dir = copy_fixture("tiny-gqa");
-    edit_weights(dir.path(), |entries| entries.retain(|(name, ..)| name != "model.layers.1.mlp.up_proj.weight"));
+    edit_weights(dir.path(), |entries| {
+        entries.retain(|(name, ..)| name != "model.layers.1.mlp.up_proj.weight")
+    });
     assert_clean_failure(path(&dir), &[], &["`model.layers.1.mlp.up_proj.weight` is missing"]);
 }
 
@@ -167,21 +172,33 @@ fn nan_weights_give_a_non_finite_logits_error() {
 #[test]
 fn unknown_backend_and_preset() {
     let fixture = common::fixture_dir("tiny-gqa");
-    assert_clean_failure(fixture.to_str().unwrap(), &["--backend", "cuda"], &["unknown backend `cuda`", "ndarray"]);
+    assert_clean_failure(
+        fixture.to_str().unwrap(),
+        &["--backend", "cuda"],
+        &["unknown backend `cuda`", "ndarray"],
+    );
     assert_clean_failure("random:llama9", &[], &["unknown model preset", "random:llama3.2-1b"]);
 }
 
 #[test]
 fn f16_on_ndarray_is_refused() {
     let fixture = common::fixture_dir("tiny-gqa");
-    assert_clean_failure(fixture.to_str().unwrap(), &["--dtype", "f16"], &["f16", "not supported", "ndarray"]);
+    assert_clean_failure(
+        fixture.to_str().unwrap(),
+        &["--dtype", "f16"],
+        &["f16", "not supported", "ndarray"],
+    );
 }
 
 #[cfg(not(feature = "wgpu"))]
 #[test]
 fn wgpu_not_compiled_in() {
     let fixture = common::fixture_dir("tiny-gqa");
-    assert_clean_failure(fixture.to_str().unwrap(), &["--backend", "wgpu"], &["not compiled", "--features wgpu"]);
+    assert_clean_failure(
+        fixture.to_str().unwrap(),
+        &["--backend", "wgpu"],
+        &["not compiled", "--features wgpu"],
+    );
 }
 
 #[cfg(feature = "wgpu")]
@@ -217,10 +234,12 @@ fn generate_with_draft(draft: &str) -> Output {
 fn a_draft_with_another_vocabulary_is_refused_naming_the_first_differing_id() {
     let dir = copy_fixture("tiny-untied-bf16");
     let file = dir.path().join("tokenizer.json");
-    let mut tokenizer: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+    let mut tokenizer: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
     // Swap the ids of tokens 300 and 301: still a valid tokenizer, but another vocabulary.
     let vocab = tokenizer["model"]["vocab"].as_object_mut().unwrap();
-    let token_of = |id: u64| vocab.iter().find(|(_, v)| v.as_u64() == Some(id)).map(|(t, _)| t.clone()).unwrap();
+    let token_of =
+        |id: u64| vocab.iter().find(|(_, v)| v.as_u64() == Some(id)).map(|(t, _)| t.clone()).unwrap();
     let (a, b) = (token_of(300), token_of(301));
     vocab.insert(a.clone(), 301.into());
     vocab.insert(b.clone(), 300.into());
@@ -236,8 +255,10 @@ fn a_draft_with_padded_embedding_rows_pairs_and_the_padding_is_masked() {
     // Pad the draft's embedding and head from 320 to 384 rows with huge logits-to-be: if the
     // padding were scored, the draft would propose token ids ≥ 320 and the target would fail.
     let dir = copy_fixture("tiny-untied-bf16");
-    let index: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.path().join("model.safetensors.index.json")).unwrap()).unwrap();
+    let index: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.path().join("model.safetensors.index.json")).unwrap(),
+    )
+    .unwrap();
     for (name, shard) in index["weight_map"].as_object().unwrap() {
         if name == "lm_head.weight" || name == "model.embed_tokens.weight" {
             pad_rows(&dir.path().join(shard.as_str().unwrap()), name, 64);

@@ -52,10 +52,8 @@ fn parity_transformers_kv_cache_matches_full_forward() {
             let tokens = reference(name).tokens;
             let full = to_vec(model.forward_ids(&tokens, &mut model.new_cache()).unwrap());
             let mut cache = model.new_cache();
-            let stepwise: Vec<f32> = tokens
-                .iter()
-                .flat_map(|&t| to_vec(model.forward_ids(&[t], &mut cache).unwrap()))
-                .collect();
+            let stepwise: Vec<f32> =
+                tokens.iter().flat_map(|&t| to_vec(model.forward_ids(&[t], &mut cache).unwrap())).collect();
             let diff = max_abs_diff(&full, &stepwise);
             assert!(diff <= 1e-5, "{name} on {backend}: one-token decoding differs by {diff}");
             assert_eq!(cache.len(), tokens.len());
@@ -77,10 +75,8 @@ fn parity_transformers_multi_token_forward_on_a_filled_cache() {
 
             let mut cache = model.new_cache();
             model.forward_ids(prefix, &mut cache).unwrap();
-            let one_by_one: Vec<f32> = chunk
-                .iter()
-                .flat_map(|&t| to_vec(model.forward_ids(&[t], &mut cache).unwrap()))
-                .collect();
+            let one_by_one: Vec<f32> =
+                chunk.iter().flat_map(|&t| to_vec(model.forward_ids(&[t], &mut cache).unwrap())).collect();
             let diff = max_abs_diff(&together, &one_by_one);
             assert!(diff <= 1e-5, "{name} on {backend}: verify-style forward differs by {diff}");
         }

@@ -59,7 +59,16 @@ fn run_writes_the_whole_result_folder_and_report_reproduces_it() {
     }
     let manifest: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("manifest.json")).unwrap()).unwrap();
-    for field in ["config", "config_sha256", "git_commit", "crate_version", "machine", "devices", "started", "finished"] {
+    for field in [
+        "config",
+        "config_sha256",
+        "git_commit",
+        "crate_version",
+        "machine",
+        "devices",
+        "started",
+        "finished",
+    ] {
         assert!(!manifest[field].is_null(), "manifest lacks {field}");
     }
     assert_eq!(manifest["config"].as_str().unwrap(), std::fs::read_to_string(fixture("sweep.toml")).unwrap());
@@ -101,7 +110,8 @@ fn check_passes_on_itself_and_on_the_committed_baseline_and_fails_on_a_doctored_
     assert!(printed.contains("no significant drop"), "{printed}");
 
     // A baseline claiming the sampled cells used to accept 90% of drafts.
-    let mut doctored: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&own).unwrap()).unwrap();
+    let mut doctored: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&own).unwrap()).unwrap();
     for cell in doctored["cells"].as_array_mut().unwrap() {
         if cell["temperature"].as_f64() == Some(1.0) {
             let proposed = cell["proposed"].as_u64().unwrap();
@@ -145,7 +155,11 @@ fn a_killed_run_resumes_without_losing_or_repeating_rows() {
     let after = read_rows(&runs).unwrap();
     assert_eq!(after.len(), expected_total);
     assert_eq!(&after[..before.len()], &before[..], "finished rows changed");
-    assert_eq!(after.iter().map(|r| r.key()).collect::<HashSet<_>>().len(), expected_total, "duplicated rows");
+    assert_eq!(
+        after.iter().map(|r| r.key()).collect::<HashSet<_>>().len(),
+        expected_total,
+        "duplicated rows"
+    );
     let manifest = std::fs::read_to_string(dir.join("manifest.json")).unwrap();
     assert!(manifest.contains("\"resumed\": [\n    \""), "{manifest}");
 }
@@ -218,7 +232,9 @@ fn shipped_configs_parse() {
 #[test]
 fn a_bad_config_names_the_key() {
     let tmp = tempfile::tempdir().unwrap();
-    let text = std::fs::read_to_string(fixture("sweep.toml")).unwrap().replace("k = [1, 3]", "k = [1, 3]\nbogus = 1");
+    let text = std::fs::read_to_string(fixture("sweep.toml"))
+        .unwrap()
+        .replace("k = [1, 3]", "k = [1, 3]\nbogus = 1");
     let path = tmp.path().join("bad.toml");
     std::fs::write(&path, text).unwrap();
     let out = specbench(&["run", path.to_str().unwrap()]);
@@ -231,7 +247,8 @@ fn the_embedded_pair_keeps_its_acceptance_rates() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("run");
     run_into(&fixture("tiny-check.toml"), &dir, &[]);
-    let printed = ok(&specbench(&["check", dir.to_str().unwrap(), "--baseline", &fixture("tiny-check.baseline.json")]));
+    let printed =
+        ok(&specbench(&["check", dir.to_str().unwrap(), "--baseline", &fixture("tiny-check.baseline.json")]));
     assert!(printed.contains("no significant drop"), "{printed}");
 }
 
@@ -239,7 +256,8 @@ fn the_embedded_pair_keeps_its_acceptance_rates() {
 fn the_embedded_target_has_at_least_five_times_the_draft_parameters() {
     use specbench::model::LlamaConfig;
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/tiny");
-    let params = |name: &str| LlamaConfig::from_file(&root.join(name).join("config.json")).unwrap().num_parameters();
+    let params =
+        |name: &str| LlamaConfig::from_file(&root.join(name).join("config.json")).unwrap().num_parameters();
     let (target, draft) = (params("target"), params("draft"));
     assert!(target >= 5 * draft, "target {target} vs draft {draft}");
 }

@@ -20,12 +20,7 @@ use specbench::sampling::{SamplingConfig, sample};
 use statrs::distribution::{ChiSquared, ContinuousCDF};
 
 fn config(sampling: SamplingConfig, max_new_tokens: usize, seed: u64) -> GenerationConfig {
-    GenerationConfig {
-        max_new_tokens,
-        sampling,
-        eos_ids: vec![],
-        seed,
-    }
+    GenerationConfig { max_new_tokens, sampling, eos_ids: vec![], seed }
 }
 
 fn ndarray() -> Device {
@@ -52,8 +47,18 @@ fn greedy_equivalence_on_the_transformers_fixture_pair() {
 #[test]
 fn greedy_equivalence_on_a_random_pair_with_a_similar_draft() {
     let device = ndarray();
-    let target = common::random_model("vocab=64,hidden=64,intermediate=128,layers=3,heads=4,kv_heads=2,head_dim=16", 11, 0.3, &device);
-    let draft = common::random_model("vocab=64,hidden=32,intermediate=64,layers=1,heads=2,kv_heads=1,head_dim=16", 12, 0.3, &device);
+    let target = common::random_model(
+        "vocab=64,hidden=64,intermediate=128,layers=3,heads=4,kv_heads=2,head_dim=16",
+        11,
+        0.3,
+        &device,
+    );
+    let draft = common::random_model(
+        "vocab=64,hidden=32,intermediate=64,layers=1,heads=2,kv_heads=1,head_dim=16",
+        12,
+        0.3,
+        &device,
+    );
     let prompt = [3, 14, 15, 9, 2, 6];
     let greedy = config(SamplingConfig::greedy(), 48, 0);
     let expected = autoregressive::generate(&target, &prompt, &greedy).unwrap().tokens;
@@ -119,11 +124,15 @@ impl CausalLm for Memoized<'_> {
     fn truncate(cache: &mut Vec<u32>, len: usize) {
         cache.truncate(len);
     }
-    fn logits(&self, tokens: &[u32], cache: &mut Vec<u32>, rows: usize, vocab: usize) -> specbench::Result<Vec<Vec<f32>>> {
+    fn logits(
+        &self,
+        tokens: &[u32],
+        cache: &mut Vec<u32>,
+        rows: usize,
+        vocab: usize,
+    ) -> specbench::Result<Vec<Vec<f32>>> {
         cache.extend_from_slice(tokens);
-        Ok((cache.len() - rows..cache.len())
-            .map(|end| self.next(&cache[..=end])[..vocab].to_vec())
-            .collect())
+        Ok((cache.len() - rows..cache.len()).map(|end| self.next(&cache[..=end])[..vocab].to_vec()).collect())
     }
     fn sync(&self) -> specbench::Result<()> {
         Ok(())
@@ -138,8 +147,18 @@ const RUNS: u64 = 20_000;
 const PROMPT: [u32; 3] = [1, 7, 4];
 
 fn tiny_vocab_pair(device: &Device) -> (Llama, Llama) {
-    let target = common::random_model("vocab=12,hidden=32,intermediate=64,layers=2,heads=4,kv_heads=2,head_dim=8", 21, 0.35, device);
-    let draft = common::random_model("vocab=12,hidden=16,intermediate=32,layers=1,heads=2,kv_heads=1,head_dim=8", 22, 0.35, device);
+    let target = common::random_model(
+        "vocab=12,hidden=32,intermediate=64,layers=2,heads=4,kv_heads=2,head_dim=8",
+        21,
+        0.35,
+        device,
+    );
+    let draft = common::random_model(
+        "vocab=12,hidden=16,intermediate=32,layers=1,heads=2,kv_heads=1,head_dim=8",
+        22,
+        0.35,
+        device,
+    );
     (target, draft)
 }
 
@@ -222,7 +241,10 @@ fn distribution_preserved_and_wrong_rules_detected() {
     let (target, draft) = (Memoized::new(&target), Memoized::new(&draft));
     let t1 = SamplingConfig::with_temperature(1.0);
     // Precondition: the draft is clearly different from the target.
-    let (p, q) = (t1.probabilities(&target.next(&PROMPT), 0).unwrap(), t1.probabilities(&draft.next(&PROMPT), 0).unwrap());
+    let (p, q) = (
+        t1.probabilities(&target.next(&PROMPT), 0).unwrap(),
+        t1.probabilities(&draft.next(&PROMPT), 0).unwrap(),
+    );
     let tv = total_variation(&p, &q);
     assert!(tv > 0.2, "draft too close to the target for a meaningful test (TV {tv:.3})");
 
@@ -237,10 +259,14 @@ fn distribution_preserved_and_wrong_rules_detected() {
         println!("rejection sampling, {name}, k = {k}: p = {p_value:.4}");
         assert!(p_value > 1e-3, "{name}: speculative output differs from the target (p = {p_value:.2e})");
     }
-    for (name, sampling, k) in [("temperature 1", t1, 2), ("top-p 0.8", SamplingConfig { top_p: 0.8, ..t1 }, 2)] {
+    for (name, sampling, k) in
+        [("temperature 1", t1, 2), ("top-p 0.8", SamplingConfig { top_p: 0.8, ..t1 }, 2)]
+    {
         let always = first_two_p_value(&target, &draft, sampling, k, &AlwaysAccept);
         let from_p = first_two_p_value(&target, &draft, sampling, k, &ResampleFromTarget);
-        println!("negative controls, {name}: always-accept p = {always:.2e}, resample-from-p p = {from_p:.2e}");
+        println!(
+            "negative controls, {name}: always-accept p = {always:.2e}, resample-from-p p = {from_p:.2e}"
+        );
         assert!(always < 1e-3, "{name}: the test failed to detect always-accept (p = {always})");
         assert!(from_p < 1e-3, "{name}: the test failed to detect resampling from p (p = {from_p})");
     }
@@ -261,7 +287,13 @@ impl CausalLm for ContextFree {
     fn truncate(cache: &mut usize, len: usize) {
         *cache = (*cache).min(len);
     }
-    fn logits(&self, tokens: &[u32], cache: &mut usize, rows: usize, vocab: usize) -> specbench::Result<Vec<Vec<f32>>> {
+    fn logits(
+        &self,
+        tokens: &[u32],
+        cache: &mut usize,
+        rows: usize,
+        vocab: usize,
+    ) -> specbench::Result<Vec<Vec<f32>>> {
         *cache += tokens.len();
         Ok(vec![self.0[..vocab].to_vec(); rows])
     }
@@ -321,5 +353,10 @@ fn alpha_hat_agrees_with_alpha_on_a_long_run() {
     let se = (a.alpha() * (1.0 - a.alpha()) / n).sqrt();
     println!("alpha_hat {:.4}, alpha {:.4}, n {n}, se {se:.4}", a.alpha_hat(), a.alpha());
     assert!(n >= 100.0);
-    assert!((a.alpha_hat() - a.alpha()).abs() <= Z * se, "alpha_hat {} vs alpha {}", a.alpha_hat(), a.alpha());
+    assert!(
+        (a.alpha_hat() - a.alpha()).abs() <= Z * se,
+        "alpha_hat {} vs alpha {}",
+        a.alpha_hat(),
+        a.alpha()
+    );
 }

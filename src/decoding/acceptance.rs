@@ -89,11 +89,7 @@ pub fn verify_block(
             return StepOutcome { accepted: i, next, overlaps };
         }
     }
-    StepOutcome {
-        accepted: drafts.len(),
-        next: sample(&ps[drafts.len()], rng),
-        overlaps,
-    }
+    StepOutcome { accepted: drafts.len(), next: sample(&ps[drafts.len()], rng), overlaps }
 }
 
 /// One accept/reject test for draft token `token` drawn from `q`.
@@ -102,9 +98,7 @@ pub fn verify_token(p: &[f64], q: &[f64], token: u32, rng: &mut impl Rng) -> Ver
     if u < acceptance_probability(p, q, token) {
         Verdict::Accepted
     } else {
-        Verdict::Rejected {
-            token: sample(&residual(p, q), rng),
-        }
+        Verdict::Rejected { token: sample(&residual(p, q), rng) }
     }
 }
 

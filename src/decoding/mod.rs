@@ -23,7 +23,13 @@ pub trait CausalLm {
     fn truncate(cache: &mut Self::Cache, len: usize);
     /// Feeds `tokens` after the cached ones and returns the first `vocab` logits of each of the
     /// last `rows` positions, on the host.
-    fn logits(&self, tokens: &[u32], cache: &mut Self::Cache, rows: usize, vocab: usize) -> Result<Vec<Vec<f32>>>;
+    fn logits(
+        &self,
+        tokens: &[u32],
+        cache: &mut Self::Cache,
+        rows: usize,
+        vocab: usize,
+    ) -> Result<Vec<Vec<f32>>>;
     /// Waits for queued device work, so timers measure work done.
     fn sync(&self) -> Result<()>;
     fn vocab_size(&self) -> usize;
@@ -44,7 +50,13 @@ impl CausalLm for Llama {
         cache.truncate(len);
     }
 
-    fn logits(&self, tokens: &[u32], cache: &mut KvCache, rows: usize, vocab: usize) -> Result<Vec<Vec<f32>>> {
+    fn logits(
+        &self,
+        tokens: &[u32],
+        cache: &mut KvCache,
+        rows: usize,
+        vocab: usize,
+    ) -> Result<Vec<Vec<f32>>> {
         let logits = self.forward_ids(tokens, cache)?;
         Ok(logits_rows(logits, tokens.len() - rows, tokens.len(), vocab))
     }
@@ -64,11 +76,8 @@ impl CausalLm for Llama {
 /// Rows `from..to` and columns `..vocab` of `[seq, vocab]` logits, on the host. The slice is
 /// taken on the device so only what the sampler reads crosses to the host.
 fn logits_rows(logits: Tensor<2>, from: usize, to: usize, vocab: usize) -> Vec<Vec<f32>> {
-    let flat: Vec<f32> = logits
-        .slice(s![from..to, 0..vocab])
-        .into_data()
-        .try_to_vec()
-        .expect("logits are read back as f32");
+    let flat: Vec<f32> =
+        logits.slice(s![from..to, 0..vocab]).into_data().try_to_vec().expect("logits are read back as f32");
     flat.chunks(vocab).map(<[f32]>::to_vec).collect()
 }
 

@@ -19,7 +19,9 @@ pub fn shared_vocab(target: &LoadedModel, draft: &LoadedModel) -> Result<usize> 
             }
             t_rows
         }
-        (Tokenizer::HuggingFace(_), Tokenizer::HuggingFace(_)) => compare_tokenizers(&target.tokenizer, &draft.tokenizer)?,
+        (Tokenizer::HuggingFace(_), Tokenizer::HuggingFace(_)) => {
+            compare_tokenizers(&target.tokenizer, &draft.tokenizer)?
+        }
         _ => {
             return Err(Error::VocabMismatch(
                 "one model has a tokenizer.json and the other is a random preset without one".into(),

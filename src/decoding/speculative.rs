@@ -92,12 +92,7 @@ impl<'a, T: CausalLm, D: CausalLm> Speculative<'a, T, D> {
             }
         }
         timings.wall = start.elapsed();
-        Ok(Generation {
-            prompt_tokens: prompt.len(),
-            tokens,
-            timings,
-            acceptance,
-        })
+        Ok(Generation { prompt_tokens: prompt.len(), tokens, timings, acceptance })
     }
 
     /// Samples `k` draft tokens and keeps the draft distribution `q` of each. The first forward

@@ -98,15 +98,10 @@ pub struct Prompts {
 
 impl ExperimentConfig {
     pub fn from_file(path: &Path) -> Result<(Self, String)> {
-        let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        let text =
+            std::fs::read_to_string(path).map_err(|source| Error::Io { path: path.to_path_buf(), source })?;
         let config = Self::parse(&text).map_err(|e| match e {
-            Error::InvalidConfig(message) => Error::MalformedFile {
-                path: path.to_path_buf(),
-                message,
-            },
+            Error::InvalidConfig(message) => Error::MalformedFile { path: path.to_path_buf(), message },
             other => other,
         })?;
         Ok((config, text))
@@ -144,14 +139,15 @@ impl ExperimentConfig {
             return bad("sweep.backends", "is empty: list at least one backend");
         }
         for name in &s.backends {
-            name.parse::<Backend>()
-                .map_err(|e| Error::InvalidConfig(format!("`sweep.backends`: {e}")))?;
+            name.parse::<Backend>().map_err(|e| Error::InvalidConfig(format!("`sweep.backends`: {e}")))?;
         }
         if s.temperatures.is_empty() {
             return bad("sweep.temperatures", "is empty: list at least one temperature");
         }
         if let Some(t) = s.temperatures.iter().find(|t| !t.is_finite() || **t < 0.0) {
-            return Err(Error::InvalidConfig(format!("`sweep.temperatures` contains {t}; temperatures must be ≥ 0")));
+            return Err(Error::InvalidConfig(format!(
+                "`sweep.temperatures` contains {t}; temperatures must be ≥ 0"
+            )));
         }
         if !(s.top_p > 0.0 && s.top_p <= 1.0) {
             return bad("sweep.top_p", "must be in (0, 1]");
@@ -161,7 +157,10 @@ impl ExperimentConfig {
         }
         for (key, entry) in [("models.target", &self.models.target), ("models.draft", &self.models.draft)] {
             if !["f32", "f16", "bf16"].contains(&entry.dtype.as_str()) {
-                return Err(Error::InvalidConfig(format!("`{key}.dtype` is `{}`; choose f32, f16 or bf16", entry.dtype)));
+                return Err(Error::InvalidConfig(format!(
+                    "`{key}.dtype` is `{}`; choose f32, f16 or bf16",
+                    entry.dtype
+                )));
             }
         }
         Ok(())
@@ -181,14 +180,12 @@ pub fn expand_env(value: &str, key: &str) -> Result<String> {
         out.push_str(&rest[..start]);
         let after = &rest[start + 1..];
         let (name, remainder) = if let Some(braced) = after.strip_prefix('{') {
-            let end = braced.find('}').ok_or_else(|| {
-                Error::InvalidConfig(format!("`{key}`: unclosed `${{` in `{value}`"))
-            })?;
+            let end = braced
+                .find('}')
+                .ok_or_else(|| Error::InvalidConfig(format!("`{key}`: unclosed `${{` in `{value}`")))?;
             (&braced[..end], &braced[end + 1..])
         } else {
-            let end = after
-                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
-                .unwrap_or(after.len());
+            let end = after.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).unwrap_or(after.len());
             (&after[..end], &after[end..])
         };
         let (name, default) = match name.split_once(":-") {

@@ -92,7 +92,8 @@ pub fn now() -> String {
 impl Manifest {
     pub fn read(dir: &Path) -> Result<Self> {
         let path = dir.join("manifest.json");
-        let text = std::fs::read_to_string(&path).map_err(|source| Error::Io { path: path.clone(), source })?;
+        let text =
+            std::fs::read_to_string(&path).map_err(|source| Error::Io { path: path.clone(), source })?;
         serde_json::from_str(&text).map_err(|e| Error::MalformedFile { path, message: e.to_string() })
     }
 

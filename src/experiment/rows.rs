@@ -88,10 +88,8 @@ pub fn split_counts(text: &str) -> Vec<u64> {
 
 /// Reads every complete row. A final line cut short by a crash is ignored, not an error.
 pub fn read_rows(path: &Path) -> Result<Vec<RunRow>> {
-    let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
+    let text =
+        std::fs::read_to_string(path).map_err(|source| Error::Io { path: path.to_path_buf(), source })?;
     let complete = match text.rfind('\n') {
         Some(end) => &text[..=end],
         None => "",
@@ -118,10 +116,7 @@ impl RowWriter {
     /// Opens `path` for appending. An existing file is first cut back to its last complete
     /// line (a crash can leave half a row); a new one gets the header.
     pub fn open(path: &Path) -> Result<Self> {
-        let io = |source| Error::Io {
-            path: path.to_path_buf(),
-            source,
-        };
+        let io = |source| Error::Io { path: path.to_path_buf(), source };
         if path.exists() {
             let text = std::fs::read(path).map_err(io)?;
             let complete = text.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
@@ -158,17 +153,11 @@ impl RowWriter {
         self.file
             .write_all(bytes)
             .and_then(|_| self.file.flush())
-            .map_err(|source| Error::Io {
-                path: self.path.clone(),
-                source,
-            })
+            .map_err(|source| Error::Io { path: self.path.clone(), source })
     }
 
     fn csv_error(&self, e: csv::Error) -> Error {
-        Error::MalformedFile {
-            path: self.path.clone(),
-            message: e.to_string(),
-        }
+        Error::MalformedFile { path: self.path.clone(), message: e.to_string() }
     }
 }
 
@@ -182,12 +171,7 @@ mod tests {
     use super::*;
 
     fn row(prompt: &str, k: usize) -> RunRow {
-        RunRow {
-            engine: "specbench".into(),
-            prompt_id: prompt.into(),
-            k,
-            ..RunRow::default()
-        }
+        RunRow { engine: "specbench".into(), prompt_id: prompt.into(), k, ..RunRow::default() }
     }
 
     #[test]

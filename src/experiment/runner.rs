@@ -90,15 +90,15 @@ pub fn load_prompts(config: &ExperimentConfig, config_path: &Path) -> Result<Vec
 fn model_specs(config: &ExperimentConfig, config_path: &Path) -> Result<(ModelSpec, ModelSpec)> {
     let spec = |entry, key: &str| -> Result<ModelSpec> {
         let spec: ModelSpec = model_path(entry, key, config_path)?.parse()?;
-        if let ModelSpec::Folder(dir) = &spec {
-            if !dir.is_dir() {
-                return Err(Error::InvalidConfig(format!(
-                    "`{key}.path`: model folder {} does not exist. Put a Hugging Face checkpoint there \
+        if let ModelSpec::Folder(dir) = &spec
+            && !dir.is_dir()
+        {
+            return Err(Error::InvalidConfig(format!(
+                "`{key}.path`: model folder {} does not exist. Put a Hugging Face checkpoint there \
                      (config.json, model.safetensors or model.safetensors.index.json with its shards, \
                      tokenizer.json), or point the path (or $SPECBENCH_MODELS) at one",
-                    dir.display()
-                )));
-            }
+                dir.display()
+            )));
         }
         Ok(spec)
     };
@@ -138,7 +138,8 @@ pub fn run(config_path: &Path, options: &RunOptions) -> Result<PathBuf> {
     );
     let repeats = config.experiment.repeats;
     let pending = |cell: &Cell, p: &Prompt, repeat| !done.contains(&key(cell, p, repeat));
-    let any_pending = |cells: &[Cell]| cells.iter().any(|c| prompts.iter().any(|p| (0..repeats).any(|r| pending(c, p, r))));
+    let any_pending =
+        |cells: &[Cell]| cells.iter().any(|c| prompts.iter().any(|p| (0..repeats).any(|r| pending(c, p, r))));
     let rows_of = |cells: &[Cell]| (cells.len() * prompts.len() * repeats) as u64;
     let mut devices = Vec::new();
     for backend in config.backends() {
@@ -153,7 +154,13 @@ pub fn run(config_path: &Path, options: &RunOptions) -> Result<PathBuf> {
         let (target_dtype, draft_dtype) = (dtype(&config.models.target)?, dtype(&config.models.draft)?);
         progress.set_message(format!("loading models on {backend}"));
         let target = LoadedModel::load(&target_spec, backend, &device, target_dtype, config.experiment.seed)?;
-        let draft = LoadedModel::load(&draft_spec, backend, &device, draft_dtype, config.experiment.seed.wrapping_add(1))?;
+        let draft = LoadedModel::load(
+            &draft_spec,
+            backend,
+            &device,
+            draft_dtype,
+            config.experiment.seed.wrapping_add(1),
+        )?;
         let sweep = BackendSweep {
             config: &config,
             target: &target,
@@ -163,7 +170,8 @@ pub fn run(config_path: &Path, options: &RunOptions) -> Result<PathBuf> {
             encoded: prompts.iter().map(|p| target.tokenizer.encode(&p.prompt)).collect::<Result<_>>()?,
         };
         for &temperature in &config.sweep.temperatures {
-            let group: Vec<Cell> = backend_cells.iter().copied().filter(|c| c.temperature == temperature).collect();
+            let group: Vec<Cell> =
+                backend_cells.iter().copied().filter(|c| c.temperature == temperature).collect();
             if !any_pending(&group) {
                 progress.inc(rows_of(&group));
                 continue;
@@ -238,7 +246,8 @@ impl BackendSweep<'_> {
         if cell.k == 0 {
             autoregressive::generate(&self.target.model, prompt, &generation)
         } else {
-            Speculative::new(&self.target.model, &self.draft.model, self.vocab, cell.k)?.generate(prompt, &generation)
+            Speculative::new(&self.target.model, &self.draft.model, self.vocab, cell.k)?
+                .generate(prompt, &generation)
         }
     }
 
@@ -355,7 +364,8 @@ mod tests {
         .unwrap();
         let all = cells(&config, None);
         assert_eq!(all.len(), 8);
-        let mut joined: Vec<Cell> = (0..3).flat_map(|i| cells(&config, Some(Shard { index: i, count: 3 }))).collect();
+        let mut joined: Vec<Cell> =
+            (0..3).flat_map(|i| cells(&config, Some(Shard { index: i, count: 3 }))).collect();
         joined.sort_by(|a, b| (a.temperature, a.k).partial_cmp(&(b.temperature, b.k)).unwrap());
         assert_eq!(joined.len(), all.len());
         assert!("2/2".parse::<Shard>().is_err() && "1/0".parse::<Shard>().is_err());

@@ -12,10 +12,7 @@ pub struct KvCache {
 
 impl KvCache {
     pub fn new(num_layers: usize) -> Self {
-        Self {
-            layers: vec![None; num_layers],
-            len: 0,
-        }
+        Self { layers: vec![None; num_layers], len: 0 }
     }
 
     /// Number of positions held.

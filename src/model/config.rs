@@ -92,19 +92,12 @@ fn default_hidden_act() -> String {
 impl LlamaConfig {
     pub fn from_file(path: &Path) -> Result<Self> {
         if !path.is_file() {
-            return Err(Error::MissingFile {
-                path: path.to_path_buf(),
-                what: "config.json",
-            });
+            return Err(Error::MissingFile { path: path.to_path_buf(), what: "config.json" });
         }
-        let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        let config: Self = serde_json::from_str(&text).map_err(|e| Error::MalformedFile {
-            path: path.to_path_buf(),
-            message: e.to_string(),
-        })?;
+        let text =
+            std::fs::read_to_string(path).map_err(|source| Error::Io { path: path.to_path_buf(), source })?;
+        let config: Self = serde_json::from_str(&text)
+            .map_err(|e| Error::MalformedFile { path: path.to_path_buf(), message: e.to_string() })?;
         config.validate()?;
         Ok(config)
     }
@@ -114,8 +107,7 @@ impl LlamaConfig {
     }
 
     pub fn head_dim(&self) -> usize {
-        self.head_dim
-            .unwrap_or(self.hidden_size / self.num_attention_heads.max(1))
+        self.head_dim.unwrap_or(self.hidden_size / self.num_attention_heads.max(1))
     }
 
     pub fn eos_token_ids(&self) -> Vec<u32> {
@@ -136,30 +128,23 @@ impl LlamaConfig {
 
     /// Rejects what this implementation does not compute, instead of producing silent garbage.
     pub fn validate(&self) -> Result<()> {
-        if let Some(arch) = &self.architectures {
-            if !arch.iter().any(|a| a == "LlamaForCausalLM") {
-                return Err(Error::Unsupported(format!(
-                    "architecture {arch:?}; specbench implements LlamaForCausalLM"
-                )));
-            }
-        }
-        if let Some(kind) = &self.model_type {
-            if kind != "llama" {
-                return Err(Error::Unsupported(format!(
-                    "model_type `{kind}`; specbench implements `llama`"
-                )));
-            }
-        }
-        if self.hidden_act != "silu" {
+        if let Some(arch) = &self.architectures
+            && !arch.iter().any(|a| a == "LlamaForCausalLM")
+        {
             return Err(Error::Unsupported(format!(
-                "hidden_act `{}`; Llama uses `silu`",
-                self.hidden_act
+                "architecture {arch:?}; specbench implements LlamaForCausalLM"
             )));
         }
+        if let Some(kind) = &self.model_type
+            && kind != "llama"
+        {
+            return Err(Error::Unsupported(format!("model_type `{kind}`; specbench implements `llama`")));
+        }
+        if self.hidden_act != "silu" {
+            return Err(Error::Unsupported(format!("hidden_act `{}`; Llama uses `silu`", self.hidden_act)));
+        }
         if self.attention_bias || self.mlp_bias {
-            return Err(Error::Unsupported(
-                "attention_bias / mlp_bias = true; Llama 3 has no biases".into(),
-            ));
+            return Err(Error::Unsupported("attention_bias / mlp_bias = true; Llama 3 has no biases".into()));
         }
         let positive = [
             ("vocab_size", self.vocab_size),
@@ -174,14 +159,14 @@ impl LlamaConfig {
         if let Some((key, _)) = positive.iter().find(|(_, v)| *v == 0) {
             return Err(Error::InvalidConfig(format!("`{key}` must be positive")));
         }
-        if self.num_attention_heads % self.num_kv_heads() != 0 {
+        if !self.num_attention_heads.is_multiple_of(self.num_kv_heads()) {
             return Err(Error::InvalidConfig(format!(
                 "num_attention_heads ({}) is not a multiple of num_key_value_heads ({})",
                 self.num_attention_heads,
                 self.num_kv_heads()
             )));
         }
-        if self.head_dim() % 2 != 0 {
+        if !self.head_dim().is_multiple_of(2) {
             return Err(Error::InvalidConfig(format!(
                 "head_dim {} must be even for rotary embeddings",
                 self.head_dim()

@@ -53,17 +53,11 @@ struct Mlp {
 
 /// Sources hand out linear weights as `[in, out]`, the layout burn's `Linear` multiplies by.
 fn linear(source: &mut impl WeightSource, weight: Weight, config: &LlamaConfig) -> Result<Linear> {
-    Ok(Linear {
-        weight: Param::from_tensor(source.load(weight, config)?),
-        bias: None,
-    })
+    Ok(Linear { weight: Param::from_tensor(source.load(weight, config)?), bias: None })
 }
 
 fn rms_norm(source: &mut impl WeightSource, weight: Weight, config: &LlamaConfig) -> Result<RmsNorm> {
-    Ok(RmsNorm {
-        gamma: Param::from_tensor(source.load(weight, config)?),
-        epsilon: config.rms_norm_eps,
-    })
+    Ok(RmsNorm { gamma: Param::from_tensor(source.load(weight, config)?), epsilon: config.rms_norm_eps })
 }
 
 impl Llama {
@@ -73,11 +67,8 @@ impl Llama {
         let layers = (0..config.num_hidden_layers)
             .map(|i| DecoderLayer::build(&config, i, source))
             .collect::<Result<Vec<_>>>()?;
-        let lm_head = if config.tie_word_embeddings {
-            None
-        } else {
-            Some(linear(source, Weight::LmHead, &config)?)
-        };
+        let lm_head =
+            if config.tie_word_embeddings { None } else { Some(linear(source, Weight::LmHead, &config)?) };
         Ok(Self {
             embed: Param::from_tensor(source.load(Weight::Embed, &config)?),
             layers,
@@ -106,13 +97,15 @@ impl Llama {
 
     /// Logits `[batch, seq, vocab]` (f32) for every position of `tokens: [batch, seq]`, which
     /// sit at positions `start_pos..start_pos + seq` after the `start_pos` positions in `cache`.
-    pub fn forward(&self, tokens: Tensor<2, Int>, start_pos: usize, cache: &mut KvCache) -> Result<Tensor<3>> {
+    pub fn forward(
+        &self,
+        tokens: Tensor<2, Int>,
+        start_pos: usize,
+        cache: &mut KvCache,
+    ) -> Result<Tensor<3>> {
         let [_, seq] = tokens.dims();
         if start_pos != cache.len() {
-            return Err(Error::PositionMismatch {
-                start_pos,
-                cache_len: cache.len(),
-            });
+            return Err(Error::PositionMismatch { start_pos, cache_len: cache.len() });
         }
         if start_pos + seq > self.config.max_position_embeddings {
             return Err(Error::ContextOverflow {
@@ -136,7 +129,11 @@ impl Llama {
             None => {
                 let [batch, seq, hidden] = x.dims();
                 let x = x.reshape([batch * seq, hidden]);
-                self.embed.val().matmul(x.transpose()).transpose().reshape([batch, seq, self.config.vocab_size])
+                self.embed.val().matmul(x.transpose()).transpose().reshape([
+                    batch,
+                    seq,
+                    self.config.vocab_size,
+                ])
             }
         };
         Ok(logits.cast(DType::F32))
@@ -161,9 +158,7 @@ impl Llama {
     /// position `start + i` and sees every key up to it, cached ones included.
     fn causal_mask(&self, start: usize, seq: usize, device: &Device) -> Tensor<2, Bool> {
         let total = start + seq;
-        let hidden: Vec<bool> = (0..seq)
-            .flat_map(|i| (0..total).map(move |j| j > start + i))
-            .collect();
+        let hidden: Vec<bool> = (0..seq).flat_map(|i| (0..total).map(move |j| j > start + i)).collect();
         Tensor::from_data(TensorData::new(hidden, [seq, total]), device)
     }
 }
@@ -200,7 +195,8 @@ impl DecoderLayer {
         sin: &Tensor<4>,
         mask: Option<&Tensor<2, Bool>>,
     ) -> Tensor<3> {
-        let h = x.clone() + self.attention.forward(self.attention_norm.forward(x), index, cache, cos, sin, mask);
+        let h =
+            x.clone() + self.attention.forward(self.attention_norm.forward(x), index, cache, cos, sin, mask);
         h.clone() + self.mlp.forward(self.mlp_norm.forward(h))
     }
 }

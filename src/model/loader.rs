@@ -17,11 +17,7 @@ const INDEX_FILE: &str = "model.safetensors.index.json";
 
 /// Checks that `dir` is a folder; every loader entry point starts here.
 pub fn require_dir(dir: &Path) -> Result<()> {
-    if dir.is_dir() {
-        Ok(())
-    } else {
-        Err(Error::MissingModelDir(dir.to_path_buf()))
-    }
+    if dir.is_dir() { Ok(()) } else { Err(Error::MissingModelDir(dir.to_path_buf())) }
 }
 
 pub struct Checkpoint {
@@ -43,38 +39,24 @@ impl Checkpoint {
         for (index, name) in shard_names.iter().enumerate() {
             let path = dir.join(name);
             let mmap = map_file(&path)?;
-            let tensors = SafeTensors::deserialize(&mmap).map_err(|e| Error::CorruptSafetensors {
-                path: path.clone(),
-                message: e.to_string(),
-            })?;
+            let tensors = SafeTensors::deserialize(&mmap)
+                .map_err(|e| Error::CorruptSafetensors { path: path.clone(), message: e.to_string() })?;
             for tensor in tensors.names() {
                 shard_of.insert(tensor.to_string(), index);
             }
             shards.push((path, mmap));
         }
-        Ok(Self {
-            dir: dir.to_path_buf(),
-            shards,
-            shard_of,
-            device: device.clone(),
-            dtype,
-        })
+        Ok(Self { dir: dir.to_path_buf(), shards, shard_of, device: device.clone(), dtype })
     }
 }
 
 fn shard_files(dir: &Path) -> Result<Vec<String>> {
     let index_path = dir.join(INDEX_FILE);
     if index_path.is_file() {
-        let text = std::fs::read_to_string(&index_path).map_err(|source| Error::Io {
-            path: index_path.clone(),
-            source,
-        })?;
-        let malformed = |message: String| Error::MalformedFile {
-            path: index_path.clone(),
-            message,
-        };
-        let index: serde_json::Value =
-            serde_json::from_str(&text).map_err(|e| malformed(e.to_string()))?;
+        let text = std::fs::read_to_string(&index_path)
+            .map_err(|source| Error::Io { path: index_path.clone(), source })?;
+        let malformed = |message: String| Error::MalformedFile { path: index_path.clone(), message };
+        let index: serde_json::Value = serde_json::from_str(&text).map_err(|e| malformed(e.to_string()))?;
         let map = index
             .get("weight_map")
             .and_then(|m| m.as_object())
@@ -105,49 +87,34 @@ fn shard_files(dir: &Path) -> Result<Vec<String>> {
 }
 
 fn map_file(path: &Path) -> Result<Mmap> {
-    let file = std::fs::File::open(path).map_err(|source| Error::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
+    let file = std::fs::File::open(path).map_err(|source| Error::Io { path: path.to_path_buf(), source })?;
     // SAFETY: the checkpoint is read-only input; specbench never writes it while mapped.
-    unsafe { Mmap::map(&file) }.map_err(|source| Error::Io {
-        path: path.to_path_buf(),
-        source,
-    })
+    unsafe { Mmap::map(&file) }.map_err(|source| Error::Io { path: path.to_path_buf(), source })
 }
 
 impl WeightSource for Checkpoint {
     fn load<const D: usize>(&mut self, weight: Weight, config: &LlamaConfig) -> Result<Tensor<D>> {
         let name = weight.hf_name();
         let expected = weight.hf_shape(config);
-        let &shard = self.shard_of.get(&name).ok_or_else(|| Error::MissingTensor {
-            name: name.clone(),
-            dir: self.dir.clone(),
-        })?;
+        let &shard = self
+            .shard_of
+            .get(&name)
+            .ok_or_else(|| Error::MissingTensor { name: name.clone(), dir: self.dir.clone() })?;
         let (path, mmap) = &self.shards[shard];
-        let tensors = SafeTensors::deserialize(mmap).map_err(|e| Error::CorruptSafetensors {
-            path: path.clone(),
-            message: e.to_string(),
-        })?;
-        let view = tensors.tensor(&name).map_err(|e| Error::CorruptSafetensors {
-            path: path.clone(),
-            message: e.to_string(),
-        })?;
+        let tensors = SafeTensors::deserialize(mmap)
+            .map_err(|e| Error::CorruptSafetensors { path: path.clone(), message: e.to_string() })?;
+        let view = tensors
+            .tensor(&name)
+            .map_err(|e| Error::CorruptSafetensors { path: path.clone(), message: e.to_string() })?;
         if view.shape() != expected.as_slice() {
-            return Err(Error::ShapeMismatch {
-                name,
-                expected,
-                found: view.shape().to_vec(),
-            });
+            return Err(Error::ShapeMismatch { name, expected, found: view.shape().to_vec() });
         }
         let mut values = to_f32(&name, view.dtype(), view.data())?;
         if weight.is_linear() {
             values = transpose(&values, expected[0], expected[1]);
         }
-        let shape: [usize; D] = weight
-            .burn_shape(config)
-            .try_into()
-            .expect("weight rank is fixed by the table");
+        let shape: [usize; D] =
+            weight.burn_shape(config).try_into().expect("weight rank is fixed by the table");
         let tensor = Tensor::<D>::from_data(TensorData::new(values, shape), &self.device);
         Ok(tensor.cast(self.dtype))
     }
@@ -167,10 +134,7 @@ fn transpose(values: &[f32], rows: usize, cols: usize) -> Vec<f32> {
 fn to_f32(name: &str, dtype: Dtype, bytes: &[u8]) -> Result<Vec<f32>> {
     let pairs = || bytes.chunks_exact(2).map(|b| u16::from_le_bytes([b[0], b[1]]));
     Ok(match dtype {
-        Dtype::F32 => bytes
-            .chunks_exact(4)
-            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-            .collect(),
+        Dtype::F32 => bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect(),
         Dtype::F16 => pairs().map(|bits| half::f16::from_bits(bits).to_f32()).collect(),
         Dtype::BF16 => pairs().map(|bits| half::bf16::from_bits(bits).to_f32()).collect(),
         other => {

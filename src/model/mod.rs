@@ -26,10 +26,11 @@ use weights::RandomWeights;
 #[derive(Debug, Clone, PartialEq)]
 pub enum ModelSpec {
     Folder(PathBuf),
-    Random { name: String, config: LlamaConfig },
+    Random { name: String, config: Box<LlamaConfig> },
 }
 
-pub const PRESETS: &str = "random:llama3.2-1b, random:llama3.2-3b, random:llama3.1-8b, random:custom,KEY=VALUE,...";
+pub const PRESETS: &str =
+    "random:llama3.2-1b, random:llama3.2-3b, random:llama3.1-8b, random:custom,KEY=VALUE,...";
 
 impl FromStr for ModelSpec {
     type Err = Error;
@@ -42,16 +43,13 @@ impl FromStr for ModelSpec {
             "llama3.2-1b" => LlamaConfig::llama3_2_1b(),
             "llama3.2-3b" => LlamaConfig::llama3_2_3b(),
             "llama3.1-8b" => LlamaConfig::llama3_1_8b(),
-            custom if custom == "custom" || custom.starts_with("custom,") => {
-                LlamaConfig::custom(&CustomDims::parse(custom.trim_start_matches("custom").trim_start_matches(','))?)
-            }
+            custom if custom == "custom" || custom.starts_with("custom,") => LlamaConfig::custom(
+                &CustomDims::parse(custom.trim_start_matches("custom").trim_start_matches(','))?,
+            ),
             _ => return Err(Error::UnknownPreset(s.into(), PRESETS.into())),
         };
         config.validate()?;
-        Ok(Self::Random {
-            name: preset.into(),
-            config,
-        })
+        Ok(Self::Random { name: preset.into(), config: Box::new(config) })
     }
 }
 
@@ -73,7 +71,13 @@ pub struct LoadedModel {
 
 impl LoadedModel {
     /// Loads `spec` onto `device`. Random weights are drawn from `seed`.
-    pub fn load(spec: &ModelSpec, backend: Backend, device: &Device, dtype: DType, seed: u64) -> Result<Self> {
+    pub fn load(
+        spec: &ModelSpec,
+        backend: Backend,
+        device: &Device,
+        dtype: DType,
+        seed: u64,
+    ) -> Result<Self> {
         let (model, tokenizer) = match spec {
             ModelSpec::Folder(dir) => {
                 loader::require_dir(dir)?;
@@ -87,14 +91,10 @@ impl LoadedModel {
                 check_memory(config, dtype, backend, &format!("random:{name}"))?;
                 let tokenizer = Tokenizer::Bytes { bos: config.bos_token_id };
                 let mut source = RandomWeights::new(device, dtype, seed);
-                (Llama::build(config.clone(), &mut source)?, tokenizer)
+                (Llama::build(LlamaConfig::clone(config), &mut source)?, tokenizer)
             }
         };
-        Ok(Self {
-            model,
-            tokenizer,
-            spec: spec.clone(),
-        })
+        Ok(Self { model, tokenizer, spec: spec.clone() })
     }
 
     /// EOS ids from config.json and the tokenizer together.
@@ -119,7 +119,11 @@ fn check_memory(config: &LlamaConfig, dtype: DType, backend: Backend, what: &str
     let gib = |bytes: f64| bytes / (1u64 << 30) as f64;
     if needed > available as f64 {
         return Err(Error::InsufficientMemory {
-            what: format!("{what} ({:.2}B parameters in {})", config.num_parameters() as f64 / 1e9, crate::backend::dtype_name(dtype)),
+            what: format!(
+                "{what} ({:.2}B parameters in {})",
+                config.num_parameters() as f64 / 1e9,
+                crate::backend::dtype_name(dtype)
+            ),
             needed_gib: gib(needed),
             available_gib: gib(available as f64),
         });

@@ -35,27 +35,26 @@ impl RopeScalingKind {
                     factor: field("factor", scaling.factor)?,
                     low_freq_factor: field("low_freq_factor", scaling.low_freq_factor)?,
                     high_freq_factor: field("high_freq_factor", scaling.high_freq_factor)?,
-                    original_max_position_embeddings: scaling
-                        .original_max_position_embeddings
-                        .ok_or_else(|| {
+                    original_max_position_embeddings: scaling.original_max_position_embeddings.ok_or_else(
+                        || {
                             Error::InvalidConfig(
-                                "rope_scaling of type llama3 needs `original_max_position_embeddings`"
-                                    .into(),
+                                "rope_scaling of type llama3 needs `original_max_position_embeddings`".into(),
                             )
-                        })?,
+                        },
+                    )?,
                 };
-                if let Self::Llama3 { low_freq_factor, high_freq_factor, .. } = kind {
-                    if high_freq_factor <= low_freq_factor {
-                        return Err(Error::InvalidConfig(
-                            "rope_scaling: high_freq_factor must exceed low_freq_factor".into(),
-                        ));
-                    }
+                if let Self::Llama3 { low_freq_factor, high_freq_factor, .. } = kind
+                    && high_freq_factor <= low_freq_factor
+                {
+                    return Err(Error::InvalidConfig(
+                        "rope_scaling: high_freq_factor must exceed low_freq_factor".into(),
+                    ));
                 }
                 Ok(kind)
             }
-            other => Err(Error::Unsupported(format!(
-                "rope_scaling type `{other}`; supported: llama3, default"
-            ))),
+            other => {
+                Err(Error::Unsupported(format!("rope_scaling type `{other}`; supported: llama3, default")))
+            }
         }
     }
 }
@@ -90,8 +89,8 @@ impl Rope {
                         } else if wavelen > low_freq_wavelen {
                             freq / factor
                         } else {
-                            let smooth = (old_len / wavelen - low_freq_factor)
-                                / (high_freq_factor - low_freq_factor);
+                            let smooth =
+                                (old_len / wavelen - low_freq_factor) / (high_freq_factor - low_freq_factor);
                             (1.0 - smooth) * freq / factor + smooth * freq
                         }
                     })

@@ -115,11 +115,7 @@ pub struct RandomWeights {
 impl RandomWeights {
     pub fn new(device: &Device, dtype: DType, seed: u64) -> Self {
         device.seed(seed);
-        Self {
-            device: device.clone(),
-            dtype,
-            std: 0.02,
-        }
+        Self { device: device.clone(), dtype, std: 0.02 }
     }
 
     /// A larger standard deviation gives peaked output distributions, which tiny test models
@@ -132,10 +128,8 @@ impl RandomWeights {
 
 impl WeightSource for RandomWeights {
     fn load<const D: usize>(&mut self, weight: Weight, config: &LlamaConfig) -> Result<Tensor<D>> {
-        let shape: [usize; D] = weight
-            .burn_shape(config)
-            .try_into()
-            .expect("weight rank is fixed by the table");
+        let shape: [usize; D] =
+            weight.burn_shape(config).try_into().expect("weight rank is fixed by the table");
         let tensor = if weight.is_norm() {
             Tensor::<D>::ones(shape, &self.device)
         } else {

@@ -23,7 +23,8 @@ pub fn write_report(dir: &Path) -> Result<Vec<SummaryRow>> {
     write_summary_csv(&summary, &dir.join("summary.csv"))?;
     let manifest = Manifest::read(dir).ok();
     let markdown = summary_markdown(&summary, manifest.as_ref());
-    std::fs::write(dir.join("summary.md"), markdown).map_err(|source| Error::Io { path: dir.join("summary.md"), source })?;
+    std::fs::write(dir.join("summary.md"), markdown)
+        .map_err(|source| Error::Io { path: dir.join("summary.md"), source })?;
     plots::write_all(&summary, &rows, &dir.join("plots"))?;
     Ok(summary)
 }
@@ -98,7 +99,15 @@ pub fn summary_markdown(summary: &[SummaryRow], manifest: Option<&Manifest>) -> 
     for r in summary.iter().filter(|r| r.category != ALL && r.k > 0) {
         out += &format!(
             "| {} | {} | {} | {} | {} | {} | {} | {:.2} | {} |\n",
-            r.category, r.engine, r.backend, r.temperature, r.k, r.n, opt(r.alpha, 3), r.mean_accepted_len, speedup_cell(r)
+            r.category,
+            r.engine,
+            r.backend,
+            r.temperature,
+            r.k,
+            r.n,
+            opt(r.alpha, 3),
+            r.mean_accepted_len,
+            speedup_cell(r)
         );
     }
     out += "\nPlots: `plots/speedup_vs_k`, `plots/tokens_per_s`, `plots/accepted_len_vs_k`, `plots/acceptance_by_position` (PNG and SVG).\n";
@@ -113,18 +122,19 @@ pub fn merge(dirs: &[PathBuf], out: &Path) -> Result<Vec<SummaryRow>> {
     for dir in dirs {
         manifests.push(Manifest::read(dir)?);
         for row in read_rows(&dir.join("runs.csv"))? {
-            if let Some(existing) = rows.get(&row.key()) {
-                if existing != &row {
-                    return Err(Error::MalformedFile {
-                        path: dir.join("runs.csv"),
-                        message: format!("row {:?} differs from the same row in another folder", row.key()),
-                    });
-                }
+            if let Some(existing) = rows.get(&row.key())
+                && existing != &row
+            {
+                return Err(Error::MalformedFile {
+                    path: dir.join("runs.csv"),
+                    message: format!("row {:?} differs from the same row in another folder", row.key()),
+                });
             }
             rows.insert(row.key(), row);
         }
     }
-    let first = manifests.first().ok_or_else(|| Error::InvalidConfig("merge needs at least one folder".into()))?;
+    let first =
+        manifests.first().ok_or_else(|| Error::InvalidConfig("merge needs at least one folder".into()))?;
     if let Some(other) = manifests.iter().find(|m| m.config_sha256 != first.config_sha256) {
         return Err(Error::InvalidConfig(format!(
             "cannot merge runs of different configs ({} vs {})",

@@ -47,8 +47,12 @@ impl Series {
 fn register_font() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
-        plotters::style::register_font(FONT, FontStyle::Normal, include_bytes!("../../assets/DejaVuSans.ttf"))
-            .unwrap_or_else(|_| panic!("the bundled DejaVuSans.ttf is a valid font"));
+        plotters::style::register_font(
+            FONT,
+            FontStyle::Normal,
+            include_bytes!("../../assets/DejaVuSans.ttf"),
+        )
+        .unwrap_or_else(|_| panic!("the bundled DejaVuSans.ttf is a valid font"));
     });
 }
 
@@ -69,16 +73,20 @@ pub fn render(chart: &LineChart, dir: &Path, name: &str) -> Result<()> {
 impl LineChart {
     fn bounds(&self) -> ((f64, f64), (f64, f64)) {
         let xs = self.series.iter().flat_map(|s| s.points.iter().map(|p| p.0));
-        let ys = self.series.iter().flat_map(|s| {
-            s.points.iter().map(|p| p.1).chain(s.intervals.iter().flat_map(|i| [i.1, i.2]))
-        });
+        let ys = self
+            .series
+            .iter()
+            .flat_map(|s| s.points.iter().map(|p| p.1).chain(s.intervals.iter().flat_map(|i| [i.1, i.2])));
         let (x_min, x_max) = xs.fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), x| (a.min(x), b.max(x)));
         let y_max = ys.chain(self.reference).filter(|y| y.is_finite()).fold(0.0f64, f64::max);
         let (x_min, x_max) = if x_min.is_finite() { (x_min, x_max) } else { (0.0, 1.0) };
         ((x_min - 0.5, x_max + 0.5), (0.0, (y_max * 1.15).max(1e-9)))
     }
 
-    fn draw<DB: DrawingBackend>(&self, root: DrawingArea<DB, Shift>) -> std::result::Result<(), DrawingAreaErrorKind<DB::ErrorType>> {
+    fn draw<DB: DrawingBackend>(
+        &self,
+        root: DrawingArea<DB, Shift>,
+    ) -> std::result::Result<(), DrawingAreaErrorKind<DB::ErrorType>> {
         root.fill(&WHITE)?;
         let ((x0, x1), (y0, y1)) = self.bounds();
         let mut chart = ChartBuilder::on(&root)
@@ -96,7 +104,12 @@ impl LineChart {
             .light_line_style(WHITE.mix(0.0))
             .draw()?;
         if let Some(y) = self.reference {
-            chart.draw_series(DashedLineSeries::new(vec![(x0, y), (x1, y)], 2, 4, BLACK.mix(0.4).stroke_width(1)))?;
+            chart.draw_series(DashedLineSeries::new(
+                vec![(x0, y), (x1, y)],
+                2,
+                4,
+                BLACK.mix(0.4).stroke_width(1),
+            ))?;
         }
         for series in &self.series {
             let color = Palette99::pick(series.color).to_rgba();
@@ -114,7 +127,10 @@ impl LineChart {
                 chart.draw_series(series.points.iter().map(|&p| Circle::new(p, 4, color.filled())))?;
             }
             chart.draw_series(
-                series.intervals.iter().map(|&(x, lo, hi)| ErrorBar::new_vertical(x, lo, (lo + hi) / 2.0, hi, style, 8)),
+                series
+                    .intervals
+                    .iter()
+                    .map(|&(x, lo, hi)| ErrorBar::new_vertical(x, lo, (lo + hi) / 2.0, hi, style, 8)),
             )?;
         }
         chart
@@ -153,10 +169,8 @@ pub fn write_all(summary: &[SummaryRow], rows: &[RunRow], dir: &Path) -> Result<
     for (color, (label, cells)) in groups.iter().enumerate() {
         let measured: Vec<(f64, f64)> = cells.iter().filter_map(|r| Some((k_of(r), r.speedup?))).collect();
         let mut series = Series::solid(format!("{label} measured"), color, measured);
-        series.intervals = cells
-            .iter()
-            .filter_map(|r| Some((k_of(r), r.speedup_ci_low?, r.speedup_ci_high?)))
-            .collect();
+        series.intervals =
+            cells.iter().filter_map(|r| Some((k_of(r), r.speedup_ci_low?, r.speedup_ci_high?))).collect();
         speedup.push(series);
         let predicted: Vec<(f64, f64)> = cells
             .iter()
@@ -166,24 +180,35 @@ pub fn write_all(summary: &[SummaryRow], rows: &[RunRow], dir: &Path) -> Result<
             speedup.push(Series::dashed(format!("{label} Thm 3.8"), color, predicted));
         }
 
-        tokens.push(Series::solid(format!("{label} speculative"), color, cells.iter().map(|r| (k_of(r), r.tokens_per_s)).collect()));
+        tokens.push(Series::solid(
+            format!("{label} speculative"),
+            color,
+            cells.iter().map(|r| (k_of(r), r.tokens_per_s)).collect(),
+        ));
         if let Some(base) = cells[0].baseline_tokens_per_s {
             let ks = [k_of(cells[0]), k_of(cells[cells.len() - 1])];
-            tokens.push(Series::dashed(format!("{label} target-only"), color, ks.iter().map(|&k| (k, base)).collect()));
+            tokens.push(Series::dashed(
+                format!("{label} target-only"),
+                color,
+                ks.iter().map(|&k| (k, base)).collect(),
+            ));
         }
 
-        lengths.push(Series::solid(format!("{label} measured"), color, cells.iter().map(|r| (k_of(r), r.mean_accepted_len)).collect()));
-        let expected: Vec<(f64, f64)> = cells
-            .iter()
-            .filter_map(|r| Some((k_of(r), expected_accepted_len(r.alpha?, r.k))))
-            .collect();
+        lengths.push(Series::solid(
+            format!("{label} measured"),
+            color,
+            cells.iter().map(|r| (k_of(r), r.mean_accepted_len)).collect(),
+        ));
+        let expected: Vec<(f64, f64)> =
+            cells.iter().filter_map(|r| Some((k_of(r), expected_accepted_len(r.alpha?, r.k)))).collect();
         if !expected.is_empty() {
             lengths.push(Series::dashed(format!("{label} (1-a^(k+1))/(1-a)"), color, expected));
         }
 
         let longest = cells.iter().max_by_key(|r| r.k).expect("groups are non-empty");
         if longest.engine == crate::experiment::runner::ENGINE {
-            let rates = position_acceptance(rows, &longest.engine, &longest.backend, longest.temperature, longest.k);
+            let rates =
+                position_acceptance(rows, &longest.engine, &longest.backend, longest.temperature, longest.k);
             let points = rates.iter().enumerate().map(|(i, &r)| ((i + 1) as f64, r)).collect();
             positions.push(Series::solid(format!("{label} k={}", longest.k), color, points));
             if let Some(alpha) = longest.alpha {
@@ -199,9 +224,21 @@ pub fn write_all(summary: &[SummaryRow], rows: &[RunRow], dir: &Path) -> Result<
         series,
         reference,
     };
-    render(&chart("Speedup over target-only decoding", "draft length k", "speedup (95% CI)", speedup, Some(1.0)), dir, "speedup_vs_k")?;
+    render(
+        &chart("Speedup over target-only decoding", "draft length k", "speedup (95% CI)", speedup, Some(1.0)),
+        dir,
+        "speedup_vs_k",
+    )?;
     render(&chart("Decoding speed", "draft length k", "tokens/s", tokens, None), dir, "tokens_per_s")?;
-    render(&chart("Tokens per target call", "draft length k", "mean accepted length", lengths, Some(1.0)), dir, "accepted_len_vs_k")?;
-    render(&chart("Acceptance by draft position", "draft position", "acceptance rate", positions, None), dir, "acceptance_by_position")?;
+    render(
+        &chart("Tokens per target call", "draft length k", "mean accepted length", lengths, Some(1.0)),
+        dir,
+        "accepted_len_vs_k",
+    )?;
+    render(
+        &chart("Acceptance by draft position", "draft position", "acceptance rate", positions, None),
+        dir,
+        "acceptance_by_position",
+    )?;
     Ok(())
 }

@@ -43,9 +43,12 @@ impl CellCounts {
     }
 }
 
+/// engine, backend, dtype, temperature bits, k.
+type CellKey = (String, String, String, u64, usize);
+
 /// Acceptance counts of every speculative cell.
 pub fn cell_counts(rows: &[RunRow]) -> Vec<CellCounts> {
-    let mut cells: BTreeMap<(String, String, String, u64, usize), (u64, u64)> = BTreeMap::new();
+    let mut cells: BTreeMap<CellKey, (u64, u64)> = BTreeMap::new();
     for r in rows.iter().filter(|r| r.k > 0) {
         let key = (r.engine.clone(), r.backend.clone(), r.dtype.clone(), r.temperature.to_bits(), r.k);
         let entry = cells.entry(key).or_default();
@@ -68,8 +71,10 @@ pub fn cell_counts(rows: &[RunRow]) -> Vec<CellCounts> {
 
 impl Baseline {
     pub fn read(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|source| Error::Io { path: path.to_path_buf(), source })?;
-        serde_json::from_str(&text).map_err(|e| Error::MalformedFile { path: path.to_path_buf(), message: e.to_string() })
+        let text =
+            std::fs::read_to_string(path).map_err(|source| Error::Io { path: path.to_path_buf(), source })?;
+        serde_json::from_str(&text)
+            .map_err(|e| Error::MalformedFile { path: path.to_path_buf(), message: e.to_string() })
     }
 
     pub fn write(&self, path: &Path) -> Result<()> {

@@ -82,13 +82,21 @@ fn summarize_category(rows: &[RunRow], category: &str) -> Vec<SummaryRow> {
     }
     cells
         .iter()
-        .map(|(key, cell)| summarize_cell(key, cell, cells.get(&key.baseline()).filter(|_| key.k > 0), category))
+        .map(|(key, cell)| {
+            summarize_cell(key, cell, cells.get(&key.baseline()).filter(|_| key.k > 0), category)
+        })
         .collect()
 }
 
-fn summarize_cell(key: &CellKey, cell: &[&RunRow], baseline: Option<&Vec<&RunRow>>, category: &str) -> SummaryRow {
+fn summarize_cell(
+    key: &CellKey,
+    cell: &[&RunRow],
+    baseline: Option<&Vec<&RunRow>>,
+    category: &str,
+) -> SummaryRow {
     let sum = |f: fn(&RunRow) -> f64| cell.iter().map(|r| f(r)).sum::<f64>();
-    let (proposed, accepted, calls) = (sum(|r| r.proposed as f64), sum(|r| r.accepted as f64), sum(|r| r.target_calls as f64));
+    let (proposed, accepted, calls) =
+        (sum(|r| r.proposed as f64), sum(|r| r.accepted as f64), sum(|r| r.target_calls as f64));
     let speculative = key.k > 0;
     let alpha = speculative.then(|| aggregate_alpha(cell)).flatten();
     let tokens_per_s = mean(cell.iter().map(|r| r.tokens_per_s));
@@ -113,7 +121,11 @@ fn summarize_cell(key: &CellKey, cell: &[&RunRow], baseline: Option<&Vec<&RunRow
         n: cell.len(),
         alpha,
         alpha_hat: (proposed > 0.0).then(|| accepted / proposed),
-        mean_accepted_len: if calls > 0.0 { (accepted + calls) / calls } else { mean(cell.iter().map(|r| r.mean_accepted_len)) },
+        mean_accepted_len: if calls > 0.0 {
+            (accepted + calls) / calls
+        } else {
+            mean(cell.iter().map(|r| r.mean_accepted_len))
+        },
         expected_accepted_len: alpha.map(|a| expected_accepted_len(a, key.k)),
         tokens_per_s,
         baseline_tokens_per_s,
@@ -153,7 +165,8 @@ fn speedup_interval(cell: &[&RunRow], baseline: &[&RunRow]) -> (Option<(f64, f64
         let ratios: Vec<f64> = repeats
             .iter()
             .map(|&rep| {
-                let of = |rows: &[&RunRow]| mean(rows.iter().filter(|r| r.repeat == rep).map(|r| r.tokens_per_s));
+                let of =
+                    |rows: &[&RunRow]| mean(rows.iter().filter(|r| r.repeat == rep).map(|r| r.tokens_per_s));
                 of(cell) / of(baseline)
             })
             .filter(|r| r.is_finite())
@@ -208,7 +221,13 @@ fn bootstrap_ratio_interval(pairs: &[(f64, f64)]) -> Option<(f64, f64)> {
 }
 
 /// Per draft position, accepted / proposed over the cell's rows (from `position_accepted`).
-pub fn position_acceptance(rows: &[RunRow], engine: &str, backend: &str, temperature: f64, k: usize) -> Vec<f64> {
+pub fn position_acceptance(
+    rows: &[RunRow],
+    engine: &str,
+    backend: &str,
+    temperature: f64,
+    k: usize,
+) -> Vec<f64> {
     let cell: Vec<&RunRow> = rows
         .iter()
         .filter(|r| r.engine == engine && r.backend == backend && r.temperature == temperature && r.k == k)
@@ -250,12 +269,8 @@ mod tests {
 
     #[test]
     fn speedup_is_the_ratio_of_mean_speeds_with_a_t_interval_over_repeats() {
-        let rows = vec![
-            row(0, 0, "a", 10.0),
-            row(0, 1, "a", 10.0),
-            row(2, 0, "a", 15.0),
-            row(2, 1, "a", 17.0),
-        ];
+        let rows =
+            vec![row(0, 0, "a", 10.0), row(0, 1, "a", 10.0), row(2, 0, "a", 15.0), row(2, 1, "a", 17.0)];
         let summary = summarize(&rows);
         let cell = summary.iter().find(|s| s.k == 2 && s.category == ALL).unwrap();
         assert!((cell.speedup.unwrap() - 1.6).abs() < 1e-12);
