@@ -5,6 +5,7 @@ pub mod backend;
 pub mod decoding;
 pub mod error;
 pub mod experiment;
+pub mod files;
 pub mod metrics;
 pub mod model;
 pub mod report;

@@ -18,7 +18,7 @@ use specbench::experiment::runner::{RunOptions, Shard, load_prompts, run as run_
 use specbench::metrics::{cost_ratio, expected_accepted_len, predicted_speedup};
 use specbench::model::{LoadedModel, ModelSpec};
 use specbench::report::regression::{Baseline, Verdict, cell_counts, check, format_check};
-use specbench::report::{merge, summary_markdown, write_report};
+use specbench::report::{cell_table, merge, write_report};
 use specbench::sampling::SamplingConfig;
 
 #[derive(Parser)]
@@ -172,13 +172,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
 /// Writes the summary and plots of `dir` and prints the table and where everything is.
 fn report(dir: &std::path::Path) -> Result<ExitCode> {
     let summary = write_report(dir)?;
-    let markdown = summary_markdown(&summary, None);
-    let table: Vec<&str> = markdown
-        .lines()
-        .filter(|l| l.starts_with('|'))
-        .take_while(|l| !l.starts_with("| category"))
-        .collect();
-    println!("{}", table.join("\n"));
+    print!("{}", cell_table(&summary));
     report_paths(dir);
     Ok(ExitCode::SUCCESS)
 }

@@ -98,8 +98,7 @@ pub struct Prompts {
 
 impl ExperimentConfig {
     pub fn from_file(path: &Path) -> Result<(Self, String)> {
-        let text =
-            std::fs::read_to_string(path).map_err(|source| Error::Io { path: path.to_path_buf(), source })?;
+        let text = crate::files::read_text(path)?;
         let config = Self::parse(&text).map_err(|e| match e {
             Error::InvalidConfig(message) => Error::MalformedFile { path: path.to_path_buf(), message },
             other => other,

@@ -6,7 +6,7 @@ use std::process::Command;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::error::{Error, Result};
+use crate::error::Result;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Manifest {
@@ -47,16 +47,11 @@ impl Machine {
             .find_map(|l| l.strip_prefix("model name").and_then(|r| r.split(':').nth(1)))
             .map(|s| s.trim().to_string())
             .unwrap_or_else(|| std::env::consts::ARCH.to_string());
-        let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
-        let memory_kib: f64 = meminfo
-            .lines()
-            .find_map(|l| l.strip_prefix("MemTotal:"))
-            .and_then(|r| r.split_whitespace().next()?.parse().ok())
-            .unwrap_or(0.0);
+        let memory_gib = crate::files::meminfo_bytes("MemTotal").unwrap_or(0) as f64 / (1u64 << 30) as f64;
         Self {
             cpu,
             cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
-            memory_gib: (memory_kib / (1024.0 * 1024.0) * 10.0).round() / 10.0,
+            memory_gib: (memory_gib * 10.0).round() / 10.0,
             os: std::env::consts::OS.into(),
         }
     }
@@ -91,15 +86,10 @@ pub fn now() -> String {
 
 impl Manifest {
     pub fn read(dir: &Path) -> Result<Self> {
-        let path = dir.join("manifest.json");
-        let text =
-            std::fs::read_to_string(&path).map_err(|source| Error::Io { path: path.clone(), source })?;
-        serde_json::from_str(&text).map_err(|e| Error::MalformedFile { path, message: e.to_string() })
+        crate::files::read_json(&dir.join("manifest.json"))
     }
 
     pub fn write(&self, dir: &Path) -> Result<()> {
-        let path = dir.join("manifest.json");
-        let text = serde_json::to_string_pretty(self).expect("manifest serializes");
-        std::fs::write(&path, text + "\n").map_err(|source| Error::Io { path, source })
+        crate::files::write_json(&dir.join("manifest.json"), self)
     }
 }

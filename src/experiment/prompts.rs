@@ -95,8 +95,7 @@ pub fn builtin() -> Vec<Prompt> {
 
 /// Reads a JSONL prompt file; errors name the line. Ids must be unique (rows are keyed by them).
 pub fn from_jsonl(path: &Path) -> Result<Vec<Prompt>> {
-    let text =
-        std::fs::read_to_string(path).map_err(|source| Error::Io { path: path.to_path_buf(), source })?;
+    let text = crate::files::read_text(path)?;
     let mut prompts: Vec<Prompt> = Vec::new();
     for (n, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
         let prompt: Prompt = serde_json::from_str(line).map_err(|e| Error::MalformedFile {

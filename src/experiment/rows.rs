@@ -88,8 +88,7 @@ pub fn split_counts(text: &str) -> Vec<u64> {
 
 /// Reads every complete row. A final line cut short by a crash is ignored, not an error.
 pub fn read_rows(path: &Path) -> Result<Vec<RunRow>> {
-    let text =
-        std::fs::read_to_string(path).map_err(|source| Error::Io { path: path.to_path_buf(), source })?;
+    let text = crate::files::read_text(path)?;
     let complete = match text.rfind('\n') {
         Some(end) => &text[..=end],
         None => "",

@@ -306,7 +306,7 @@ fn new_result_dir(config: &ExperimentConfig, config_text: &str, options: &RunOpt
             dir.display()
         )));
     }
-    std::fs::create_dir_all(&dir).map_err(|source| Error::Io { path: dir.clone(), source })?;
+    crate::files::create_dir(&dir)?;
     Manifest {
         experiment: config.experiment.name.clone(),
         config: config_text.to_string(),

@@ -94,8 +94,7 @@ impl LlamaConfig {
         if !path.is_file() {
             return Err(Error::MissingFile { path: path.to_path_buf(), what: "config.json" });
         }
-        let text =
-            std::fs::read_to_string(path).map_err(|source| Error::Io { path: path.to_path_buf(), source })?;
+        let text = crate::files::read_text(path)?;
         let config: Self = serde_json::from_str(&text)
             .map_err(|e| Error::MalformedFile { path: path.to_path_buf(), message: e.to_string() })?;
         config.validate()?;

@@ -53,8 +53,7 @@ impl Checkpoint {
 fn shard_files(dir: &Path) -> Result<Vec<String>> {
     let index_path = dir.join(INDEX_FILE);
     if index_path.is_file() {
-        let text = std::fs::read_to_string(&index_path)
-            .map_err(|source| Error::Io { path: index_path.clone(), source })?;
+        let text = crate::files::read_text(&index_path)?;
         let malformed = |message: String| Error::MalformedFile { path: index_path.clone(), message };
         let index: serde_json::Value = serde_json::from_str(&text).map_err(|e| malformed(e.to_string()))?;
         let map = index

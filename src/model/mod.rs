@@ -7,7 +7,7 @@ pub mod loader;
 pub mod rope;
 pub mod weights;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::str::FromStr;
 
 use burn::tensor::{DType, Device};
@@ -112,7 +112,7 @@ fn check_memory(config: &LlamaConfig, dtype: DType, backend: Backend, what: &str
     if !backend.uses_host_memory() {
         return Ok(());
     }
-    let Some(available) = available_memory_bytes(Path::new("/proc/meminfo")) else {
+    let Some(available) = crate::files::meminfo_bytes("MemAvailable") else {
         return Ok(());
     };
     let needed = config.num_parameters() as f64 * dtype.size() as f64;
@@ -129,13 +129,6 @@ fn check_memory(config: &LlamaConfig, dtype: DType, backend: Backend, what: &str
         });
     }
     Ok(())
-}
-
-fn available_memory_bytes(meminfo: &Path) -> Option<u64> {
-    let text = std::fs::read_to_string(meminfo).ok()?;
-    let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
-    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib * 1024)
 }
 
 #[cfg(test)]
@@ -160,7 +153,7 @@ mod tests {
         // 8.03B × 4 bytes = 29.9 GiB: more than this 24 GiB machine, so the check must fire
         // (on a larger host it passes, which is right too).
         let result = check_memory(&config, DType::F32, Backend::Ndarray, "random:llama3.1-8b");
-        match available_memory_bytes(Path::new("/proc/meminfo")) {
+        match crate::files::meminfo_bytes("MemAvailable") {
             Some(avail) if (avail as f64) < 29.9 * (1u64 << 30) as f64 => {
                 let err = result.unwrap_err().to_string();
                 assert!(err.contains("GiB") && err.contains("8.03B"), "{err}");

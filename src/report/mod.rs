@@ -23,8 +23,7 @@ pub fn write_report(dir: &Path) -> Result<Vec<SummaryRow>> {
     write_summary_csv(&summary, &dir.join("summary.csv"))?;
     let manifest = Manifest::read(dir).ok();
     let markdown = summary_markdown(&summary, manifest.as_ref());
-    std::fs::write(dir.join("summary.md"), markdown)
-        .map_err(|source| Error::Io { path: dir.join("summary.md"), source })?;
+    crate::files::write_text(&dir.join("summary.md"), &markdown)?;
     plots::write_all(&summary, &rows, &dir.join("plots"))?;
     Ok(summary)
 }
@@ -72,6 +71,29 @@ pub fn summary_markdown(summary: &[SummaryRow], manifest: Option<&Manifest>) -> 
             over repeats (`t`) or a paired bootstrap over prompts (`bootstrap`). α = mean Σ min(p, q) over verified \
             positions; α̂ = accepted / proposed; τ = tokens per target call; E = (1 − α^(k+1)) / (1 − α); \
             c = draft time per drafted token ÷ target time per verify call; predicted = Theorem 3.8 from α, c, k.\n\n";
+    out += &cell_table(summary);
+    out += "\n## By prompt category\n\n| category | engine | backend | T | k | n | α | τ | speedup [95% CI] |\n|---|---|---|---|---|---|---|---|---|\n";
+    for r in summary.iter().filter(|r| r.category != ALL && r.k > 0) {
+        out += &format!(
+            "| {} | {} | {} | {} | {} | {} | {} | {:.2} | {} |\n",
+            r.category,
+            r.engine,
+            r.backend,
+            r.temperature,
+            r.k,
+            r.n,
+            opt(r.alpha, 3),
+            r.mean_accepted_len,
+            speedup_cell(r)
+        );
+    }
+    out += "\nPlots: `plots/speedup_vs_k`, `plots/tokens_per_s`, `plots/accepted_len_vs_k`, `plots/acceptance_by_position` (PNG and SVG).\n";
+    out
+}
+
+/// The per-cell table (all prompts) as markdown: what `run` and `report` print.
+pub fn cell_table(summary: &[SummaryRow]) -> String {
+    let mut out = String::new();
     out += "| engine | backend | dtype | T | k | n | α | α̂ | τ | E | tokens/s | target-only tokens/s | speedup [95% CI] | CI | c | predicted |\n";
     out += "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n";
     for r in summary.iter().filter(|r| r.category == ALL) {
@@ -95,22 +117,6 @@ pub fn summary_markdown(summary: &[SummaryRow], manifest: Option<&Manifest>) -> 
             r.predicted_speedup.map_or("—".into(), |p| format!("{p:.2}×")),
         );
     }
-    out += "\n## By prompt category\n\n| category | engine | backend | T | k | n | α | τ | speedup [95% CI] |\n|---|---|---|---|---|---|---|---|---|\n";
-    for r in summary.iter().filter(|r| r.category != ALL && r.k > 0) {
-        out += &format!(
-            "| {} | {} | {} | {} | {} | {} | {} | {:.2} | {} |\n",
-            r.category,
-            r.engine,
-            r.backend,
-            r.temperature,
-            r.k,
-            r.n,
-            opt(r.alpha, 3),
-            r.mean_accepted_len,
-            speedup_cell(r)
-        );
-    }
-    out += "\nPlots: `plots/speedup_vs_k`, `plots/tokens_per_s`, `plots/accepted_len_vs_k`, `plots/acceptance_by_position` (PNG and SVG).\n";
     out
 }
 
@@ -141,7 +147,7 @@ pub fn merge(dirs: &[PathBuf], out: &Path) -> Result<Vec<SummaryRow>> {
             first.config_sha256, other.config_sha256
         )));
     }
-    std::fs::create_dir_all(out).map_err(|source| Error::Io { path: out.to_path_buf(), source })?;
+    crate::files::create_dir(out)?;
     if out.join("runs.csv").exists() {
         return Err(Error::InvalidConfig(format!("{} already holds a runs.csv", out.display())));
     }

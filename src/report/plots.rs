@@ -158,7 +158,7 @@ fn groups(summary: &[SummaryRow]) -> Vec<(String, Vec<&SummaryRow>)> {
 }
 
 pub fn write_all(summary: &[SummaryRow], rows: &[RunRow], dir: &Path) -> Result<()> {
-    std::fs::create_dir_all(dir).map_err(|source| Error::Io { path: dir.to_path_buf(), source })?;
+    crate::files::create_dir(dir)?;
     let groups = groups(summary);
     let k_of = |r: &SummaryRow| r.k as f64;
 

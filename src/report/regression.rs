@@ -7,7 +7,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 use statrs::distribution::{ContinuousCDF, Normal};
 
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::experiment::rows::RunRow;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -71,15 +71,11 @@ pub fn cell_counts(rows: &[RunRow]) -> Vec<CellCounts> {
 
 impl Baseline {
     pub fn read(path: &Path) -> Result<Self> {
-        let text =
-            std::fs::read_to_string(path).map_err(|source| Error::Io { path: path.to_path_buf(), source })?;
-        serde_json::from_str(&text)
-            .map_err(|e| Error::MalformedFile { path: path.to_path_buf(), message: e.to_string() })
+        crate::files::read_json(path)
     }
 
     pub fn write(&self, path: &Path) -> Result<()> {
-        let text = serde_json::to_string_pretty(self).expect("baseline serializes") + "\n";
-        std::fs::write(path, text).map_err(|source| Error::Io { path: path.to_path_buf(), source })
+        crate::files::write_json(path, self)
     }
 }
 
