@@ -14,29 +14,31 @@ use crate::error::{Error, Result};
 #[serde(rename_all = "lowercase")]
 pub enum Backend {
     Ndarray,
+    Flex,
     Wgpu,
 }
 
 impl Backend {
-    pub const ALL: [Backend; 2] = [Backend::Ndarray, Backend::Wgpu];
+    pub const ALL: [Backend; 3] = [Backend::Ndarray, Backend::Flex, Backend::Wgpu];
 
     pub fn name(self) -> &'static str {
         match self {
             Backend::Ndarray => "ndarray",
+            Backend::Flex => "flex",
             Backend::Wgpu => "wgpu",
         }
     }
 
     pub fn is_compiled(self) -> bool {
         match self {
-            Backend::Ndarray => true,
+            Backend::Ndarray | Backend::Flex => true,
             Backend::Wgpu => cfg!(feature = "wgpu"),
         }
     }
 
     /// Whether it computes on the host, so that model memory is checked against host RAM.
     pub fn uses_host_memory(self) -> bool {
-        matches!(self, Backend::Ndarray)
+        matches!(self, Backend::Ndarray | Backend::Flex)
     }
 
     /// Creates the device and proves it works with one tiny computation: wgpu picks its adapter
@@ -50,20 +52,18 @@ impl Backend {
         Ok(device)
     }
 
-    #[cfg(feature = "wgpu")]
+    /// Only called for compiled-in backends.
     fn make_device(self) -> Device {
         match self {
             // Deprecated upstream in favour of flex; kept because our users run on it.
             #[allow(deprecated)]
             Backend::Ndarray => Device::ndarray(),
+            Backend::Flex => Device::flex(),
+            #[cfg(feature = "wgpu")]
             Backend::Wgpu => Device::wgpu(burn::tensor::DeviceKind::DefaultDevice),
+            #[cfg(not(feature = "wgpu"))]
+            Backend::Wgpu => unreachable!("is_compiled() guards backends left out of the build"),
         }
-    }
-
-    #[cfg(not(feature = "wgpu"))]
-    #[allow(deprecated)]
-    fn make_device(self) -> Device {
-        Device::ndarray()
     }
 }
 
@@ -157,8 +157,9 @@ mod tests {
     }
 
     #[test]
-    fn ndarray_device_passes_its_probe() {
+    fn cpu_devices_pass_their_probe() {
         Backend::Ndarray.device().unwrap();
+        Backend::Flex.device().unwrap();
     }
 
     #[cfg(not(feature = "wgpu"))]

@@ -16,7 +16,7 @@ use specbench::experiment::manifest::Manifest;
 use specbench::experiment::rows::read_rows;
 use specbench::experiment::runner::{RunOptions, Shard, load_prompts, run as run_sweep};
 use specbench::metrics::{cost_ratio, expected_accepted_len, predicted_speedup};
-use specbench::model::{LoadedModel, ModelSpec};
+use specbench::model::{LoadedModel, ModelSpec, ProjectionKernel};
 use specbench::report::regression::{Baseline, Verdict, cell_counts, check, format_check};
 use specbench::report::{cell_table, merge, write_report};
 use specbench::sampling::SamplingConfig;
@@ -86,6 +86,9 @@ struct GenerateArgs {
     prompt: String,
     #[arg(long, default_value_t = 64)]
     max_new_tokens: usize,
+    /// Keep going past end-of-sequence tokens: every run makes exactly --max-new-tokens (for timing).
+    #[arg(long)]
+    ignore_eos: bool,
     /// 0 is greedy.
     #[arg(long, default_value_t = 0.0)]
     temperature: f64,
@@ -96,12 +99,16 @@ struct GenerateArgs {
     top_p: f64,
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    /// ndarray (CPU) or wgpu (GPU; needs the `wgpu` cargo feature).
+    /// ndarray or flex (CPU), or wgpu (GPU; needs the `wgpu` cargo feature).
     #[arg(long, default_value = "ndarray")]
     backend: String,
     /// f32, f16 or bf16 (f16/bf16 where the backend supports them).
     #[arg(long, default_value = "f32")]
     dtype: String,
+    /// Who multiplies the linear layers: `host` (specbench's kernel; CPU backends in f32) or
+    /// `backend` (Burn's matmul). Default: host wherever it applies.
+    #[arg(long)]
+    projections: Option<String>,
 }
 
 fn main() -> ExitCode {
@@ -187,9 +194,13 @@ fn generate(args: GenerateArgs) -> Result<()> {
     let backend: Backend = args.backend.parse()?;
     let device = backend.device()?;
     let dtype = parse_dtype(&args.dtype, backend, &device)?;
+    let kernel = match &args.projections {
+        Some(name) => name.parse()?,
+        None => ProjectionKernel::default_for(backend, dtype),
+    };
     let load = |model: &str, seed: u64| -> Result<LoadedModel> {
         let spec: ModelSpec = model.parse()?;
-        LoadedModel::load(&spec, backend, &device, dtype, seed)
+        LoadedModel::load_with_kernel(&spec, backend, &device, dtype, seed, kernel)
             .with_context(|| format!("loading model {spec}"))
     };
     let target = load(&args.model, args.seed)?;
@@ -199,7 +210,7 @@ fn generate(args: GenerateArgs) -> Result<()> {
     let config = GenerationConfig {
         max_new_tokens: args.max_new_tokens,
         sampling: SamplingConfig { temperature: args.temperature, top_k: args.top_k, top_p: args.top_p },
-        eos_ids: target.eos_ids(),
+        eos_ids: if args.ignore_eos { Vec::new() } else { target.eos_ids() },
         seed: args.seed,
     };
     let generation = match &draft {
@@ -211,10 +222,14 @@ fn generate(args: GenerateArgs) -> Result<()> {
     };
     println!("{}{}", args.prompt, target.tokenizer.decode(&generation.tokens));
     let label = match &draft {
-        None => format!("{} on {backend}/{}", target.spec, dtype_name(dtype)),
-        Some(d) => {
-            format!("{} + draft {} (k = {}) on {backend}/{}", target.spec, d.spec, args.k, dtype_name(dtype))
-        }
+        None => format!("{} on {backend}/{}, {kernel} projections", target.spec, dtype_name(dtype)),
+        Some(d) => format!(
+            "{} + draft {} (k = {}) on {backend}/{}, {kernel} projections",
+            target.spec,
+            d.spec,
+            args.k,
+            dtype_name(dtype)
+        ),
     };
     eprintln!("\n{}", describe(&label, &generation, draft.is_some()));
     Ok(())

@@ -18,7 +18,7 @@ pub struct Manifest {
     pub crate_version: String,
     pub shard: Option<String>,
     pub machine: Machine,
-    /// Per backend: the device burn reports (adapter for wgpu).
+    /// Per backend: the device burn reports (adapter for wgpu) and who multiplied the projections.
     pub devices: Vec<String>,
     pub target_dtype: String,
     pub draft_dtype: String,

@@ -149,7 +149,6 @@ pub fn run(config_path: &Path, options: &RunOptions) -> Result<PathBuf> {
             continue;
         }
         let device = backend.device()?;
-        devices.push(format!("{backend}: {device:?}"));
         let dtype = |entry: &super::config::ModelEntry| parse_dtype(&entry.dtype, backend, &device);
         let (target_dtype, draft_dtype) = (dtype(&config.models.target)?, dtype(&config.models.draft)?);
         progress.set_message(format!("loading models on {backend}"));
@@ -161,6 +160,7 @@ pub fn run(config_path: &Path, options: &RunOptions) -> Result<PathBuf> {
             draft_dtype,
             config.experiment.seed.wrapping_add(1),
         )?;
+        devices.push(format!("{backend}: {device:?}; {} projections", target.model.kernel()));
         let sweep = BackendSweep {
             config: &config,
             target: &target,

@@ -1,31 +1,33 @@
 //! One Llama 3 implementation for draft and target: RMSNorm, RoPE, grouped-query attention,
 //! SwiGLU, tied or untied embeddings.
 
-use burn::module::{Module, Param};
-use burn::nn::{Linear, RmsNorm};
+use burn::module::Param;
+use burn::nn::RmsNorm;
 use burn::tensor::activation::{silu, softmax};
 use burn::tensor::{Bool, DType, Device, Int, Tensor, TensorData};
 
 use crate::error::{Error, Result};
 use crate::model::cache::KvCache;
 use crate::model::config::LlamaConfig;
+use crate::model::projection::{Embedding, Projection, ProjectionKernel};
 use crate::model::rope::{Rope, apply_rotary};
 use crate::model::weights::{LayerWeight, Weight, WeightSource};
 
-#[derive(Module, Debug)]
+#[derive(Debug)]
 pub struct Llama {
-    embed: Param<Tensor<2>>,
+    embed: Embedding,
     layers: Vec<DecoderLayer>,
     norm: RmsNorm,
     /// `None` when the output projection is tied to the embedding.
-    lm_head: Option<Linear>,
-    #[module(skip)]
+    lm_head: Option<Projection>,
     config: LlamaConfig,
-    #[module(skip)]
     rope: Rope,
+    kernel: ProjectionKernel,
+    device: Device,
+    dtype: DType,
 }
 
-#[derive(Module, Debug)]
+#[derive(Debug)]
 struct DecoderLayer {
     attention_norm: RmsNorm,
     attention: Attention,
@@ -33,27 +35,22 @@ struct DecoderLayer {
     mlp: Mlp,
 }
 
-#[derive(Module, Debug)]
+#[derive(Debug)]
 struct Attention {
-    query: Linear,
-    key: Linear,
-    value: Linear,
-    output: Linear,
+    query: Projection,
+    key: Projection,
+    value: Projection,
+    output: Projection,
     num_heads: usize,
     num_kv_heads: usize,
     head_dim: usize,
 }
 
-#[derive(Module, Debug)]
+#[derive(Debug)]
 struct Mlp {
-    gate: Linear,
-    up: Linear,
-    down: Linear,
-}
-
-/// Sources hand out linear weights as `[in, out]`, the layout burn's `Linear` multiplies by.
-fn linear(source: &mut impl WeightSource, weight: Weight, config: &LlamaConfig) -> Result<Linear> {
-    Ok(Linear { weight: Param::from_tensor(source.load(weight, config)?), bias: None })
+    gate: Projection,
+    up: Projection,
+    down: Projection,
 }
 
 fn rms_norm(source: &mut impl WeightSource, weight: Weight, config: &LlamaConfig) -> Result<RmsNorm> {
@@ -61,21 +58,34 @@ fn rms_norm(source: &mut impl WeightSource, weight: Weight, config: &LlamaConfig
 }
 
 impl Llama {
-    /// Builds the model from `source`, which names the tensor that is missing or misshapen.
-    pub fn build(config: LlamaConfig, source: &mut impl WeightSource) -> Result<Self> {
+    /// Builds the model from `source`, which names the tensor that is missing or misshapen, on
+    /// `device` in `dtype` (the dtype `source` produces), its projections multiplied by `kernel`.
+    pub fn build(
+        config: LlamaConfig,
+        source: &mut impl WeightSource,
+        device: &Device,
+        dtype: DType,
+        kernel: ProjectionKernel,
+    ) -> Result<Self> {
         config.validate()?;
         let layers = (0..config.num_hidden_layers)
-            .map(|i| DecoderLayer::build(&config, i, source))
+            .map(|i| DecoderLayer::build(&config, i, source, kernel))
             .collect::<Result<Vec<_>>>()?;
-        let lm_head =
-            if config.tie_word_embeddings { None } else { Some(linear(source, Weight::LmHead, &config)?) };
+        let lm_head = if config.tie_word_embeddings {
+            None
+        } else {
+            Some(Projection::load(source, Weight::LmHead, &config, kernel)?)
+        };
         Ok(Self {
-            embed: Param::from_tensor(source.load(Weight::Embed, &config)?),
+            embed: Embedding::load(source, &config, kernel)?,
             layers,
             norm: rms_norm(source, Weight::FinalNorm, &config)?,
             lm_head,
             rope: Rope::new(&config)?,
             config,
+            kernel,
+            device: device.clone(),
+            dtype,
         })
     }
 
@@ -84,11 +94,15 @@ impl Llama {
     }
 
     pub fn device(&self) -> Device {
-        self.embed.val().device()
+        self.device.clone()
     }
 
     pub fn dtype(&self) -> DType {
-        self.embed.val().dtype()
+        self.dtype
+    }
+
+    pub fn kernel(&self) -> ProjectionKernel {
+        self.kernel
     }
 
     pub fn new_cache(&self) -> KvCache {
@@ -116,7 +130,7 @@ impl Llama {
         let device = tokens.device();
         let (cos, sin) = self.rope.cos_sin(start_pos, seq, &device);
         let mask = (seq > 1).then(|| self.causal_mask(start_pos, seq, &device));
-        let mut x = burn::tensor::module::embedding(self.embed.val(), tokens);
+        let mut x = self.embed.lookup(tokens);
         for (i, layer) in self.layers.iter().enumerate() {
             x = layer.forward(x, i, cache, &cos, &sin, mask.as_ref());
         }
@@ -124,17 +138,7 @@ impl Llama {
         let x = self.norm.forward(x);
         let logits = match &self.lm_head {
             Some(head) => head.forward(x),
-            // Tied: E · xᵀ reads the contiguous embedding rows; x · Eᵀ would multiply by a
-            // strided view, several times slower on ndarray.
-            None => {
-                let [batch, seq, hidden] = x.dims();
-                let x = x.reshape([batch * seq, hidden]);
-                self.embed.val().matmul(x.transpose()).transpose().reshape([
-                    batch,
-                    seq,
-                    self.config.vocab_size,
-                ])
-            }
+            None => self.embed.logits(x),
         };
         Ok(logits.cast(DType::F32))
     }
@@ -164,24 +168,32 @@ impl Llama {
 }
 
 impl DecoderLayer {
-    fn build(config: &LlamaConfig, i: usize, source: &mut impl WeightSource) -> Result<Self> {
+    fn build(
+        config: &LlamaConfig,
+        i: usize,
+        source: &mut impl WeightSource,
+        kernel: ProjectionKernel,
+    ) -> Result<Self> {
         let w = |kind| Weight::Layer(i, kind);
+        let attention_norm = rms_norm(source, w(LayerWeight::AttentionNorm), config)?;
+        let mlp_norm = rms_norm(source, w(LayerWeight::MlpNorm), config)?;
+        let mut linear = |kind| Projection::load(source, w(kind), config, kernel);
         Ok(Self {
-            attention_norm: rms_norm(source, w(LayerWeight::AttentionNorm), config)?,
+            attention_norm,
             attention: Attention {
-                query: linear(source, w(LayerWeight::Query), config)?,
-                key: linear(source, w(LayerWeight::Key), config)?,
-                value: linear(source, w(LayerWeight::Value), config)?,
-                output: linear(source, w(LayerWeight::Output), config)?,
+                query: linear(LayerWeight::Query)?,
+                key: linear(LayerWeight::Key)?,
+                value: linear(LayerWeight::Value)?,
+                output: linear(LayerWeight::Output)?,
                 num_heads: config.num_attention_heads,
                 num_kv_heads: config.num_kv_heads(),
                 head_dim: config.head_dim(),
             },
-            mlp_norm: rms_norm(source, w(LayerWeight::MlpNorm), config)?,
+            mlp_norm,
             mlp: Mlp {
-                gate: linear(source, w(LayerWeight::Gate), config)?,
-                up: linear(source, w(LayerWeight::Up), config)?,
-                down: linear(source, w(LayerWeight::Down), config)?,
+                gate: linear(LayerWeight::Gate)?,
+                up: linear(LayerWeight::Up)?,
+                down: linear(LayerWeight::Down)?,
             },
         })
     }

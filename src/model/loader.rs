@@ -93,6 +93,18 @@ fn map_file(path: &Path) -> Result<Mmap> {
 
 impl WeightSource for Checkpoint {
     fn load<const D: usize>(&mut self, weight: Weight, config: &LlamaConfig) -> Result<Tensor<D>> {
+        let mut values = self.load_host(weight, config)?;
+        if weight.is_linear() {
+            let hf_shape = weight.hf_shape(config);
+            values = transpose(&values, hf_shape[0], hf_shape[1]);
+        }
+        let shape: [usize; D] =
+            weight.burn_shape(config).try_into().expect("weight rank is fixed by the table");
+        let tensor = Tensor::<D>::from_data(TensorData::new(values, shape), &self.device);
+        Ok(tensor.cast(self.dtype))
+    }
+
+    fn load_host(&mut self, weight: Weight, config: &LlamaConfig) -> Result<Vec<f32>> {
         let name = weight.hf_name();
         let expected = weight.hf_shape(config);
         let &shard = self
@@ -108,14 +120,7 @@ impl WeightSource for Checkpoint {
         if view.shape() != expected.as_slice() {
             return Err(Error::ShapeMismatch { name, expected, found: view.shape().to_vec() });
         }
-        let mut values = to_f32(&name, view.dtype(), view.data())?;
-        if weight.is_linear() {
-            values = transpose(&values, expected[0], expected[1]);
-        }
-        let shape: [usize; D] =
-            weight.burn_shape(config).try_into().expect("weight rank is fixed by the table");
-        let tensor = Tensor::<D>::from_data(TensorData::new(values, shape), &self.device);
-        Ok(tensor.cast(self.dtype))
+        to_f32(&name, view.dtype(), view.data())
     }
 }
 

@@ -4,6 +4,8 @@ pub mod cache;
 pub mod config;
 pub mod llama;
 pub mod loader;
+pub mod matvec;
+pub mod projection;
 pub mod rope;
 pub mod weights;
 
@@ -15,6 +17,7 @@ use burn::tensor::{DType, Device};
 pub use cache::KvCache;
 pub use config::{CustomDims, LlamaConfig};
 pub use llama::Llama;
+pub use projection::ProjectionKernel;
 
 use crate::backend::Backend;
 use crate::error::{Error, Result};
@@ -70,7 +73,8 @@ pub struct LoadedModel {
 }
 
 impl LoadedModel {
-    /// Loads `spec` onto `device`. Random weights are drawn from `seed`.
+    /// Loads `spec` onto `device`. Random weights are drawn from `seed`. Projections run on the
+    /// host kernel wherever it applies (`ProjectionKernel::default_for`).
     pub fn load(
         spec: &ModelSpec,
         backend: Backend,
@@ -78,6 +82,20 @@ impl LoadedModel {
         dtype: DType,
         seed: u64,
     ) -> Result<Self> {
+        let kernel = ProjectionKernel::default_for(backend, dtype);
+        Self::load_with_kernel(spec, backend, device, dtype, seed, kernel)
+    }
+
+    /// `load` with the projection kernel chosen by the caller (to measure one against the other).
+    pub fn load_with_kernel(
+        spec: &ModelSpec,
+        backend: Backend,
+        device: &Device,
+        dtype: DType,
+        seed: u64,
+        kernel: ProjectionKernel,
+    ) -> Result<Self> {
+        kernel.check(backend, dtype)?;
         let (model, tokenizer) = match spec {
             ModelSpec::Folder(dir) => {
                 loader::require_dir(dir)?;
@@ -85,13 +103,13 @@ impl LoadedModel {
                 let tokenizer = Tokenizer::from_file(&dir.join("tokenizer.json"))?;
                 check_memory(&config, dtype, backend, &dir.display().to_string())?;
                 let mut source = Checkpoint::open(dir, device, dtype)?;
-                (Llama::build(config, &mut source)?, tokenizer)
+                (Llama::build(config, &mut source, device, dtype, kernel)?, tokenizer)
             }
             ModelSpec::Random { name, config } => {
                 check_memory(config, dtype, backend, &format!("random:{name}"))?;
                 let tokenizer = Tokenizer::Bytes { bos: config.bos_token_id };
                 let mut source = RandomWeights::new(device, dtype, seed);
-                (Llama::build(LlamaConfig::clone(config), &mut source)?, tokenizer)
+                (Llama::build(LlamaConfig::clone(config), &mut source, device, dtype, kernel)?, tokenizer)
             }
         };
         Ok(Self { model, tokenizer, spec: spec.clone() })

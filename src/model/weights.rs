@@ -101,7 +101,10 @@ impl Weight {
 /// Where parameters come from. Tensors are returned in `Weight::burn_shape` (linear weights
 /// `[in, out]`) and the run's float dtype.
 pub trait WeightSource {
+    /// On the device, in the run's dtype and `burn_shape`.
     fn load<const D: usize>(&mut self, weight: Weight, config: &LlamaConfig) -> Result<Tensor<D>>;
+    /// In host memory as f32, in `hf_shape` (for the host projection kernel).
+    fn load_host(&mut self, weight: Weight, config: &LlamaConfig) -> Result<Vec<f32>>;
 }
 
 /// Seeded random weights with the initialisation transformers uses (normal, std 0.02; norms 1),
@@ -126,15 +129,25 @@ impl RandomWeights {
     }
 }
 
-impl WeightSource for RandomWeights {
-    fn load<const D: usize>(&mut self, weight: Weight, config: &LlamaConfig) -> Result<Tensor<D>> {
-        let shape: [usize; D] =
-            weight.burn_shape(config).try_into().expect("weight rank is fixed by the table");
-        let tensor = if weight.is_norm() {
+impl RandomWeights {
+    fn draw<const D: usize>(&self, weight: Weight, shape: Vec<usize>) -> Tensor<D> {
+        let shape: [usize; D] = shape.try_into().expect("weight rank is fixed by the table");
+        if weight.is_norm() {
             Tensor::<D>::ones(shape, &self.device)
         } else {
             Tensor::<D>::random(shape, Distribution::Normal(0.0, self.std), &self.device)
-        };
-        Ok(tensor.cast(self.dtype))
+        }
+    }
+}
+
+impl WeightSource for RandomWeights {
+    fn load<const D: usize>(&mut self, weight: Weight, config: &LlamaConfig) -> Result<Tensor<D>> {
+        Ok(self.draw::<D>(weight, weight.burn_shape(config)).cast(self.dtype))
+    }
+
+    /// Drawn by the device's seeded generator in PyTorch's layout; only matrices come this way.
+    fn load_host(&mut self, weight: Weight, config: &LlamaConfig) -> Result<Vec<f32>> {
+        let values = self.draw::<2>(weight, weight.hf_shape(config)).into_data().try_into_vec::<f32>();
+        Ok(values.expect("random weights are drawn in f32"))
     }
 }

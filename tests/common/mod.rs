@@ -14,7 +14,10 @@ pub fn fixture_dir(name: &str) -> PathBuf {
 /// Every backend compiled into this test binary, with the logits tolerance it is held to
 /// against transformers' f32 CPU reference.
 pub fn backends() -> Vec<(Backend, Device, f32)> {
-    let mut out = vec![(Backend::Ndarray, Backend::Ndarray.device().unwrap(), 1e-4)];
+    let mut out = vec![
+        (Backend::Ndarray, Backend::Ndarray.device().unwrap(), 1e-4),
+        (Backend::Flex, Backend::Flex.device().unwrap(), 1e-4),
+    ];
     if Backend::Wgpu.is_compiled() {
         let device = Backend::Wgpu
             .device()
@@ -68,5 +71,7 @@ pub fn random_model(dims: &str, seed: u64, std: f64, device: &Device) -> specben
     use specbench::model::weights::RandomWeights;
     use specbench::model::{CustomDims, Llama, LlamaConfig};
     let config = LlamaConfig::custom(&CustomDims::parse(dims).unwrap());
-    Llama::build(config, &mut RandomWeights::new(device, DType::F32, seed).with_std(std)).unwrap()
+    let mut source = RandomWeights::new(device, DType::F32, seed).with_std(std);
+    Llama::build(config, &mut source, device, DType::F32, specbench::model::ProjectionKernel::Backend)
+        .unwrap()
 }

@@ -1,0 +1,185 @@
+//! Linear projections and the embedding table, multiplied either by the backend or, on the CPU
+//! backends in f32, by specbench's host kernel (`matvec`), which streams the weights at memory
+//! bandwidth where Burn's CPU matmuls do not (see `matvec` for why).
+
+use std::fmt;
+use std::str::FromStr;
+
+use burn::tensor::{DType, Int, Tensor, TensorData};
+
+use crate::backend::Backend;
+use crate::error::{Error, Result};
+use crate::model::config::LlamaConfig;
+use crate::model::matvec::matmul_transposed;
+use crate::model::weights::{Weight, WeightSource};
+
+/// Who multiplies a model's linear layers and LM head.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ProjectionKernel {
+    /// Burn's matmul on the run's backend.
+    Backend,
+    /// specbench's multi-threaded f32 kernel on weights kept in host memory.
+    Host,
+}
+
+impl ProjectionKernel {
+    /// The host kernel wherever it applies (a CPU backend running f32), the backend elsewhere.
+    pub fn default_for(backend: Backend, dtype: DType) -> Self {
+        if backend.uses_host_memory() && dtype == DType::F32 { Self::Host } else { Self::Backend }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Backend => "backend",
+            Self::Host => "host",
+        }
+    }
+
+    /// Refuses the host kernel where it cannot run: on a GPU, or on anything but f32.
+    pub fn check(self, backend: Backend, dtype: DType) -> Result<()> {
+        if self == Self::Host && !(backend.uses_host_memory() && dtype == DType::F32) {
+            return Err(Error::InvalidConfig(format!(
+                "the host projection kernel needs a CPU backend in f32, not {backend}/{}",
+                crate::backend::dtype_name(dtype)
+            )));
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Display for ProjectionKernel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for ProjectionKernel {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "backend" => Ok(Self::Backend),
+            "host" => Ok(Self::Host),
+            other => {
+                Err(Error::InvalidConfig(format!("projection kernel `{other}`; choose backend or host")))
+            }
+        }
+    }
+}
+
+/// f32 weights `[rows, cols]` = `[out, in]` in host memory, PyTorch's layout.
+#[derive(Debug)]
+pub struct HostMatrix {
+    values: Vec<f32>,
+    rows: usize,
+    cols: usize,
+}
+
+impl HostMatrix {
+    fn load(source: &mut impl WeightSource, weight: Weight, config: &LlamaConfig) -> Result<Self> {
+        let [rows, cols]: [usize; 2] =
+            weight.hf_shape(config).try_into().expect("projections and embeddings are matrices");
+        Ok(Self { values: source.load_host(weight, config)?, rows, cols })
+    }
+
+    /// `x: [.., cols]` to `[.., rows]`.
+    fn forward(&self, x: Tensor<3>) -> Tensor<3> {
+        let [batch, seq, cols] = x.dims();
+        debug_assert_eq!(cols, self.cols);
+        let device = x.device();
+        let input = host_f32(x.into_data());
+        let out = matmul_transposed(&input, batch * seq, &self.values, self.rows, self.cols);
+        Tensor::from_data(TensorData::new(out, [batch, seq, self.rows]), &device)
+    }
+}
+
+fn host_f32(data: TensorData) -> Vec<f32> {
+    data.try_into_vec::<f32>().expect("the host kernel only runs on f32 models")
+}
+
+/// A linear layer without bias.
+// A Burn tensor handle is a few hundred bytes, held once per layer: not worth a box.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug)]
+pub enum Projection {
+    /// `[in, out]`, the layout Burn multiplies by without a strided view.
+    Backend(Tensor<2>),
+    Host(HostMatrix),
+}
+
+impl Projection {
+    pub fn load(
+        source: &mut impl WeightSource,
+        weight: Weight,
+        config: &LlamaConfig,
+        kernel: ProjectionKernel,
+    ) -> Result<Self> {
+        Ok(match kernel {
+            ProjectionKernel::Backend => Self::Backend(source.load(weight, config)?),
+            ProjectionKernel::Host => Self::Host(HostMatrix::load(source, weight, config)?),
+        })
+    }
+
+    pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
+        match self {
+            Self::Backend(weight) => x.matmul(weight.clone().unsqueeze()),
+            Self::Host(matrix) => matrix.forward(x),
+        }
+    }
+}
+
+/// The token embedding `[vocab, hidden]`, which is also the LM head when the two are tied.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug)]
+pub enum Embedding {
+    Backend(Tensor<2>),
+    Host(HostMatrix),
+}
+
+impl Embedding {
+    pub fn load(
+        source: &mut impl WeightSource,
+        config: &LlamaConfig,
+        kernel: ProjectionKernel,
+    ) -> Result<Self> {
+        Ok(match kernel {
+            ProjectionKernel::Backend => Self::Backend(source.load(Weight::Embed, config)?),
+            ProjectionKernel::Host => Self::Host(HostMatrix::load(source, Weight::Embed, config)?),
+        })
+    }
+
+    /// The rows of `tokens: [batch, seq]`, as `[batch, seq, hidden]`.
+    pub fn lookup(&self, tokens: Tensor<2, Int>) -> Tensor<3> {
+        match self {
+            Self::Backend(table) => burn::tensor::module::embedding(table.clone(), tokens),
+            Self::Host(table) => {
+                let [batch, seq] = tokens.dims();
+                let device = tokens.device();
+                let ids = tokens
+                    .into_data()
+                    .convert::<i64>()
+                    .try_into_vec::<i64>()
+                    .expect("token ids are integers");
+                let mut rows = Vec::with_capacity(ids.len() * table.cols);
+                for id in ids {
+                    rows.extend_from_slice(&table.values[id as usize * table.cols..][..table.cols]);
+                }
+                Tensor::from_data(TensorData::new(rows, [batch, seq, table.cols]), &device)
+            }
+        }
+    }
+
+    /// The tied LM head: `x · Eᵀ`.
+    pub fn logits(&self, x: Tensor<3>) -> Tensor<3> {
+        match self {
+            // E · xᵀ reads the contiguous embedding rows; x · Eᵀ would multiply by a strided view,
+            // several times slower on ndarray.
+            Self::Backend(table) => {
+                let [batch, seq, hidden] = x.dims();
+                let x = x.reshape([batch * seq, hidden]);
+                table.clone().matmul(x.transpose()).transpose().reshape([batch, seq, table.dims()[0]])
+            }
+            Self::Host(table) => table.forward(x),
+        }
+    }
+}
