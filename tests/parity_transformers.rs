@@ -25,6 +25,39 @@ fn parity_transformers_logits() {
     }
 }
 
+/// Half precision against the f32 reference: logits within the dtype's tolerance, and the same
+/// top token wherever the reference's lead over the runner-up is wider than that tolerance
+/// (closer calls may flip under rounding without anything being wrong).
+#[test]
+fn parity_transformers_half_precision() {
+    for (backend, device, dtype, tolerance) in common::half_precision_backends() {
+        for name in FIXTURES {
+            let model = common::load_fixture_in(name, backend, &device, dtype).model;
+            let reference = reference(name);
+            let logits = to_vec(model.forward_ids(&reference.tokens, &mut model.new_cache()).unwrap());
+            let diff = max_abs_diff(&logits, &reference.logits);
+            println!("{name} on {backend}/{dtype:?}: max |logits - transformers f32| = {diff:.2e}");
+            assert!(diff <= tolerance, "{name} on {backend}/{dtype:?}: {diff} > {tolerance}");
+            let vocab = reference.vocab_size;
+            for (position, (ours, theirs)) in
+                logits.chunks_exact(vocab).zip(reference.logits.chunks_exact(vocab)).enumerate()
+            {
+                let (best, lead) = top_with_lead(theirs);
+                if lead > 2.0 * tolerance {
+                    assert_eq!(top_with_lead(ours).0, best, "{name} on {backend}/{dtype:?} at {position}");
+                }
+            }
+        }
+    }
+}
+
+/// The arg-max and its lead over the second-best value.
+fn top_with_lead(row: &[f32]) -> (usize, f32) {
+    let mut order: Vec<usize> = (0..row.len()).collect();
+    order.sort_by(|&a, &b| row[b].total_cmp(&row[a]));
+    (order[0], row[order[0]] - row[order[1]])
+}
+
 #[test]
 fn parity_transformers_greedy_continuation() {
     for (backend, device, _) in backends() {

@@ -37,9 +37,8 @@ struct DecoderLayer {
 
 #[derive(Debug)]
 struct Attention {
-    query: Projection,
-    key: Projection,
-    value: Projection,
+    /// Query, key and value stacked: `[.., (heads + 2 kv_heads) · head_dim]` out.
+    qkv: Projection,
     output: Projection,
     num_heads: usize,
     num_kv_heads: usize,
@@ -48,8 +47,8 @@ struct Attention {
 
 #[derive(Debug)]
 struct Mlp {
-    gate: Projection,
-    up: Projection,
+    /// Gate and up stacked: `[.., 2 · intermediate]` out.
+    gate_up: Projection,
     down: Projection,
 }
 
@@ -74,7 +73,7 @@ impl Llama {
         let lm_head = if config.tie_word_embeddings {
             None
         } else {
-            Some(Projection::load(source, Weight::LmHead, &config, kernel)?)
+            Some(Projection::load(source, &[Weight::LmHead], &config, kernel)?)
         };
         Ok(Self {
             embed: Embedding::load(source, &config, kernel)?,
@@ -177,23 +176,23 @@ impl DecoderLayer {
         let w = |kind| Weight::Layer(i, kind);
         let attention_norm = rms_norm(source, w(LayerWeight::AttentionNorm), config)?;
         let mlp_norm = rms_norm(source, w(LayerWeight::MlpNorm), config)?;
-        let mut linear = |kind| Projection::load(source, w(kind), config, kernel);
+        let mut linear = |kinds: &[LayerWeight]| {
+            let weights: Vec<Weight> = kinds.iter().map(|&kind| w(kind)).collect();
+            Projection::load(source, &weights, config, kernel)
+        };
         Ok(Self {
             attention_norm,
             attention: Attention {
-                query: linear(LayerWeight::Query)?,
-                key: linear(LayerWeight::Key)?,
-                value: linear(LayerWeight::Value)?,
-                output: linear(LayerWeight::Output)?,
+                qkv: linear(&[LayerWeight::Query, LayerWeight::Key, LayerWeight::Value])?,
+                output: linear(&[LayerWeight::Output])?,
                 num_heads: config.num_attention_heads,
                 num_kv_heads: config.num_kv_heads(),
                 head_dim: config.head_dim(),
             },
             mlp_norm,
             mlp: Mlp {
-                gate: linear(LayerWeight::Gate)?,
-                up: linear(LayerWeight::Up)?,
-                down: linear(LayerWeight::Down)?,
+                gate_up: linear(&[LayerWeight::Gate, LayerWeight::Up])?,
+                down: linear(&[LayerWeight::Down])?,
             },
         })
     }
@@ -226,9 +225,15 @@ impl Attention {
         let [batch, seq, _] = x.dims();
         let (h, kv, d) = (self.num_heads, self.num_kv_heads, self.head_dim);
         let heads = |t: Tensor<3>, n: usize| t.reshape([batch, seq, n, d]).swap_dims(1, 2);
-        let q = apply_rotary(heads(self.query.forward(x.clone()), h), cos, sin);
-        let k = apply_rotary(heads(self.key.forward(x.clone()), kv), cos, sin);
-        let v = heads(self.value.forward(x), kv);
+        let [q, k, v]: [Tensor<3>; 3] = self
+            .qkv
+            .forward(x)
+            .split_with_sizes(vec![h * d, kv * d, kv * d], 2)
+            .try_into()
+            .expect("three sizes give three parts");
+        let q = apply_rotary(heads(q, h), cos, sin);
+        let k = apply_rotary(heads(k, kv), cos, sin);
+        let v = heads(v, kv);
         let (k, v) = cache.append(layer, k, v);
         let total = k.dims()[2];
 
@@ -253,6 +258,8 @@ impl Attention {
 
 impl Mlp {
     fn forward(&self, x: Tensor<3>) -> Tensor<3> {
-        self.down.forward(silu(self.gate.forward(x.clone())) * self.up.forward(x))
+        let [gate, up]: [Tensor<3>; 2] =
+            self.gate_up.forward(x).chunk(2, 2).try_into().expect("an even width splits in two");
+        self.down.forward(silu(gate) * up)
     }
 }

@@ -64,27 +64,28 @@ pub fn matmul_transposed(x: &[f32], m: usize, weight: &[f32], rows: usize, cols:
 /// several weight streams are in flight at once.
 fn multiply_block(weight: &[f32], cols: usize, x_rows: &[&[f32]], out: &mut [f32]) {
     let m = x_rows.len();
-    let w_rows: Vec<&[f32]> = weight.chunks_exact(cols).collect();
-    for (ws, out) in w_rows.chunks(4).zip(out.chunks_mut(4 * m)) {
+    for (block, out) in weight.chunks(4 * cols).zip(out.chunks_mut(4 * m)) {
+        if block.len() < 4 * cols {
+            // The last few rows of a matrix whose height is not a multiple of 4.
+            for (i, w) in block.chunks_exact(cols).enumerate() {
+                for (j, x) in x_rows.iter().enumerate() {
+                    out[i * m + j] = dot(w, x);
+                }
+            }
+            continue;
+        }
+        let ws: [&[f32]; 4] = std::array::from_fn(|i| &block[i * cols..][..cols]);
         for (t, xs) in x_rows.chunks(TILE).enumerate() {
-            match (ws.len(), xs.len()) {
-                (4, 1) => scatter(out, m, t, &dot_block::<4, 1>(ws, xs)),
-                (4, 2) => scatter(out, m, t, &dot_block::<4, 2>(ws, xs)),
-                (4, 3) => {
+            match xs.len() {
+                1 => scatter(out, m, t, &dot_block::<4, 1>(&ws, xs)),
+                2 => scatter(out, m, t, &dot_block::<4, 2>(&ws, xs)),
+                3 => {
                     scatter(out, m, t, &dot_block::<2, 3>(&ws[..2], xs));
                     scatter(&mut out[2 * m..], m, t, &dot_block::<2, 3>(&ws[2..], xs));
                 }
-                (4, _) => {
+                _ => {
                     scatter(out, m, t, &dot_block::<2, 4>(&ws[..2], xs));
                     scatter(&mut out[2 * m..], m, t, &dot_block::<2, 4>(&ws[2..], xs));
-                }
-                _ => {
-                    // The last few rows of a matrix whose height is not a multiple of 4.
-                    for (i, w) in ws.iter().enumerate() {
-                        for (j, x) in xs.iter().enumerate() {
-                            out[i * m + t * TILE + j] = dot(w, x);
-                        }
-                    }
                 }
             }
         }

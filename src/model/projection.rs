@@ -5,6 +5,7 @@
 use std::fmt;
 use std::str::FromStr;
 
+use aligned_vec::{AVec, ConstAlign};
 use burn::tensor::{DType, Int, Tensor, TensorData};
 
 use crate::backend::Backend;
@@ -67,19 +68,27 @@ impl FromStr for ProjectionKernel {
     }
 }
 
-/// f32 weights `[rows, cols]` = `[out, in]` in host memory, PyTorch's layout.
+/// f32 weights `[rows, cols]` = `[out, in]` in host memory, PyTorch's layout, aligned to cache
+/// lines so that no vector load straddles two.
 #[derive(Debug)]
 pub struct HostMatrix {
-    values: Vec<f32>,
+    values: AVec<f32, ConstAlign<64>>,
     rows: usize,
     cols: usize,
 }
 
 impl HostMatrix {
-    fn load(source: &mut impl WeightSource, weight: Weight, config: &LlamaConfig) -> Result<Self> {
-        let [rows, cols]: [usize; 2] =
-            weight.hf_shape(config).try_into().expect("projections and embeddings are matrices");
-        Ok(Self { values: source.load_host(weight, config)?, rows, cols })
+    /// `weights` stacked along the output dimension (one matrix when there is one weight).
+    fn load(source: &mut impl WeightSource, weights: &[Weight], config: &LlamaConfig) -> Result<Self> {
+        let (mut rows, mut cols) = (0, 0);
+        let mut values = AVec::new(64);
+        for &weight in weights {
+            let [out, input]: [usize; 2] =
+                weight.hf_shape(config).try_into().expect("projections and embeddings are matrices");
+            values.extend_from_slice(&source.load_host(weight, config)?);
+            (rows, cols) = (rows + out, input);
+        }
+        Ok(Self { values, rows, cols })
     }
 
     /// `x: [.., cols]` to `[.., rows]`.
@@ -97,7 +106,8 @@ fn host_f32(data: TensorData) -> Vec<f32> {
     data.try_into_vec::<f32>().expect("the host kernel only runs on f32 models")
 }
 
-/// A linear layer without bias.
+/// A linear layer without bias, or several that read the same input stacked into one (q, k and
+/// v; gate and up): one pass over the input and one dispatch instead of three or two.
 // A Burn tensor handle is a few hundred bytes, held once per layer: not worth a box.
 #[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
@@ -108,15 +118,20 @@ pub enum Projection {
 }
 
 impl Projection {
+    /// The outputs of `weights`, concatenated in that order.
     pub fn load(
         source: &mut impl WeightSource,
-        weight: Weight,
+        weights: &[Weight],
         config: &LlamaConfig,
         kernel: ProjectionKernel,
     ) -> Result<Self> {
         Ok(match kernel {
-            ProjectionKernel::Backend => Self::Backend(source.load(weight, config)?),
-            ProjectionKernel::Host => Self::Host(HostMatrix::load(source, weight, config)?),
+            ProjectionKernel::Backend => {
+                let parts =
+                    weights.iter().map(|&w| source.load(w, config)).collect::<Result<Vec<Tensor<2>>>>()?;
+                Self::Backend(Tensor::cat(parts, 1))
+            }
+            ProjectionKernel::Host => Self::Host(HostMatrix::load(source, weights, config)?),
         })
     }
 
@@ -144,7 +159,7 @@ impl Embedding {
     ) -> Result<Self> {
         Ok(match kernel {
             ProjectionKernel::Backend => Self::Backend(source.load(Weight::Embed, config)?),
-            ProjectionKernel::Host => Self::Host(HostMatrix::load(source, Weight::Embed, config)?),
+            ProjectionKernel::Host => Self::Host(HostMatrix::load(source, &[Weight::Embed], config)?),
         })
     }
 

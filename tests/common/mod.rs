@@ -28,8 +28,29 @@ pub fn backends() -> Vec<(Backend, Device, f32)> {
 }
 
 pub fn load_fixture(name: &str, backend: Backend, device: &Device) -> LoadedModel {
+    load_fixture_in(name, backend, device, DType::F32)
+}
+
+pub fn load_fixture_in(name: &str, backend: Backend, device: &Device, dtype: DType) -> LoadedModel {
     let spec = ModelSpec::Folder(fixture_dir(name));
-    LoadedModel::load(&spec, backend, device, DType::F32, 0).unwrap()
+    LoadedModel::load(&spec, backend, device, dtype, 0).unwrap()
+}
+
+/// Every (backend, half-precision dtype) pair this build and machine run, with the logits
+/// tolerance against transformers' f32 reference: rounding to an 11-bit (f16) or 8-bit (bf16)
+/// mantissa at every layer, on logits of magnitude ~5. flex runs both everywhere, so the list
+/// is never empty.
+pub fn half_precision_backends() -> Vec<(Backend, Device, DType, f32)> {
+    let mut out = Vec::new();
+    for (backend, device, _) in backends() {
+        for (dtype, tolerance) in [(DType::F16, 5e-2), (DType::BF16, 2.5e-1)] {
+            if device.supports_dtype(dtype) {
+                out.push((backend, device.clone(), dtype, tolerance));
+            }
+        }
+    }
+    assert!(out.iter().any(|(b, ..)| *b == Backend::Flex), "flex runs f16 and bf16");
+    out
 }
 
 pub struct Reference {
