@@ -26,7 +26,11 @@ pub enum ProjectionKernel {
 impl ProjectionKernel {
     /// The host kernel wherever it applies (a CPU backend running f32), the backend elsewhere.
     pub fn default_for(backend: Backend, dtype: DType) -> Self {
-        if backend.uses_host_memory() && dtype == DType::F32 { Self::Host } else { Self::Backend }
+        if Self::host_applies(backend, dtype) { Self::Host } else { Self::Backend }
+    }
+
+    fn host_applies(backend: Backend, dtype: DType) -> bool {
+        backend.uses_host_memory() && dtype == DType::F32
     }
 
     pub fn name(self) -> &'static str {
@@ -38,7 +42,7 @@ impl ProjectionKernel {
 
     /// Refuses the host kernel where it cannot run: on a GPU, or on anything but f32.
     pub fn check(self, backend: Backend, dtype: DType) -> Result<()> {
-        if self == Self::Host && !(backend.uses_host_memory() && dtype == DType::F32) {
+        if self == Self::Host && !Self::host_applies(backend, dtype) {
             return Err(Error::InvalidConfig(format!(
                 "the host projection kernel needs a CPU backend in f32, not {backend}/{}",
                 crate::backend::dtype_name(dtype)
