@@ -3,7 +3,7 @@
 //! side (`SPECBENCH_BENCH_BACKENDS=ndarray,flex,wgpu` picks others).
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
-use specbench::backend::Backend;
+use specbench::backend::{Backend, Runtime};
 use specbench::decoding::CausalLm;
 use specbench::model::{LoadedModel, ModelSpec};
 
@@ -18,8 +18,8 @@ fn forward(c: &mut Criterion) {
     let spec = ModelSpec::Folder(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/tiny-gqa").into());
     let context: Vec<u32> = (0..CONTEXT as u32).map(|i| 2 + i % 300).collect();
     for backend in backends() {
-        let device = backend.device().unwrap();
-        let model = LoadedModel::load(&spec, backend, &device, burn::tensor::DType::F32, 0).unwrap().model;
+        let runtime = Runtime::new(backend, "f32").unwrap();
+        let model = LoadedModel::load(&spec, &runtime, 0).unwrap().model;
         let mut cache = model.new_cache();
         model.forward_ids(&context, &mut cache).unwrap();
 

@@ -4,7 +4,7 @@
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
-use specbench::backend::Backend;
+use specbench::backend::{Backend, Runtime};
 use specbench::decoding::GenerationConfig;
 use specbench::decoding::acceptance::{RejectionSampling, verify_block};
 use specbench::decoding::speculative::Speculative;
@@ -14,7 +14,7 @@ use specbench::sampling::SamplingConfig;
 fn distribution(vocab: usize, shift: usize) -> Vec<f64> {
     let logits: Vec<f32> =
         (0..vocab).map(|i| (((i + shift) * 2_654_435_761) % 1000) as f32 / 100.0).collect();
-    SamplingConfig::with_temperature(1.0).probabilities(&logits, 0).unwrap()
+    SamplingConfig::with_temperature(1.0).probabilities(&logits, "target", 0).unwrap()
 }
 
 fn rejection_rule(c: &mut Criterion) {
@@ -32,16 +32,16 @@ fn rejection_rule(c: &mut Criterion) {
     group.bench_function("probabilities (softmax, T=0.7, top-p 0.9)", |b| {
         let logits: Vec<f32> = (0..vocab).map(|i| ((i * 7919) % 1000) as f32 / 100.0).collect();
         let sampling = SamplingConfig { top_p: 0.9, ..SamplingConfig::with_temperature(0.7) };
-        b.iter(|| sampling.probabilities(&logits, 0).unwrap())
+        b.iter(|| sampling.probabilities(&logits, "target", 0).unwrap())
     });
     group.finish();
 }
 
 fn speculative_generation(c: &mut Criterion) {
-    let device = Backend::Ndarray.device().unwrap();
+    let runtime = Runtime::new(Backend::Ndarray, "f32").unwrap();
     let load = |name: &str| {
         let spec = ModelSpec::Folder(format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR")).into());
-        LoadedModel::load(&spec, Backend::Ndarray, &device, burn::tensor::DType::F32, 0).unwrap()
+        LoadedModel::load(&spec, &runtime, 0).unwrap()
     };
     let (target, draft) = (load("tiny-gqa"), load("tiny-untied-bf16"));
     let prompt = target.tokenizer.encode("The quick brown fox").unwrap();

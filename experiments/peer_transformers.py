@@ -32,7 +32,7 @@ from transformers import AutoTokenizer, LlamaForCausalLM, PreTrainedTokenizerFas
 COLUMNS = ["engine", "backend", "dtype", "target", "draft", "prompt_id", "category", "temperature", "k",
            "repeat", "seed", "new_tokens", "target_calls", "proposed", "accepted", "alpha_hat", "alpha",
            "mean_accepted_len", "prefill_s", "draft_s", "verify_s", "other_s", "wall_s", "tokens_per_s",
-           "position_accepted", "accepted_len_hist", "overlap_sum", "overlap_count"]
+           "position_proposed", "position_accepted", "accepted_len_hist", "overlap_sum", "overlap_count"]
 DTYPES = {"f32": torch.float32, "f16": torch.float16, "bf16": torch.bfloat16}
 
 
@@ -143,7 +143,7 @@ def main():
                                    prefill_s=t_meter.first or 0.0, draft_s=d_meter.seconds,
                                    verify_s=t_meter.seconds - (t_meter.first or 0.0),
                                    other_s=max(wall - t_meter.seconds - d_meter.seconds, 0.0), wall_s=wall,
-                                   tokens_per_s=len(tokens) / wall, position_accepted="",
+                                   tokens_per_s=len(tokens) / wall, position_proposed="", position_accepted="",
                                    accepted_len_hist="", overlap_sum="", overlap_count="")
                         if k:
                             row["alpha_hat"] = row["accepted"] / row["proposed"] if row["proposed"] else ""

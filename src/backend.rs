@@ -3,12 +3,72 @@
 
 use std::fmt;
 use std::str::FromStr;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use burn::tensor::{DType, Device, Tensor};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+use crate::model::ProjectionKernel;
+
+/// Where and how a model runs: the backend and its device, the float dtype, and who multiplies
+/// the projections. Made once at the edge (CLI, experiment runner) and passed down whole.
+#[derive(Debug, Clone)]
+pub struct Runtime {
+    backend: Backend,
+    device: Device,
+    dtype: DType,
+    kernel: ProjectionKernel,
+}
+
+impl Runtime {
+    /// `backend`'s device (probed), `dtype` by name (checked against the device), and the
+    /// projection kernel that is fastest there (`ProjectionKernel::default_for`).
+    pub fn new(backend: Backend, dtype: &str) -> Result<Self> {
+        let device = backend.device()?;
+        let dtype = parse_dtype(dtype, backend, &device)?;
+        Ok(Self { backend, device, dtype, kernel: ProjectionKernel::default_for(backend, dtype) })
+    }
+
+    /// The same device with another dtype (a draft may run in another precision).
+    pub fn with_dtype(&self, dtype: &str) -> Result<Self> {
+        let dtype = parse_dtype(dtype, self.backend, &self.device)?;
+        Ok(Self { dtype, kernel: ProjectionKernel::default_for(self.backend, dtype), ..self.clone() })
+    }
+
+    /// Another projection kernel, where it can run.
+    pub fn with_kernel(self, kernel: ProjectionKernel) -> Result<Self> {
+        kernel.check(self.backend, self.dtype)?;
+        Ok(Self { kernel, ..self })
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    pub fn kernel(&self) -> ProjectionKernel {
+        self.kernel
+    }
+
+    /// One line for manifests and reports: backend, device, dtype, projection kernel.
+    pub fn describe(&self) -> String {
+        format!(
+            "{}: {:?}; {}; {} projections",
+            self.backend,
+            self.device,
+            dtype_name(self.dtype),
+            self.kernel
+        )
+    }
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -42,13 +102,20 @@ impl Backend {
     }
 
     /// Creates the device and proves it works with one tiny computation: wgpu picks its adapter
-    /// lazily and panics deep inside when none exists, which we turn into an error here.
+    /// lazily and panics deep inside when none exists, which we turn into an error here. The
+    /// probe runs once per backend and process (it swaps the global panic hook, which must not
+    /// race with itself); later calls reuse its verdict.
     pub fn device(self) -> Result<Device> {
         if !self.is_compiled() {
             return Err(Error::BackendNotCompiled(self.name().into()));
         }
+        static VERDICTS: [OnceLock<std::result::Result<(), String>>; 3] =
+            [OnceLock::new(), OnceLock::new(), OnceLock::new()];
         let device = self.make_device();
-        probe(&device).map_err(|reason| Error::BackendUnavailable { backend: self.name().into(), reason })?;
+        let verdict = VERDICTS[self as usize].get_or_init(|| probe(&device));
+        verdict
+            .clone()
+            .map_err(|reason| Error::BackendUnavailable { backend: self.name().into(), reason })?;
         Ok(device)
     }
 

@@ -12,24 +12,32 @@ pub enum Error {
     MissingModelDir(PathBuf),
     #[error("{what} not found: {path}")]
     MissingFile { path: PathBuf, what: &'static str },
-    #[error("cannot read {path}: {source}")]
-    Io {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    /// `op` says what failed ("read", "write", "create", ...). The OS error is part of the
+    /// message and deliberately not a `source`, so that error chains print it once.
+    #[error("cannot {op} {path}: {cause}")]
+    Io { op: &'static str, path: PathBuf, cause: std::io::Error },
     #[error("malformed {path}: {message}")]
     MalformedFile { path: PathBuf, message: String },
     #[error("unsupported model: {0}")]
     Unsupported(String),
     #[error("invalid config: {0}")]
     InvalidConfig(String),
+    /// A command used in a way that cannot work: a wrong `--shard`, a folder that already holds
+    /// a run, folders that cannot be merged or checked against each other.
+    #[error("{0}")]
+    Usage(String),
     #[error("corrupt or truncated safetensors file {path}: {message}")]
     CorruptSafetensors { path: PathBuf, message: String },
     #[error("tensor `{name}` is missing from the checkpoint in {dir}")]
     MissingTensor { name: String, dir: PathBuf },
     #[error("tensor `{name}` has shape {found:?}, expected {expected:?} from config.json")]
     ShapeMismatch { name: String, expected: Vec<usize>, found: Vec<usize> },
+    #[error(
+        "checkpoint {dir} holds tensors the model does not use ({count}: {list}): {why}",
+        count = names.len(),
+        list = crate::error::first_few(names)
+    )]
+    UnusedTensors { dir: PathBuf, names: Vec<String>, why: String },
     #[error("tensor `{name}` has dtype {dtype}; supported: F32, F16, BF16")]
     UnsupportedTensorDtype { name: String, dtype: String },
     #[error("tokenizer {path}: {message}")]
@@ -48,10 +56,8 @@ pub enum Error {
     InsufficientMemory { what: String, needed_gib: f64, available_gib: f64 },
     #[error("position {end} is past the model's context length {max}")]
     ContextOverflow { end: usize, max: usize },
-    #[error("forward called with start_pos {start_pos} but the KV cache holds {cache_len} tokens")]
-    PositionMismatch { start_pos: usize, cache_len: usize },
-    #[error("the model produced non-finite logits (NaN or inf) at position {position}")]
-    NonFiniteLogits { position: usize },
+    #[error("the {model} model produced a non-finite logit (NaN or ±inf) at position {position}")]
+    NonFiniteLogits { model: &'static str, position: usize },
     #[error("draft and target vocabularies differ: {0}")]
     VocabMismatch(String),
     #[error("invalid sampling parameters: {0}")]
@@ -60,6 +66,23 @@ pub enum Error {
     EmptyPrompt,
     #[error("cannot draw plot {0}")]
     Plot(String),
+    #[error("{dir} is being written by {owner} (lock file .lock); wait for it to finish or stop it")]
+    FolderLocked { dir: PathBuf, owner: String },
+    #[error("{dir} holds a run of other models: {what}; resume and merge only join rows of the same models")]
+    ModelIdentityMismatch { dir: PathBuf, what: String },
+    /// An error during one generation of a sweep, with the prompt and cell it happened in.
+    #[error("{context}: {cause}")]
+    InCell { context: String, cause: Box<Error> },
     #[error("token id {id} is outside the vocabulary (size {vocab_size})")]
     TokenOutOfRange { id: u32, vocab_size: usize },
+}
+
+/// The first names of a list and how many more there are, for one-line messages.
+pub fn first_few(names: &[String]) -> String {
+    const SHOWN: usize = 4;
+    let mut out = names.iter().take(SHOWN).map(|n| format!("`{n}`")).collect::<Vec<_>>().join(", ");
+    if names.len() > SHOWN {
+        out += &format!(" and {} more", names.len() - SHOWN);
+    }
+    out
 }

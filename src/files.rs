@@ -6,20 +6,23 @@ use serde::de::DeserializeOwned;
 
 use crate::error::{Error, Result};
 
-fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
-    move |source| Error::Io { path: path.to_path_buf(), source }
+/// Turns an I/O error into one that says what was being done (`op`: "read", "write", ...) to
+/// which file.
+pub fn io_error<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> Error + 'a {
+    move |cause| Error::Io { op, path: path.to_path_buf(), cause }
 }
 
 pub fn read_text(path: &Path) -> Result<String> {
-    std::fs::read_to_string(path).map_err(io_error(path))
+    std::fs::read_to_string(path).map_err(io_error("read", path))
 }
 
 pub fn write_text(path: &Path, text: &str) -> Result<()> {
-    std::fs::write(path, text).map_err(io_error(path))
+    std::fs::write(path, text).map_err(io_error("write", path))
 }
 
+/// Creates `path` and any missing parents; an existing folder is fine.
 pub fn create_dir(path: &Path) -> Result<()> {
-    std::fs::create_dir_all(path).map_err(io_error(path))
+    std::fs::create_dir_all(path).map_err(io_error("create folder", path))
 }
 
 /// Reads and parses a JSON file; a parse error names the file.
@@ -34,10 +37,10 @@ pub fn write_json<T: serde::Serialize>(path: &Path, value: &T) -> Result<()> {
     write_text(path, &(text + "\n"))
 }
 
-/// A `/proc/meminfo` field (e.g. `MemAvailable`) in bytes; `None` where there is no such file.
-pub fn meminfo_bytes(field: &str) -> Option<u64> {
-    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let rest = text.lines().find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))?;
-    let kib: u64 = rest.split_whitespace().next()?.parse().ok()?;
-    Some(kib * 1024)
+/// Memory the OS can give this process now, in bytes (`sysinfo`); `None` where it cannot say.
+pub fn available_memory_bytes() -> Option<u64> {
+    let system = sysinfo::System::new_with_specifics(
+        sysinfo::RefreshKind::nothing().with_memory(sysinfo::MemoryRefreshKind::nothing().with_ram()),
+    );
+    Some(system.available_memory()).filter(|&bytes| bytes > 0)
 }

@@ -7,17 +7,16 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 
-use specbench::backend::{Backend, dtype_name, parse_dtype};
+use specbench::backend::{Backend, Runtime};
 use specbench::decoding::pairing::shared_vocab;
 use specbench::decoding::speculative::Speculative;
 use specbench::decoding::{Generation, GenerationConfig, autoregressive};
-use specbench::experiment::config::ExperimentConfig;
-use specbench::experiment::manifest::Manifest;
-use specbench::experiment::rows::read_rows;
+use specbench::experiment::config::ExperimentFile;
+use specbench::experiment::config::{MAX_K, MAX_NEW_TOKENS};
 use specbench::experiment::runner::{RunOptions, Shard, load_prompts, run as run_sweep};
 use specbench::metrics::{cost_ratio, expected_accepted_len, predicted_speedup};
 use specbench::model::{LoadedModel, ModelSpec, ProjectionKernel};
-use specbench::report::regression::{Baseline, Verdict, cell_counts, check, format_check};
+use specbench::report::regression::{Baseline, Verdict, check, format_check};
 use specbench::report::{cell_table, merge, write_report};
 use specbench::sampling::SamplingConfig;
 
@@ -137,32 +136,39 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Report { dir } => report(&dir),
         Command::Prompts { config } => {
-            let (parsed, _) = ExperimentConfig::from_file(&config)?;
-            for prompt in load_prompts(&parsed, &config)? {
+            for prompt in load_prompts(&ExperimentFile::load(&config)?)? {
                 println!("{}", serde_json::to_string(&prompt)?);
             }
             Ok(ExitCode::SUCCESS)
         }
         Command::Merge { dirs, out } => {
-            merge(&dirs, &out)?;
+            let merged = merge(&dirs, &out)?;
             report_paths(&out);
-            Ok(ExitCode::SUCCESS)
+            if merged.missing.is_empty() {
+                return Ok(ExitCode::SUCCESS);
+            }
+            let shown: Vec<String> = merged
+                .missing
+                .iter()
+                .take(5)
+                .map(|m| format!("{} prompt `{}` repeat {}", m.cell.label(), m.prompt_id, m.repeat))
+                .collect();
+            eprintln!(
+                "error: the merged run is incomplete, not marked finished: {} rows the config expects are in no folder                  (first: {}); complete the shard that holds them with --resume and merge again",
+                merged.missing.len(),
+                shown.join("; ")
+            );
+            Ok(ExitCode::FAILURE)
         }
         Command::Baseline { dir, out } => {
-            let manifest = Manifest::read(&dir)?;
-            let config = ExperimentConfig::parse(&manifest.config)?;
-            let baseline = Baseline {
-                experiment: manifest.experiment,
-                significance: config.experiment.significance,
-                cells: cell_counts(&read_rows(&dir.join("runs.csv"))?),
-            };
+            let baseline = Baseline::from_run(&dir)?;
             baseline.write(&out)?;
             println!("baseline of {} cells written to {}", baseline.cells.len(), out.display());
             Ok(ExitCode::SUCCESS)
         }
         Command::Check { dir, baseline } => {
             let baseline = Baseline::read(&baseline)?;
-            let rows = check(&baseline, &read_rows(&dir.join("runs.csv"))?);
+            let rows = check(&baseline, &dir)?;
             print!("{}", format_check(&rows, baseline.significance));
             let failed = rows.iter().filter(|r| r.verdict != Verdict::Pass).count();
             if failed == 0 {
@@ -192,21 +198,35 @@ fn report_paths(dir: &std::path::Path) {
 
 fn generate(args: GenerateArgs) -> Result<()> {
     let backend: Backend = args.backend.parse()?;
-    let device = backend.device()?;
-    let dtype = parse_dtype(&args.dtype, backend, &device)?;
-    let kernel = match &args.projections {
-        Some(name) => name.parse()?,
-        None => ProjectionKernel::default_for(backend, dtype),
-    };
+    let mut runtime = Runtime::new(backend, &args.dtype)?;
+    if let Some(name) = &args.projections {
+        runtime = runtime.with_kernel(name.parse::<ProjectionKernel>()?)?;
+    }
+    if args.k == 0 || args.k > MAX_K {
+        anyhow::bail!("--k {} is out of range: draft lengths go from 1 to {MAX_K}", args.k);
+    }
+    if args.max_new_tokens == 0 || args.max_new_tokens > MAX_NEW_TOKENS {
+        anyhow::bail!("--max-new-tokens {} is out of range 1..={MAX_NEW_TOKENS}", args.max_new_tokens);
+    }
     let load = |model: &str, seed: u64| -> Result<LoadedModel> {
         let spec: ModelSpec = model.parse()?;
-        LoadedModel::load_with_kernel(&spec, backend, &device, dtype, seed, kernel)
-            .with_context(|| format!("loading model {spec}"))
+        LoadedModel::load(&spec, &runtime, seed).with_context(|| format!("loading model {spec}"))
     };
     let target = load(&args.model, args.seed)?;
     // A different seed keeps a random draft from being a copy of a random target.
     let draft = args.draft.as_deref().map(|d| load(d, args.seed.wrapping_add(1))).transpose()?;
     let prompt = target.tokenizer.encode(&args.prompt)?;
+    for (role, model) in std::iter::once(("target", &target)).chain(draft.iter().map(|d| ("draft", d))) {
+        let context = model.model.config().max_position_embeddings;
+        let needed = prompt.len() + args.max_new_tokens + if draft.is_some() { args.k } else { 0 };
+        if needed > context {
+            anyhow::bail!(
+                "the prompt ({} tokens) + --max-new-tokens {} (+ k) needs {needed} positions, past the {role} model's context of {context}",
+                prompt.len(),
+                args.max_new_tokens
+            );
+        }
+    }
     let config = GenerationConfig {
         max_new_tokens: args.max_new_tokens,
         sampling: SamplingConfig { temperature: args.temperature, top_k: args.top_k, top_p: args.top_p },
@@ -222,14 +242,8 @@ fn generate(args: GenerateArgs) -> Result<()> {
     };
     println!("{}{}", args.prompt, target.tokenizer.decode(&generation.tokens));
     let label = match &draft {
-        None => format!("{} on {backend}/{}, {kernel} projections", target.spec, dtype_name(dtype)),
-        Some(d) => format!(
-            "{} + draft {} (k = {}) on {backend}/{}, {kernel} projections",
-            target.spec,
-            d.spec,
-            args.k,
-            dtype_name(dtype)
-        ),
+        None => format!("{} on {}", target.spec, runtime.describe()),
+        Some(d) => format!("{} + draft {} (k = {}) on {}", target.spec, d.spec, args.k, runtime.describe()),
     };
     eprintln!("\n{}", describe(&label, &generation, draft.is_some()));
     Ok(())

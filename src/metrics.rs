@@ -77,30 +77,20 @@ impl AcceptanceStats {
         self.target_calls += 1;
     }
 
-    /// A speculative step: `k` proposed, the first `accepted` kept; `overlaps` holds β of each
-    /// position where the acceptance test ran.
-    pub fn record_step(&mut self, accepted: usize, overlaps: &[f64]) {
+    /// A speculative step in which the first `proposed` (≤ k) draft positions count, the first
+    /// `accepted` of them kept; `overlaps` holds β of each counted position where the
+    /// acceptance test ran. Positions past the stop (max_new_tokens, an accepted EOS) do not
+    /// count: no token there could have been emitted.
+    pub fn record_step(&mut self, proposed: usize, accepted: usize, overlaps: &[f64]) {
+        debug_assert!(accepted <= proposed && proposed <= self.k && overlaps.len() <= proposed);
         self.target_calls += 1;
-        self.proposed += self.k as u64;
+        self.proposed += proposed as u64;
         self.accepted += accepted as u64;
-        self.position_proposed.iter_mut().for_each(|n| *n += 1);
+        self.position_proposed[..proposed].iter_mut().for_each(|n| *n += 1);
         self.position_accepted[..accepted].iter_mut().for_each(|n| *n += 1);
         self.accepted_len_hist[accepted] += 1;
         self.overlap_sum += overlaps.iter().sum::<f64>();
         self.overlap_count += overlaps.len() as u64;
-    }
-
-    pub fn merge(&mut self, other: &AcceptanceStats) {
-        assert_eq!(self.k, other.k, "merging statistics of different draft lengths");
-        self.target_calls += other.target_calls;
-        self.proposed += other.proposed;
-        self.accepted += other.accepted;
-        let add = |a: &mut Vec<u64>, b: &[u64]| a.iter_mut().zip(b).for_each(|(x, y)| *x += y);
-        add(&mut self.position_proposed, &other.position_proposed);
-        add(&mut self.position_accepted, &other.position_accepted);
-        add(&mut self.accepted_len_hist, &other.accepted_len_hist);
-        self.overlap_sum += other.overlap_sum;
-        self.overlap_count += other.overlap_count;
     }
 
     /// α̂ = accepted / proposed (vLLM's and llama.cpp's "acceptance rate"); NaN without drafts.
@@ -141,7 +131,10 @@ pub fn predicted_speedup(alpha: f64, cost_ratio: f64, k: usize) -> f64 {
     expected_accepted_len(alpha, k) / (k as f64 * cost_ratio + 1.0)
 }
 
-/// c = (draft time per drafted token) / (target time per verify call).
+/// c = (draft time per drafted token) / (target time per verify call). Per verify call, not
+/// per decode step: Theorem 3.8 assumes the two cost the same, so this c is the one its
+/// prediction takes; where a verify of k + 1 tokens costs more than a step, the prediction
+/// overestimates, and the summary's target-only tokens/s shows by how much.
 pub fn cost_ratio(timings: &Timings, stats: &AcceptanceStats) -> f64 {
     let per_draft = timings.draft.as_secs_f64() / stats.proposed as f64;
     let per_verify = timings.verify.as_secs_f64() / stats.target_calls as f64;
@@ -171,17 +164,17 @@ mod tests {
     #[test]
     fn statistics_count_positions_and_lengths() {
         let mut stats = AcceptanceStats::new(3);
-        stats.record_step(3, &[1.0, 1.0, 1.0]);
-        stats.record_step(1, &[0.9, 0.2]);
+        stats.record_step(3, 3, &[1.0, 1.0, 1.0]);
+        stats.record_step(3, 1, &[0.9, 0.2]);
         assert_eq!((stats.proposed, stats.accepted, stats.target_calls), (6, 4, 2));
         assert_eq!(stats.per_position(), vec![1.0, 0.5, 0.5]);
         assert_eq!(stats.accepted_len_hist, vec![0, 1, 0, 1]);
         assert!((stats.mean_accepted_len() - 3.0).abs() < 1e-12);
         assert!((stats.alpha() - 4.1 / 5.0).abs() < 1e-12);
-        let mut merged = AcceptanceStats::new(3);
-        merged.merge(&stats);
-        merged.merge(&stats);
-        assert_eq!(merged.accepted_len_hist, vec![0, 2, 0, 2]);
+        // A last step cut by the stop: only its first position counts.
+        stats.record_step(1, 1, &[0.5]);
+        assert_eq!((stats.proposed, stats.accepted), (7, 5));
+        assert_eq!(stats.position_proposed, vec![3, 2, 2]);
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! distribution at the argmax, so the speculative rule needs no special case to be exact.
 
 use rand::Rng;
+use rand::distributions::{Distribution, WeightedIndex};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
@@ -54,10 +55,12 @@ impl SamplingConfig {
         Ok(())
     }
 
-    /// The distribution tokens are drawn from. `position` only labels errors.
-    pub fn probabilities(&self, logits: &[f32], position: usize) -> Result<Vec<f64>> {
-        if logits.iter().any(|x| x.is_nan()) || logits.iter().all(|x| x.is_infinite()) {
-            return Err(Error::NonFiniteLogits { position });
+    /// The distribution tokens are drawn from. `model` ("target", "draft") and `position`
+    /// only label the error for a non-finite logit: a single NaN or ±inf would otherwise turn
+    /// every probability into NaN, and every acceptance test into a coin with no meaning.
+    pub fn probabilities(&self, logits: &[f32], model: &'static str, position: usize) -> Result<Vec<f64>> {
+        if !logits.iter().all(|x| x.is_finite()) {
+            return Err(Error::NonFiniteLogits { model, position });
         }
         let n = logits.len();
         if self.is_greedy() {
@@ -123,22 +126,11 @@ fn nucleus_size(p: &[f64], top_p: f64) -> usize {
     p.len()
 }
 
-/// Draws an index from `p` by inverting the cumulative distribution at one uniform number.
+/// Draws an index from the distribution `p` (rand's `WeightedIndex`: a cumulative table and a
+/// binary search at one uniform draw; zero-mass tokens are never drawn).
 pub fn sample(p: &[f64], rng: &mut impl Rng) -> u32 {
-    let u: f64 = rng.r#gen::<f64>() * p.iter().sum::<f64>();
-    let mut cumulative = 0.0;
-    let mut last_nonzero = 0;
-    for (i, &x) in p.iter().enumerate() {
-        if x > 0.0 {
-            cumulative += x;
-            last_nonzero = i;
-            if u < cumulative {
-                return i as u32;
-            }
-        }
-    }
-    // Rounding can leave u a hair above the total.
-    last_nonzero as u32
+    let index = WeightedIndex::new(p).expect("distributions from `probabilities` are finite and sum to 1");
+    index.sample(rng) as u32
 }
 
 #[cfg(test)]
@@ -149,13 +141,14 @@ mod tests {
 
     #[test]
     fn greedy_is_one_hot_at_the_first_maximum() {
-        let p = SamplingConfig::greedy().probabilities(&[0.5, 2.0, 2.0, -1.0], 0).unwrap();
+        let p = SamplingConfig::greedy().probabilities(&[0.5, 2.0, 2.0, -1.0], "target", 0).unwrap();
         assert_eq!(p, vec![0.0, 1.0, 0.0, 0.0]);
     }
 
     #[test]
     fn temperature_one_is_softmax() {
-        let p = SamplingConfig::with_temperature(1.0).probabilities(&[0.0, (2.0f32).ln()], 0).unwrap();
+        let p =
+            SamplingConfig::with_temperature(1.0).probabilities(&[0.0, (2.0f32).ln()], "target", 0).unwrap();
         assert!((p[0] - 1.0 / 3.0).abs() < 1e-7 && (p[1] - 2.0 / 3.0).abs() < 1e-7);
     }
 
@@ -163,18 +156,22 @@ mod tests {
     fn top_k_and_top_p_keep_the_head_of_the_distribution() {
         let logits = [(0.1f32).ln(), (0.2f32).ln(), (0.3f32).ln(), (0.4f32).ln()];
         let top2 = SamplingConfig { top_k: 2, ..SamplingConfig::with_temperature(1.0) };
-        let p = top2.probabilities(&logits, 0).unwrap();
+        let p = top2.probabilities(&logits, "target", 0).unwrap();
         assert!((p[3] - 4.0 / 7.0).abs() < 1e-6 && p[0] == 0.0 && p[1] == 0.0);
         // 0.4 + 0.3 = 0.7 reaches top_p = 0.65: the two most likely tokens remain.
         let nucleus = SamplingConfig { top_p: 0.65, ..SamplingConfig::with_temperature(1.0) };
-        let p = nucleus.probabilities(&logits, 0).unwrap();
+        let p = nucleus.probabilities(&logits, "target", 0).unwrap();
         assert!((p[2] - 3.0 / 7.0).abs() < 1e-6 && p[1] == 0.0);
     }
 
     #[test]
-    fn nan_logits_are_an_error_not_a_token() {
-        let err = SamplingConfig::with_temperature(1.0).probabilities(&[0.0, f32::NAN], 7).unwrap_err();
-        assert!(err.to_string().contains("position 7"), "{err}");
+    fn non_finite_logits_are_an_error_naming_model_and_position_not_a_token() {
+        for sampling in [SamplingConfig::greedy(), SamplingConfig::with_temperature(1.0)] {
+            for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+                let err = sampling.probabilities(&[0.0, bad, 1.0], "draft", 7).unwrap_err().to_string();
+                assert!(err.contains("position 7") && err.contains("draft"), "{err}");
+            }
+        }
     }
 
     #[test]

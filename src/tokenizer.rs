@@ -1,16 +1,15 @@
 //! Text in and out. Checkpoints bring a Hugging Face `tokenizer.json`; random-weight presets
 //! have none and use raw bytes as token ids, so a prompt still means something.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
 
 pub enum Tokenizer {
-    HuggingFace(Box<tokenizers::Tokenizer>),
+    /// With the file it came from, which its errors name.
+    HuggingFace(Box<tokenizers::Tokenizer>, PathBuf),
     /// Token id = byte value; `bos` is prepended when the model has one.
-    Bytes {
-        bos: Option<u32>,
-    },
+    Bytes { bos: Option<u32> },
 }
 
 impl Tokenizer {
@@ -20,23 +19,23 @@ impl Tokenizer {
         }
         let inner = tokenizers::Tokenizer::from_file(path)
             .map_err(|e| Error::Tokenizer { path: path.to_path_buf(), message: e.to_string() })?;
-        Ok(Self::HuggingFace(Box::new(inner)))
+        Ok(Self::HuggingFace(Box::new(inner), path.to_path_buf()))
     }
 
     /// Encodes with the tokenizer's own special tokens (BOS for Llama 3).
     pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
         match self {
-            Self::HuggingFace(t) => t
+            Self::HuggingFace(t, path) => t
                 .encode(text, true)
                 .map(|e| e.get_ids().to_vec())
-                .map_err(|e| Error::Tokenizer { path: "tokenizer.json".into(), message: e.to_string() }),
+                .map_err(|e| Error::Tokenizer { path: path.clone(), message: e.to_string() }),
             Self::Bytes { bos } => Ok(bos.iter().copied().chain(text.bytes().map(u32::from)).collect()),
         }
     }
 
     pub fn decode(&self, ids: &[u32]) -> String {
         match self {
-            Self::HuggingFace(t) => t.decode(ids, true).unwrap_or_else(|_| format!("{ids:?}")),
+            Self::HuggingFace(t, _) => t.decode(ids, true).unwrap_or_else(|_| format!("{ids:?}")),
             Self::Bytes { .. } => {
                 let bytes: Vec<u8> = ids.iter().filter_map(|&id| u8::try_from(id).ok()).collect();
                 String::from_utf8_lossy(&bytes).into_owned()
@@ -47,14 +46,14 @@ impl Tokenizer {
     /// The string of token `id`, or `None` past the tokenizer's vocabulary.
     pub fn token(&self, id: u32) -> Option<String> {
         match self {
-            Self::HuggingFace(t) => t.id_to_token(id),
+            Self::HuggingFace(t, _) => t.id_to_token(id),
             Self::Bytes { .. } => u8::try_from(id).ok().map(|b| format!("<0x{b:02X}>")),
         }
     }
 
     pub fn vocab_size(&self) -> usize {
         match self {
-            Self::HuggingFace(t) => t.get_vocab_size(true),
+            Self::HuggingFace(t, _) => t.get_vocab_size(true),
             Self::Bytes { .. } => 256,
         }
     }
@@ -62,7 +61,7 @@ impl Tokenizer {
     /// End-of-sequence ids the tokenizer declares, beside those in config.json.
     pub fn eos_ids(&self) -> Vec<u32> {
         match self {
-            Self::HuggingFace(t) => ["<|end_of_text|>", "<|eot_id|>", "</s>", "<|endoftext|>"]
+            Self::HuggingFace(t, _) => ["<|end_of_text|>", "<|eot_id|>", "</s>", "<|endoftext|>"]
                 .iter()
                 .filter_map(|s| t.token_to_id(s))
                 .collect(),

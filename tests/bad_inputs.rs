@@ -103,6 +103,85 @@ fn unsupported_rope_type() {
 }
 
 #[test]
+fn transformers_5_rope_parameters_of_an_unimplemented_type() {
+    let dir = copy_fixture("tiny-tf5");
+    edit_config(dir.path(), |c| c["rope_parameters"]["rope_type"] = "dynamic".into());
+    assert_clean_failure(path(&dir), &[], &["rope_scaling type `dynamic`", "linear"]);
+}
+
+#[test]
+fn config_keys_that_change_the_math_are_refused() {
+    for (key, value) in [
+        ("sliding_window", serde_json::json!(4096)),
+        ("attention_bias", serde_json::json!(true)),
+        ("hidden_act", serde_json::json!("gelu")),
+        ("partial_rotary_factor", serde_json::json!(0.5)),
+    ] {
+        let dir = copy_fixture("tiny-tf5");
+        edit_config(dir.path(), |c| c[key] = value);
+        let wanted = if key == "attention_bias" { "attention_bias" } else { key };
+        assert_clean_failure(path(&dir), &[], &[wanted]);
+    }
+}
+
+#[test]
+fn rope_theta_given_twice_with_different_values() {
+    let dir = copy_fixture("tiny-tf5");
+    edit_config(dir.path(), |c| c["rope_theta"] = 10000.0.into());
+    assert_clean_failure(path(&dir), &[], &["rope_theta", "disagrees"]);
+}
+
+#[test]
+fn a_checkpoint_with_more_layers_than_its_config() {
+    let dir = copy_fixture("tiny-gqa");
+    edit_config(dir.path(), |c| c["num_hidden_layers"] = 1.into());
+    assert_clean_failure(path(&dir), &[], &["does not use", "model.layers.1.", "1 layers"]);
+}
+
+#[test]
+fn a_tied_config_with_a_different_lm_head_in_the_checkpoint() {
+    let dir = copy_fixture("tiny-gqa");
+    edit_weights(dir.path(), |entries| {
+        let embed = entries.iter().find(|(name, ..)| name == "model.embed_tokens.weight").unwrap().clone();
+        let mut head = (String::from("lm_head.weight"), embed.1, embed.2, embed.3);
+        head.3[0] ^= 1;
+        entries.push(head);
+    });
+    assert_clean_failure(path(&dir), &[], &["lm_head.weight", "tie_word_embeddings"]);
+}
+
+#[test]
+fn a_tied_config_with_an_exact_copy_of_the_embedding_as_head_loads() {
+    let dir = copy_fixture("tiny-gqa");
+    edit_weights(dir.path(), |entries| {
+        let embed = entries.iter().find(|(name, ..)| name == "model.embed_tokens.weight").unwrap().clone();
+        entries.push((String::from("lm_head.weight"), embed.1, embed.2, embed.3));
+    });
+    let (code, stderr) = generate(path(&dir), &[]);
+    assert_eq!(code, 0, "{stderr}");
+}
+
+#[test]
+fn absurd_sizes_from_the_command_line_are_refused() {
+    let fixture = common::fixture_dir("tiny-gqa");
+    let model = fixture.to_str().unwrap();
+    let cli = |extra: &[&str], expected: &str| {
+        let out = Command::new(env!("CARGO_BIN_EXE_specbench"))
+            .args(["generate", "--target", model, "--prompt", "x"])
+            .args(extra)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{extra:?}: {stderr}");
+        assert!(stderr.contains(expected) && !stderr.contains("panicked"), "{extra:?}: {stderr}");
+    };
+    cli(&["--max-new-tokens", "18446744073709551615"], "--max-new-tokens");
+    cli(&["--max-new-tokens", "300"], "context of 256");
+    cli(&["--draft", model, "--k", "1000000000000"], "--k");
+    assert_clean_failure("random:custom,hidden=4294967296,vocab=4294967296", &[], &["parameters"]);
+}
+
+#[test]
 fn missing_tokenizer() {
     let dir = copy_fixture("tiny-gqa");
     std::fs::remove_file(dir.path().join("tokenizer.json")).unwrap();
@@ -166,7 +245,7 @@ fn nan_weights_give_a_non_finite_logits_error() {
         let norm = entries.iter_mut().find(|(name, ..)| name == "model.norm.weight").unwrap();
         norm.3 = norm.3.chunks(4).flat_map(|_| f32::NAN.to_le_bytes()).collect();
     });
-    assert_clean_failure(path(&dir), &[], &["non-finite logits"]);
+    assert_clean_failure(path(&dir), &[], &["non-finite logit", "target model", "position"]);
 }
 
 #[test]

@@ -53,7 +53,12 @@ fn run_writes_the_whole_result_folder_and_report_reproduces_it() {
             assert_eq!((row.proposed, row.mean_accepted_len), (0, 1.0));
             assert!(row.draft.is_empty() && row.alpha.is_none());
         } else {
-            assert_eq!(row.proposed, row.k as u64 * row.target_calls);
+            // Every call drafts k, or fewer once fewer than k tokens remain before max_new_tokens
+            // (an accepted EOS also ends the count); per position, the counts add up.
+            let k = row.k as u64;
+            assert!(row.proposed <= k * row.target_calls && row.proposed >= row.target_calls, "{row:?}");
+            let per_position: u64 = row.position_proposed.split(';').map(|n| n.parse::<u64>().unwrap()).sum();
+            assert_eq!(per_position, row.proposed, "{row:?}");
             assert!(row.alpha.is_some() && row.draft_s > 0.0);
         }
     }
@@ -259,5 +264,216 @@ fn the_embedded_target_has_at_least_five_times_the_draft_parameters() {
     let params =
         |name: &str| LlamaConfig::from_file(&root.join(name).join("config.json")).unwrap().num_parameters();
     let (target, draft) = (params("target"), params("draft"));
-    assert!(target >= 5 * draft, "target {target} vs draft {draft}");
+    assert!(target >= 5.0 * draft, "target {target} vs draft {draft}");
+}
+
+/// sweep.toml copied to `tmp` with absolute model paths, results under `tmp/results`, and
+/// `edits` (from, to) applied to its text.
+fn sweep_copy(tmp: &Path, edits: &[(&str, &str)]) -> PathBuf {
+    let mut text = std::fs::read_to_string(fixture("sweep.toml"))
+        .unwrap()
+        .replace("path = \"tiny-gqa\"", &format!("path = {:?}", fixture("tiny-gqa")))
+        .replace("path = \"tiny-untied-bf16\"", &format!("path = {:?}", fixture("tiny-untied-bf16")))
+        .replace(
+            "max_new_tokens = 10",
+            &format!("max_new_tokens = 10\nresults_dir = {:?}", tmp.join("results").display().to_string()),
+        );
+    for (from, to) in edits {
+        assert!(text.contains(from), "sweep.toml has no `{from}`");
+        text = text.replace(from, to);
+    }
+    let path = tmp.join(format!("sweep-{}.toml", edits.len()));
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn failure(out: &Output) -> String {
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    stderr
+}
+
+#[test]
+fn two_runs_started_together_write_two_folders_of_their_own() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = sweep_copy(tmp.path(), &[]);
+    let spawn = || {
+        Command::new(env!("CARGO_BIN_EXE_specbench"))
+            .args(["run", config.to_str().unwrap()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let (a, b) = (spawn(), spawn());
+    for child in [a, b] {
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+    let folders: Vec<PathBuf> = std::fs::read_dir(tmp.path().join("results/fixture-sweep"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(folders.len(), 2, "{folders:?}");
+    for dir in &folders {
+        let keys = keys(dir);
+        assert_eq!(keys.len(), SWEEP_ROWS, "{}", dir.display());
+        assert_eq!(
+            keys.iter().collect::<HashSet<_>>().len(),
+            SWEEP_ROWS,
+            "duplicated rows in {}",
+            dir.display()
+        );
+    }
+}
+
+#[test]
+fn a_folder_being_written_refuses_a_second_writer() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("run");
+    let config = fixture("sweep-long.toml");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_specbench"))
+        .args(["run", &config, "--out", dir.to_str().unwrap()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    while !dir.join("runs.csv").exists() {
+        assert!(start.elapsed() < Duration::from_secs(120), "the run never started writing");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let out = specbench(&["run", &config, "--resume", dir.to_str().unwrap()]);
+    let stderr = failure(&out);
+    assert!(
+        stderr.contains("being written by process") && stderr.contains(&child.id().to_string()),
+        "{stderr}"
+    );
+    let out = specbench(&["run", &config, "--out", dir.to_str().unwrap()]);
+    assert!(failure(&out).contains("being written"));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    // The killed writer's lock is stale now: a resume takes it over, says so, and completes.
+    let out = specbench(&["run", &config, "--resume", dir.to_str().unwrap()]);
+    let text = ok(&out);
+    assert!(text.contains("no longer running"), "{text}");
+    let rows = keys(&dir);
+    assert_eq!(rows.len(), rows.iter().collect::<HashSet<_>>().len(), "duplicated rows");
+}
+
+#[test]
+fn resume_refuses_other_models_behind_the_same_config() {
+    let tmp = tempfile::tempdir().unwrap();
+    let models = tmp.path().join("models");
+    std::fs::create_dir(&models).unwrap();
+    let copy = |name: &str| {
+        let to = models.join(name);
+        std::fs::create_dir(&to).unwrap();
+        for entry in std::fs::read_dir(fixture(name)).unwrap() {
+            let entry = entry.unwrap();
+            std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
+        }
+    };
+    copy("tiny-gqa");
+    copy("tiny-untied-bf16");
+    let target = models.join("tiny-gqa").display().to_string();
+    let config = sweep_copy(
+        tmp.path(),
+        &[(&format!("path = {:?}", fixture("tiny-gqa")), &format!("path = {target:?}"))],
+    );
+    let dir = tmp.path().join("run");
+    ok(&specbench(&["run", config.to_str().unwrap(), "--out", dir.to_str().unwrap()]));
+    // The same files elsewhere are the same model, so a resume of a finished run is a no-op.
+    ok(&specbench(&["run", config.to_str().unwrap(), "--resume", dir.to_str().unwrap()]));
+    // Weights changed under the same path: another model.
+    let norm = models.join("tiny-gqa/config.json");
+    let text =
+        std::fs::read_to_string(&norm).unwrap().replace("\"rms_norm_eps\": 1e-05", "\"rms_norm_eps\": 2e-05");
+    std::fs::write(&norm, text).unwrap();
+    let stderr = failure(&specbench(&["run", config.to_str().unwrap(), "--resume", dir.to_str().unwrap()]));
+    assert!(stderr.contains("other models") && stderr.contains("changed on disk"), "{stderr}");
+}
+
+#[test]
+fn merge_of_missing_shards_says_what_is_missing_and_is_not_finished() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = fixture("sweep.toml");
+    let shards: Vec<PathBuf> = (0..2).map(|i| tmp.path().join(format!("shard{i}"))).collect();
+    for (i, dir) in shards.iter().enumerate() {
+        run_into(&config, dir, &["--shard", &format!("{i}/3")]);
+    }
+    let merged = tmp.path().join("merged");
+    let out = specbench(&[
+        "merge",
+        shards[0].to_str().unwrap(),
+        shards[1].to_str().unwrap(),
+        "-o",
+        merged.to_str().unwrap(),
+    ]);
+    let stderr = failure(&out);
+    assert!(stderr.contains("incomplete") && stderr.contains("prompt"), "{stderr}");
+    let manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(merged.join("manifest.json")).unwrap()).unwrap();
+    assert!(manifest["finished"].is_null(), "{manifest}");
+
+    // Runs of different configs are refused as such.
+    let other = tmp.path().join("other");
+    run_into(sweep_copy(tmp.path(), &[("seed = 7", "seed = 8")]).to_str().unwrap(), &other, &[]);
+    let out = specbench(&[
+        "merge",
+        shards[0].to_str().unwrap(),
+        other.to_str().unwrap(),
+        "-o",
+        tmp.path().join("x").to_str().unwrap(),
+    ]);
+    assert!(failure(&out).contains("different configs"));
+}
+
+#[test]
+fn check_refuses_a_baseline_of_another_experiment() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("run");
+    run_into(&fixture("sweep.toml"), &dir, &[]);
+    let baseline = tmp.path().join("baseline.json");
+    ok(&specbench(&["baseline", dir.to_str().unwrap(), "-o", baseline.to_str().unwrap()]));
+    let mut value: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&baseline).unwrap()).unwrap();
+    value["experiment"] = "another".into();
+    std::fs::write(&baseline, value.to_string()).unwrap();
+    let out = specbench(&["check", dir.to_str().unwrap(), "--baseline", baseline.to_str().unwrap()]);
+    assert!(failure(&out).contains("another"));
+    value["experiment"] = "fixture-sweep".into();
+    value["models"]["draft"]["fingerprint"] = "0000".into();
+    std::fs::write(&baseline, value.to_string()).unwrap();
+    let out = specbench(&["check", dir.to_str().unwrap(), "--baseline", baseline.to_str().unwrap()]);
+    assert!(failure(&out).contains("other models"));
+}
+
+#[test]
+fn a_run_that_cannot_start_leaves_no_folder_and_says_why() {
+    let tmp = tempfile::tempdir().unwrap();
+    // Every prompt is checked against the 256-token context before any row is written.
+    let long = sweep_copy(tmp.path(), &[("max_new_tokens = 10", "max_new_tokens = 250")]);
+    let dir = tmp.path().join("run");
+    let stderr = failure(&specbench(&["run", long.to_str().unwrap(), "--out", dir.to_str().unwrap()]));
+    assert!(
+        stderr.contains("prompt `") && stderr.contains("context of 256") && stderr.contains("k 3"),
+        "{stderr}"
+    );
+    assert!(!dir.exists(), "a failed start left {}", dir.display());
+    // A shard with no cells.
+    let stderr = failure(&specbench(&[
+        "run",
+        &fixture("sweep.toml"),
+        "--out",
+        dir.to_str().unwrap(),
+        "--shard",
+        "40/48",
+    ]));
+    assert!(stderr.contains("no cells"), "{stderr}");
+    // Duplicate sweep values.
+    let twice = sweep_copy(tmp.path(), &[("k = [1, 3]", "k = [1, 3, 3]")]);
+    assert!(failure(&specbench(&["run", twice.to_str().unwrap()])).contains("twice"));
+    assert!(!tmp.path().join("results").exists());
 }

@@ -61,13 +61,16 @@ impl AcceptanceRule for RejectionSampling {
     }
 }
 
-/// The outcome of verifying one block of draft tokens.
+/// The outcome of verifying one block of draft tokens (Algorithm 1, lines 6–12).
 #[derive(Debug, Clone, PartialEq)]
 pub struct StepOutcome {
-    /// Leading draft tokens kept.
+    /// n: the leading draft tokens accepted (line 7).
     pub accepted: usize,
-    /// The token after them: the residual draw at the first rejection, or the bonus token.
+    /// t (line 12): drawn from norm(max(0, p − q)) at the first rejection ("rejected +
+    /// resampled", line 10), or from p_{k+1} when every draft was accepted ("bonus", line 8).
     pub next: u32,
+    /// Whether `next` is the bonus token.
+    pub bonus: bool,
     /// β at each position where the acceptance test ran.
     pub overlaps: Vec<f64>,
 }
@@ -83,19 +86,23 @@ pub fn verify_block(
 ) -> StepOutcome {
     debug_assert_eq!(ps.len(), drafts.len() + 1);
     let mut overlaps = Vec::with_capacity(drafts.len());
+    // Lines 6–7, one position at a time: stopping at the first rejection draws the same n.
     for (i, &token) in drafts.iter().enumerate() {
         overlaps.push(overlap(&ps[i], &qs[i]));
-        if let Verdict::Rejected { token: next } = rule.verify(&ps[i], &qs[i], token, rng) {
-            return StepOutcome { accepted: i, next, overlaps };
+        if let Verdict::Rejected { token: resampled } = rule.verify(&ps[i], &qs[i], token, rng) {
+            return StepOutcome { accepted: i, next: resampled, bonus: false, overlaps };
         }
     }
-    StepOutcome { accepted: drafts.len(), next: sample(&ps[drafts.len()], rng), overlaps }
+    // Lines 8 and 12 with n = k: the bonus token from the target's last row.
+    let bonus = sample(&ps[drafts.len()], rng);
+    StepOutcome { accepted: drafts.len(), next: bonus, bonus: true, overlaps }
 }
 
-/// One accept/reject test for draft token `token` drawn from `q`.
+/// One accept/reject test for draft token `token` drawn from `q`: accept when r ≤ p(x)/q(x)
+/// (lines 6–7), else resample from norm(max(0, p − q)) (lines 10, 12).
 pub fn verify_token(p: &[f64], q: &[f64], token: u32, rng: &mut impl Rng) -> Verdict {
-    let u: f64 = rng.r#gen();
-    if u < acceptance_probability(p, q, token) {
+    let r: f64 = rng.r#gen();
+    if r < acceptance_probability(p, q, token) {
         Verdict::Accepted
     } else {
         Verdict::Rejected { token: sample(&residual(p, q), rng) }
@@ -177,12 +184,12 @@ mod tests {
         let ps = vec![certain.clone(), certain.clone(), certain.clone()];
         let qs = vec![certain.clone(), never.clone()];
         let out = verify_block(&RejectionSampling, &ps, &qs, &[1, 0], &mut rng);
-        assert_eq!((out.accepted, out.next), (1, 1));
+        assert_eq!((out.accepted, out.next, out.bonus), (1, 1, false));
         assert_eq!(out.overlaps, vec![1.0, 0.0]);
         // Everything agrees: both kept, bonus drawn from the last target row.
         let ps = vec![certain.clone(), certain.clone(), never.clone()];
         let out = verify_block(&RejectionSampling, &ps, &[certain.clone(), certain], &[1, 1], &mut rng);
-        assert_eq!((out.accepted, out.next), (2, 0));
+        assert_eq!((out.accepted, out.next, out.bonus), (2, 0, true));
     }
 
     #[test]

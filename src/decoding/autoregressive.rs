@@ -28,7 +28,7 @@ pub fn generate<M: CausalLm>(model: &M, prompt: &[u32], config: &GenerationConfi
         acceptance.record_plain_step();
         let position = prompt.len() + tokens.len();
         let (token, sampling) = timed_host(|| {
-            let p = config.sampling.probabilities(&rows[0], position)?;
+            let p = config.sampling.probabilities(&rows[0], "target", position)?;
             Ok::<_, crate::Error>(sample(&p, &mut rng))
         });
         timings.sampling += sampling;

@@ -7,6 +7,14 @@ use serde::{Deserialize, Serialize};
 
 use crate::backend::Backend;
 use crate::error::{Error, Result};
+use crate::experiment::rows::{CellKey, ENGINE};
+use crate::model::ModelSpec;
+
+/// Limits on sizes taken from a config, so that a typo is a message, not an allocation abort.
+pub const MAX_K: usize = 64;
+pub const MAX_REPEATS: usize = 1000;
+pub const MAX_WARMUP: usize = 100;
+pub const MAX_NEW_TOKENS: usize = 1 << 20;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -96,6 +104,61 @@ pub struct Prompts {
     pub limit: Option<usize>,
 }
 
+/// One cell of the sweep. `k = 0` is the target-only baseline.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Cell {
+    pub backend: Backend,
+    pub temperature: f64,
+    pub k: usize,
+}
+
+impl Cell {
+    /// Its identity in result rows; specbench's rows carry the target's dtype.
+    pub fn key(&self, dtype: &str) -> CellKey {
+        CellKey::new(ENGINE, self.backend.name(), dtype, self.temperature, self.k)
+    }
+}
+
+/// A config file as loaded: parsed, validated, and every path in it resolved once (environment
+/// variables expanded; relative paths taken from the config file's folder).
+#[derive(Debug, Clone)]
+pub struct ExperimentFile {
+    pub config: ExperimentConfig,
+    /// The file verbatim (recorded in the manifest).
+    pub text: String,
+    pub target: ModelSpec,
+    pub draft: ModelSpec,
+    pub prompts_file: Option<PathBuf>,
+}
+
+impl ExperimentFile {
+    pub fn load(path: &Path) -> Result<Self> {
+        let (config, text) = ExperimentConfig::from_file(path)?;
+        let model = |entry: &ModelEntry, key: &str| -> Result<ModelSpec> {
+            if entry.path.starts_with("random:") {
+                return entry.path.parse();
+            }
+            let dir = resolve_beside(path, &entry.path, &format!("{key}.path"))?;
+            if !dir.is_dir() {
+                return Err(Error::InvalidConfig(format!(
+                    "`{key}.path` in {}: model folder {} does not exist. Put a Hugging Face checkpoint there \
+                     (config.json, model.safetensors or model.safetensors.index.json with its shards, \
+                     tokenizer.json), or point the path (or $SPECBENCH_MODELS) at one",
+                    path.display(),
+                    dir.display()
+                )));
+            }
+            // Absolute, so that the manifest says which folder whatever the working directory.
+            Ok(ModelSpec::Folder(std::fs::canonicalize(&dir).unwrap_or(dir)))
+        };
+        let target = model(&config.models.target, "models.target")?;
+        let draft = model(&config.models.draft, "models.draft")?;
+        let prompts_file =
+            config.prompts.file.as_deref().map(|f| resolve_beside(path, f, "prompts.file")).transpose()?;
+        Ok(Self { config, text, target, draft, prompts_file })
+    }
+}
+
 impl ExperimentConfig {
     pub fn from_file(path: &Path) -> Result<(Self, String)> {
         let text = crate::files::read_text(path)?;
@@ -118,11 +181,19 @@ impl ExperimentConfig {
         if e.name.is_empty() || e.name.contains(['/', '\\']) {
             return bad("experiment.name", "must be a non-empty name without slashes");
         }
-        if e.repeats == 0 {
-            return bad("experiment.repeats", "must be at least 1");
+        for (key, value, max) in [
+            ("experiment.repeats", e.repeats, MAX_REPEATS),
+            ("experiment.max_new_tokens", e.max_new_tokens, MAX_NEW_TOKENS),
+        ] {
+            if value == 0 || value > max {
+                return Err(Error::InvalidConfig(format!("`{key}` is {value}; it must be in 1..={max}")));
+            }
         }
-        if e.max_new_tokens == 0 {
-            return bad("experiment.max_new_tokens", "must be at least 1");
+        if e.warmup > MAX_WARMUP {
+            return Err(Error::InvalidConfig(format!(
+                "`experiment.warmup` is {}; it must be in 0..={MAX_WARMUP}",
+                e.warmup
+            )));
         }
         if !(e.significance > 0.0 && e.significance < 1.0) {
             return bad("experiment.significance", "must be in (0, 1)");
@@ -133,6 +204,11 @@ impl ExperimentConfig {
         }
         if s.k.contains(&0) {
             return bad("sweep.k", "contains 0; draft lengths start at 1 (the baseline runs anyway)");
+        }
+        if let Some(k) = s.k.iter().find(|&&k| k > MAX_K) {
+            return Err(Error::InvalidConfig(format!(
+                "`sweep.k` contains {k}; draft lengths go up to {MAX_K}"
+            )));
         }
         if s.backends.is_empty() {
             return bad("sweep.backends", "is empty: list at least one backend");
@@ -148,6 +224,11 @@ impl ExperimentConfig {
                 "`sweep.temperatures` contains {t}; temperatures must be ≥ 0"
             )));
         }
+        // A value listed twice would run its cells twice and count each row twice in n.
+        duplicate("sweep.k", &s.k)?;
+        duplicate("sweep.backends", &s.backends)?;
+        // 0.0 and -0.0 are the same temperature, and `==` says so.
+        duplicate("sweep.temperatures", &s.temperatures)?;
         if !(s.top_p > 0.0 && s.top_p <= 1.0) {
             return bad("sweep.top_p", "must be in (0, 1]");
         }
@@ -165,58 +246,44 @@ impl ExperimentConfig {
         Ok(())
     }
 
+    /// The temperatures with -0.0 written as 0.0, so that a cell has one temperature identity.
+    pub fn temperatures(&self) -> Vec<f64> {
+        self.sweep.temperatures.iter().map(|&t| t + 0.0).collect()
+    }
+
+    /// Every cell of the sweep, in run order: backend × temperature × (0, then each k).
+    pub fn cells(&self) -> Vec<Cell> {
+        let mut all = Vec::new();
+        for backend in self.backends() {
+            for temperature in self.temperatures() {
+                for k in std::iter::once(0).chain(self.sweep.k.iter().copied()) {
+                    all.push(Cell { backend, temperature, k });
+                }
+            }
+        }
+        all
+    }
+
     pub fn backends(&self) -> Vec<Backend> {
         self.sweep.backends.iter().map(|b| b.parse().expect("validated")).collect()
     }
 }
 
-/// Expands `$VAR`, `${VAR}` and `${VAR:-default}`; an unset variable without a default is an
-/// error naming it and the key.
-pub fn expand_env(value: &str, key: &str) -> Result<String> {
-    let mut out = String::new();
-    let mut rest = value;
-    while let Some(start) = rest.find('$') {
-        out.push_str(&rest[..start]);
-        let after = &rest[start + 1..];
-        let (name, remainder) = if let Some(braced) = after.strip_prefix('{') {
-            let end = braced
-                .find('}')
-                .ok_or_else(|| Error::InvalidConfig(format!("`{key}`: unclosed `${{` in `{value}`")))?;
-            (&braced[..end], &braced[end + 1..])
-        } else {
-            let end = after.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).unwrap_or(after.len());
-            (&after[..end], &after[end..])
-        };
-        let (name, default) = match name.split_once(":-") {
-            Some((name, default)) => (name, Some(default)),
-            None => (name, None),
-        };
-        if name.is_empty() {
-            return Err(Error::InvalidConfig(format!("`{key}`: a `$` without a variable name in `{value}`")));
+fn duplicate<T: std::fmt::Debug + PartialEq>(key: &str, values: &[T]) -> Result<()> {
+    for (i, a) in values.iter().enumerate() {
+        if values[..i].contains(a) {
+            return Err(Error::InvalidConfig(format!("`{key}` lists {a:?} twice; list each value once")));
         }
-        let resolved = match (std::env::var(name), default) {
-            (Ok(v), _) => v,
-            (Err(_), Some(default)) => default.to_string(),
-            (Err(_), None) => {
-                return Err(Error::InvalidConfig(format!(
-                    "`{key}` uses ${name}, which is not set in the environment"
-                )));
-            }
-        };
-        out.push_str(&resolved);
-        rest = remainder;
     }
-    out.push_str(rest);
-    Ok(out)
+    Ok(())
 }
 
-/// A model entry's path with environment variables expanded; relative folders are taken from
-/// the config file's folder, `random:` presets pass through.
-pub fn model_path(entry: &ModelEntry, key: &str, config_path: &Path) -> Result<String> {
-    if entry.path.starts_with("random:") {
-        return Ok(entry.path.clone());
-    }
-    Ok(resolve_beside(config_path, &entry.path, key)?.display().to_string())
+/// Expands `$VAR`, `${VAR}` and `${VAR:-default}` (the `shellexpand` crate); an unset variable
+/// without a default is an error naming it and the key.
+pub fn expand_env(value: &str, key: &str) -> Result<String> {
+    shellexpand::env(value).map(|v| v.into_owned()).map_err(|e| {
+        Error::InvalidConfig(format!("`{key}` uses ${}, which is not set in the environment", e.var_name))
+    })
 }
 
 /// Expands `path` and resolves it from the config file's folder when relative, so a config
@@ -281,6 +348,13 @@ temperatures = [0.0, 1.0]
             ("backends = [\"ndarray\"]", "backends = []", "sweep.backends"),
             ("backends = [\"ndarray\"]", "backends = [\"tpu\"]", "sweep.backends"),
             ("max_new_tokens = 8", "max_new_tokens = 0", "experiment.max_new_tokens"),
+            ("max_new_tokens = 8", "max_new_tokens = 9223372036854775807", "experiment.max_new_tokens"),
+            ("max_new_tokens = 8", "max_new_tokens = 8\nrepeats = 100000000", "experiment.repeats"),
+            ("max_new_tokens = 8", "max_new_tokens = 8\nwarmup = 100000000", "experiment.warmup"),
+            ("k = [1, 2]", "k = [1, 100000]", "sweep.k"),
+            ("k = [1, 2]", "k = [2, 2]", "sweep.k"),
+            ("temperatures = [0.0, 1.0]", "temperatures = [0.0, -0.0]", "sweep.temperatures"),
+            ("backends = [\"ndarray\"]", "backends = [\"ndarray\", \"ndarray\"]", "sweep.backends"),
         ] {
             let err = error_of(&VALID.replace(from, to));
             assert!(err.contains(key), "{to}: {err}");

@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::error::Result;
+use crate::model::ModelIdentity;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Manifest {
@@ -14,6 +15,13 @@ pub struct Manifest {
     /// The config file verbatim, and its SHA-256.
     pub config: String,
     pub config_sha256: String,
+    /// What was loaded: resolved paths and fingerprints. `None` in folders made before
+    /// specbench recorded it; such folders cannot be resumed, merged or checked.
+    #[serde(default)]
+    pub models: Option<RunModels>,
+    /// The prompts run, in order: what `merge` expects every cell to hold.
+    #[serde(default)]
+    pub prompt_ids: Vec<String>,
     pub git_commit: String,
     pub crate_version: String,
     pub shard: Option<String>,
@@ -31,6 +39,37 @@ pub struct Manifest {
     pub merged_from: Vec<String>,
 }
 
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunModels {
+    pub target: ModelIdentity,
+    pub draft: ModelIdentity,
+}
+
+impl RunModels {
+    /// What differs between two runs' models, in words; `None` when they are the same. Models
+    /// are compared by fingerprint: the same files under another path (another clone, another
+    /// `$SPECBENCH_MODELS`) are the same model.
+    pub fn difference(&self, other: &RunModels) -> Option<String> {
+        let one = |role: &str, a: &ModelIdentity, b: &ModelIdentity| {
+            let short = |f: &str| f.chars().take(12).collect::<String>();
+            (a.fingerprint != b.fingerprint).then(|| {
+                let place = if a.spec == b.spec {
+                    format!("{} (changed on disk)", a.spec)
+                } else {
+                    format!("{} vs {}", a.spec, b.spec)
+                };
+                format!("{role} {place}, fingerprint {} vs {}", short(&a.fingerprint), short(&b.fingerprint))
+            })
+        };
+        let parts: Vec<String> =
+            [one("target", &self.target, &other.target), one("draft", &self.draft, &other.draft)]
+                .into_iter()
+                .flatten()
+                .collect();
+        (!parts.is_empty()).then(|| parts.join("; "))
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Machine {
     pub cpu: String,
@@ -40,14 +79,20 @@ pub struct Machine {
 }
 
 impl Machine {
+    /// From `sysinfo`, which reads /proc on Linux and the system's own APIs elsewhere.
     pub fn this() -> Self {
-        let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-        let cpu = cpuinfo
-            .lines()
-            .find_map(|l| l.strip_prefix("model name").and_then(|r| r.split(':').nth(1)))
-            .map(|s| s.trim().to_string())
+        let system = sysinfo::System::new_with_specifics(
+            sysinfo::RefreshKind::nothing()
+                .with_memory(sysinfo::MemoryRefreshKind::nothing().with_ram())
+                .with_cpu(sysinfo::CpuRefreshKind::nothing()),
+        );
+        let cpu = system
+            .cpus()
+            .first()
+            .map(|c| c.brand().trim().to_string())
+            .filter(|b| !b.is_empty())
             .unwrap_or_else(|| std::env::consts::ARCH.to_string());
-        let memory_gib = crate::files::meminfo_bytes("MemTotal").unwrap_or(0) as f64 / (1u64 << 30) as f64;
+        let memory_gib = system.total_memory() as f64 / (1u64 << 30) as f64;
         Self {
             cpu,
             cores: std::thread::available_parallelism().map_or(1, |n| n.get()),

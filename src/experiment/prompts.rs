@@ -126,9 +126,8 @@ mod tests {
         for category in ["conversation", "translation", "summarization", "qa", "math_reasoning", "rag"] {
             assert!(prompts.iter().any(|p| p.category == category), "{category}");
         }
-        let mut ids: Vec<_> = prompts.iter().map(|p| &p.id).collect();
-        ids.dedup();
-        assert_eq!(ids.len(), prompts.len());
+        let ids: std::collections::HashSet<_> = prompts.iter().map(|p| &p.id).collect();
+        assert_eq!(ids.len(), prompts.len(), "a prompt id appears twice");
     }
 
     #[test]

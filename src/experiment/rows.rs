@@ -10,6 +10,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 
+/// The `engine` of rows specbench itself measured (peers write their own name).
+pub const ENGINE: &str = "specbench";
+
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct RunRow {
     pub engine: String,
@@ -41,6 +44,10 @@ pub struct RunRow {
     pub wall_s: f64,
     /// new_tokens / wall_s: end to end, prefill of both models included.
     pub tokens_per_s: f64,
+    /// Proposed count per draft position, `;`-separated (positions past the stop are not
+    /// proposed; empty for other engines and older rows).
+    #[serde(default)]
+    pub position_proposed: String,
     /// Accepted count per draft position, `;`-separated (empty for other engines).
     #[serde(default)]
     pub position_accepted: String,
@@ -54,27 +61,117 @@ pub struct RunRow {
     pub overlap_count: Option<u64>,
 }
 
+/// One cell of a sweep: the rows summary, baseline and check group together. The one
+/// definition of a cell's identity; -0.0 and 0.0 are one temperature.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CellKey {
+    pub engine: String,
+    pub backend: String,
+    pub dtype: String,
+    pub temperature: f64,
+    /// 0 for the target-only baseline.
+    pub k: usize,
+}
+
+impl CellKey {
+    pub fn new(engine: &str, backend: &str, dtype: &str, temperature: f64, k: usize) -> Self {
+        Self {
+            engine: engine.into(),
+            backend: backend.into(),
+            dtype: dtype.into(),
+            temperature: temperature + 0.0,
+            k,
+        }
+    }
+
+    /// The target-only cell that this cell's speedup is measured against.
+    pub fn baseline(&self) -> Self {
+        Self { k: 0, ..self.clone() }
+    }
+
+    pub fn label(&self) -> String {
+        format!("{} {} {} T={} k={}", self.engine, self.backend, self.dtype, self.temperature, self.k)
+    }
+
+    fn identity(&self) -> (&str, &str, &str, u64, usize) {
+        (&self.engine, &self.backend, &self.dtype, (self.temperature + 0.0).to_bits(), self.k)
+    }
+}
+
+impl PartialEq for CellKey {
+    fn eq(&self, other: &Self) -> bool {
+        self.identity() == other.identity()
+    }
+}
+impl Eq for CellKey {}
+impl std::hash::Hash for CellKey {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.identity().hash(state);
+    }
+}
+impl PartialOrd for CellKey {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+/// Temperatures are finite and ≥ 0, whose bit patterns sort as their values.
+impl Ord for CellKey {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.identity().cmp(&other.identity())
+    }
+}
+
 /// Identifies a row within a sweep: what resume skips and merge deduplicates.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct RowKey {
-    pub engine: String,
-    pub backend: String,
-    pub temperature_bits: u64,
-    pub k: usize,
+    pub cell: CellKey,
     pub prompt_id: String,
     pub repeat: usize,
 }
 
+/// The largest draft length a row may carry (the config allows less): a larger one is a damaged
+/// file, and the summary allocates per position.
+const MAX_ROW_K: usize = 1024;
+
 impl RunRow {
+    pub fn cell(&self) -> CellKey {
+        CellKey::new(&self.engine, &self.backend, &self.dtype, self.temperature, self.k)
+    }
+
     pub fn key(&self) -> RowKey {
-        RowKey {
-            engine: self.engine.clone(),
-            backend: self.backend.clone(),
-            temperature_bits: self.temperature.to_bits(),
-            k: self.k,
-            prompt_id: self.prompt_id.clone(),
-            repeat: self.repeat,
+        RowKey { cell: self.cell(), prompt_id: self.prompt_id.clone(), repeat: self.repeat }
+    }
+
+    /// What the summary relies on: sizes within bounds, counts that add up, finite times.
+    fn check(&self) -> std::result::Result<(), String> {
+        if self.k > MAX_ROW_K {
+            return Err(format!("k = {} is larger than {MAX_ROW_K}", self.k));
         }
+        if !(self.temperature.is_finite() && self.temperature >= 0.0) {
+            return Err(format!("temperature {} is not a finite number ≥ 0", self.temperature));
+        }
+        if self.accepted > self.proposed {
+            return Err(format!("accepted {} exceeds proposed {}", self.accepted, self.proposed));
+        }
+        let times =
+            [self.prefill_s, self.draft_s, self.verify_s, self.other_s, self.wall_s, self.tokens_per_s];
+        if times.iter().any(|t| !t.is_finite() || *t < 0.0) {
+            return Err("a time or speed is negative or not finite".into());
+        }
+        for (name, list, max) in [
+            ("position_proposed", &self.position_proposed, self.k),
+            ("position_accepted", &self.position_accepted, self.k),
+            ("accepted_len_hist", &self.accepted_len_hist, self.k + 1),
+        ] {
+            let entries = list.split(';').filter(|s| !s.is_empty()).count();
+            if entries > max {
+                return Err(format!("{name} has {entries} entries, more than k = {} allows", self.k));
+            }
+            if list.split(';').filter(|s| !s.is_empty()).any(|s| s.parse::<u64>().is_err()) {
+                return Err(format!("{name} `{list}` is not a list of counts"));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -86,7 +183,8 @@ pub fn split_counts(text: &str) -> Vec<u64> {
     text.split(';').filter(|s| !s.is_empty()).filter_map(|s| s.parse().ok()).collect()
 }
 
-/// Reads every complete row. A final line cut short by a crash is ignored, not an error.
+/// Reads every complete row, each checked (`RunRow::check`). A final line cut short by a crash
+/// is ignored, not an error.
 pub fn read_rows(path: &Path) -> Result<Vec<RunRow>> {
     let text = crate::files::read_text(path)?;
     let complete = match text.rfind('\n') {
@@ -96,11 +194,14 @@ pub fn read_rows(path: &Path) -> Result<Vec<RunRow>> {
     csv::Reader::from_reader(complete.as_bytes())
         .deserialize()
         .enumerate()
-        .map(|(i, row)| {
-            row.map_err(|e| Error::MalformedFile {
+        .map(|(i, row): (usize, csv::Result<RunRow>)| {
+            let malformed = |message: String| Error::MalformedFile {
                 path: path.to_path_buf(),
-                message: format!("row {}: {e}", i + 1),
-            })
+                message: format!("row {}: {message}", i + 1),
+            };
+            let row = row.map_err(|e| malformed(e.to_string()))?;
+            row.check().map_err(malformed)?;
+            Ok(row)
         })
         .collect()
 }
@@ -115,18 +216,18 @@ impl RowWriter {
     /// Opens `path` for appending. An existing file is first cut back to its last complete
     /// line (a crash can leave half a row); a new one gets the header.
     pub fn open(path: &Path) -> Result<Self> {
-        let io = |source| Error::Io { path: path.to_path_buf(), source };
+        let io = |op| crate::files::io_error(op, path);
         if path.exists() {
-            let text = std::fs::read(path).map_err(io)?;
+            let text = std::fs::read(path).map_err(io("read"))?;
             let complete = text.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
             if complete < text.len() {
-                std::fs::write(path, &text[..complete]).map_err(io)?;
+                std::fs::write(path, &text[..complete]).map_err(io("write"))?;
             }
         }
-        let is_new = !path.exists() || std::fs::metadata(path).map_err(io)?.len() == 0;
+        let is_new = !path.exists() || std::fs::metadata(path).map_err(io("read"))?.len() == 0;
         let mut writer = Self {
             path: path.to_path_buf(),
-            file: OpenOptions::new().create(true).append(true).open(path).map_err(io)?,
+            file: OpenOptions::new().create(true).append(true).open(path).map_err(io("open for writing"))?,
         };
         if is_new {
             let mut header = csv::WriterBuilder::new().has_headers(true).from_writer(Vec::new());
@@ -152,7 +253,7 @@ impl RowWriter {
         self.file
             .write_all(bytes)
             .and_then(|_| self.file.flush())
-            .map_err(|source| Error::Io { path: self.path.clone(), source })
+            .map_err(crate::files::io_error("write", &self.path))
     }
 
     fn csv_error(&self, e: csv::Error) -> Error {

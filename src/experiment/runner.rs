@@ -1,6 +1,11 @@
 //! `specbench run`: every cell (backend × temperature × k, with k = 0 the target-only baseline)
 //! on the same prompts and seeds. Baseline and speculative runs of one prompt and repeat follow
 //! each other, so slow drift of the machine affects both alike.
+//!
+//! The workflow reads as three steps: `Plan::load` (config, prompts, cells and the identity of
+//! the models, all checked before anything is created), `ResultFolder::create`/`resume` (one
+//! locked folder per run), and `execute` (load each backend's pair, check every prompt against
+//! the context, run the pending rows).
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -8,16 +13,17 @@ use std::str::FromStr;
 
 use indicatif::{ProgressBar, ProgressStyle};
 
-use super::config::{ExperimentConfig, model_path, resolve_beside};
-use super::manifest::{Machine, Manifest, git_commit, now, sha256_hex};
+use super::config::{Cell, ExperimentConfig, ExperimentFile};
+use super::lock::FolderLock;
+use super::manifest::{Machine, Manifest, RunModels, now, sha256_hex};
 use super::prompts::{self, Prompt};
-use super::rows::{RowKey, RowWriter, RunRow, done_keys, join_counts, read_rows};
-use crate::backend::{Backend, dtype_name, parse_dtype};
+use super::rows::{ENGINE, RowKey, RowWriter, RunRow, done_keys, join_counts, read_rows};
+use crate::backend::{Backend, Runtime};
 use crate::decoding::pairing::shared_vocab;
 use crate::decoding::speculative::Speculative;
 use crate::decoding::{Generation, GenerationConfig, autoregressive};
 use crate::error::{Error, Result};
-use crate::model::{LoadedModel, ModelSpec};
+use crate::model::LoadedModel;
 use crate::sampling::SamplingConfig;
 
 /// `--shard i/n`: cells whose index is `i` modulo `n`.
@@ -31,7 +37,7 @@ impl FromStr for Shard {
     type Err = Error;
 
     fn from_str(s: &str) -> Result<Self> {
-        let bad = || Error::InvalidConfig(format!("--shard `{s}`: expected i/n with 0 ≤ i < n"));
+        let bad = || Error::Usage(format!("--shard `{s}`: expected i/n with 0 ≤ i < n"));
         let (i, n) = s.split_once('/').ok_or_else(bad)?;
         let (index, count) = (i.parse().map_err(|_| bad())?, n.parse().map_err(|_| bad())?);
         if count == 0 || index >= count {
@@ -51,58 +57,26 @@ pub struct RunOptions {
     pub progress: bool,
 }
 
-/// One cell of the sweep. `k = 0` is the target-only baseline.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Cell {
-    pub backend: Backend,
-    pub temperature: f64,
-    pub k: usize,
-}
-
+/// The cells of `--shard i/n`: those whose index in `ExperimentConfig::cells` is `i` modulo `n`.
 pub fn cells(config: &ExperimentConfig, shard: Option<Shard>) -> Vec<Cell> {
-    let mut all = Vec::new();
-    for backend in config.backends() {
-        for &temperature in &config.sweep.temperatures {
-            for k in std::iter::once(0).chain(config.sweep.k.iter().copied()) {
-                all.push(Cell { backend, temperature, k });
-            }
-        }
-    }
-    all.into_iter()
+    config
+        .cells()
+        .into_iter()
         .enumerate()
         .filter(|(i, _)| shard.is_none_or(|s| i % s.count == s.index))
         .map(|(_, cell)| cell)
         .collect()
 }
 
-pub fn load_prompts(config: &ExperimentConfig, config_path: &Path) -> Result<Vec<Prompt>> {
-    let mut prompts = match &config.prompts.file {
-        Some(file) => prompts::from_jsonl(&resolve_beside(config_path, file, "prompts.file")?)?,
+pub fn load_prompts(file: &ExperimentFile) -> Result<Vec<Prompt>> {
+    let mut prompts = match &file.prompts_file {
+        Some(path) => prompts::from_jsonl(path)?,
         None => prompts::builtin(),
     };
-    if let Some(limit) = config.prompts.limit {
+    if let Some(limit) = file.config.prompts.limit {
         prompts.truncate(limit);
     }
     Ok(prompts)
-}
-
-/// Parses the model entries, failing before any work if a checkpoint folder is absent.
-fn model_specs(config: &ExperimentConfig, config_path: &Path) -> Result<(ModelSpec, ModelSpec)> {
-    let spec = |entry, key: &str| -> Result<ModelSpec> {
-        let spec: ModelSpec = model_path(entry, key, config_path)?.parse()?;
-        if let ModelSpec::Folder(dir) = &spec
-            && !dir.is_dir()
-        {
-            return Err(Error::InvalidConfig(format!(
-                "`{key}.path`: model folder {} does not exist. Put a Hugging Face checkpoint there \
-                     (config.json, model.safetensors or model.safetensors.index.json with its shards, \
-                     tokenizer.json), or point the path (or $SPECBENCH_MODELS) at one",
-                dir.display()
-            )));
-        }
-        Ok(spec)
-    };
-    Ok((spec(&config.models.target, "models.target")?, spec(&config.models.draft, "models.draft")?))
 }
 
 /// Mixes the experiment seed with the prompt and repeat, so each (prompt, repeat) has its own
@@ -118,58 +92,254 @@ fn run_seed(seed: u64, prompt_index: usize, repeat: usize) -> u64 {
 
 /// Runs the sweep and returns the result folder.
 pub fn run(config_path: &Path, options: &RunOptions) -> Result<PathBuf> {
-    let (config, config_text) = ExperimentConfig::from_file(config_path)?;
-    let prompts = load_prompts(&config, config_path)?;
-    let (target_spec, draft_spec) = model_specs(&config, config_path)?;
-    let (dir, shard) = match &options.resume {
-        Some(dir) => resume_manifest(dir, &config_text, options.shard)?,
-        None => (new_result_dir(&config, &config_text, options)?, options.shard),
+    let file = ExperimentFile::load(config_path)?;
+    let mut folder = match &options.resume {
+        Some(dir) => ResultFolder::resume(dir, &file, options.shard)?,
+        None => {
+            let plan = Plan::new(file, options.shard)?;
+            let folder = ResultFolder::create(&plan, options)?;
+            return finish(folder, &plan, options);
+        }
     };
-    let cells = cells(&config, shard);
-    let runs_path = dir.join("runs.csv");
+    let plan = Plan::new(file, folder.manifest.shard.as_deref().map(str::parse).transpose()?)?;
+    folder.check_plan(&plan)?;
+    finish(folder, &plan, options)
+}
+
+fn finish(mut folder: ResultFolder, plan: &Plan, options: &RunOptions) -> Result<PathBuf> {
+    match execute(plan, &folder, options.progress) {
+        Ok(devices) => {
+            folder.manifest.finished = Some(now());
+            if !devices.is_empty() {
+                folder.manifest.devices = devices;
+            }
+            folder.manifest.write(&folder.dir)?;
+            Ok(folder.dir.clone())
+        }
+        Err(error) => {
+            folder.abandon();
+            Err(error)
+        }
+    }
+}
+
+/// Everything a run needs, checked before any folder is made.
+struct Plan {
+    file: ExperimentFile,
+    prompts: Vec<Prompt>,
+    shard: Option<Shard>,
+    cells: Vec<Cell>,
+    models: RunModels,
+}
+
+impl Plan {
+    fn new(file: ExperimentFile, shard: Option<Shard>) -> Result<Self> {
+        let prompts = load_prompts(&file)?;
+        let all = cells(&file.config, None).len();
+        let cells = cells(&file.config, shard);
+        if let (true, Some(s)) = (cells.is_empty(), shard) {
+            return Err(Error::Usage(format!(
+                "--shard {}/{} has no cells: the sweep has {all} cells (indices 0..{all}), so use at most {all} shards",
+                s.index, s.count
+            )));
+        }
+        let models = RunModels { target: file.target.identity()?, draft: file.draft.identity()? };
+        Ok(Self { file, prompts, shard, cells, models })
+    }
+
+    fn config(&self) -> &super::config::ExperimentConfig {
+        &self.file.config
+    }
+
+    fn prompt_ids(&self) -> Vec<String> {
+        self.prompts.iter().map(|p| p.id.clone()).collect()
+    }
+}
+
+/// A result folder held by this process.
+struct ResultFolder {
+    dir: PathBuf,
+    manifest: Manifest,
+    /// Whether this run made the folder (so that a run failing before its first row removes it).
+    created: bool,
+    _lock: FolderLock,
+}
+
+impl ResultFolder {
+    /// Makes a new folder, exclusively: `--out DIR`, or `results/<name>/<run-id>` where two runs
+    /// started in the same millisecond still get two folders.
+    fn create(plan: &Plan, options: &RunOptions) -> Result<Self> {
+        let config = plan.config();
+        let shard_suffix = plan.shard.map(|s| format!("-shard{}of{}", s.index, s.count)).unwrap_or_default();
+        let (dir, created) = match &options.out {
+            Some(dir) => (dir.clone(), make_dir_exclusive(dir)?),
+            None => {
+                let parent = Path::new(&config.experiment.results_dir).join(&config.experiment.name);
+                crate::files::create_dir(&parent)?;
+                let stem = format!("{}{shard_suffix}", run_id());
+                let dir = (1..)
+                    .map(|n| if n == 1 { parent.join(&stem) } else { parent.join(format!("{stem}-{n}")) })
+                    .find_map(|dir| match make_dir_exclusive(&dir) {
+                        Ok(true) => Some(Ok(dir)),
+                        Ok(false) => None,
+                        Err(e) => Some(Err(e)),
+                    })
+                    .expect("an unbounded range")?;
+                (dir, true)
+            }
+        };
+        let lock = FolderLock::acquire(&dir)?;
+        // Checked under the lock: a concurrent run that got here first has written its manifest.
+        if dir.join("manifest.json").exists() || dir.join("runs.csv").exists() {
+            return Err(Error::Usage(format!(
+                "{} already holds a run; use --resume {} to complete it",
+                dir.display(),
+                dir.display()
+            )));
+        }
+        report_stale_lock(&lock, &dir);
+        let manifest = Manifest {
+            experiment: config.experiment.name.clone(),
+            config: plan.file.text.clone(),
+            config_sha256: sha256_hex(&plan.file.text),
+            models: Some(plan.models.clone()),
+            prompt_ids: plan.prompt_ids(),
+            git_commit: super::manifest::git_commit(),
+            crate_version: env!("CARGO_PKG_VERSION").into(),
+            shard: plan.shard.map(|s| format!("{}/{}", s.index, s.count)),
+            machine: Machine::this(),
+            devices: Vec::new(),
+            target_dtype: config.models.target.dtype.clone(),
+            draft_dtype: config.models.draft.dtype.clone(),
+            started: now(),
+            finished: None,
+            resumed: Vec::new(),
+            merged_from: Vec::new(),
+        };
+        manifest.write(&dir)?;
+        Ok(Self { dir, manifest, created, _lock: lock })
+    }
+
+    /// Opens a folder to complete: same config byte for byte, same models as fingerprinted when
+    /// it started, same shard (a shard folder resumes as its own shard without `--shard`).
+    fn resume(dir: &Path, file: &ExperimentFile, shard: Option<Shard>) -> Result<Self> {
+        let lock = FolderLock::acquire(dir)?;
+        report_stale_lock(&lock, dir);
+        let manifest = Manifest::read(dir)?;
+        let recorded = manifest.shard.as_deref().map(str::parse::<Shard>).transpose()?;
+        if shard.is_some() && shard != recorded {
+            return Err(Error::Usage(format!(
+                "{} holds shard {}, not the one given with --shard",
+                dir.display(),
+                manifest.shard.as_deref().unwrap_or("(none: the whole sweep)")
+            )));
+        }
+        if manifest.config_sha256 != sha256_hex(&file.text) {
+            return Err(Error::Usage(format!(
+                "{} was run with a different config (sha256 {}); resume needs the same file",
+                dir.display(),
+                manifest.config_sha256
+            )));
+        }
+        Ok(Self { dir: dir.to_path_buf(), manifest, created: false, _lock: lock })
+    }
+
+    /// The models and prompts of a resumed run must be those it started with: the same config
+    /// text can name other weights through `$VARS`, and a prompts file can change.
+    fn check_plan(&mut self, plan: &Plan) -> Result<()> {
+        let mismatch = |what: String| Error::ModelIdentityMismatch { dir: self.dir.clone(), what };
+        match &self.manifest.models {
+            None => {
+                return Err(mismatch(
+                    "its manifest records no model fingerprints (made by an older specbench), so the models cannot be verified".into(),
+                ));
+            }
+            Some(recorded) => {
+                if let Some(what) = recorded.difference(&plan.models) {
+                    return Err(mismatch(what));
+                }
+            }
+        }
+        if self.manifest.prompt_ids != plan.prompt_ids() {
+            return Err(Error::Usage(format!(
+                "{} was run on other prompts ({} recorded, {} now); resume needs the same prompts",
+                self.dir.display(),
+                self.manifest.prompt_ids.len(),
+                plan.prompts.len()
+            )));
+        }
+        self.manifest.resumed.push(now());
+        self.manifest.write(&self.dir)
+    }
+
+    /// After a failure: a folder this run made and wrote no row into is removed, so a config
+    /// or model error leaves nothing behind. Anything else is kept for `--resume`.
+    fn abandon(&self) {
+        let has_rows = read_rows(&self.dir.join("runs.csv")).is_ok_and(|rows| !rows.is_empty());
+        if self.created && !has_rows {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+/// `Ok(true)` when this call made `dir`; `Ok(false)` when it already existed (parents are made).
+fn make_dir_exclusive(dir: &Path) -> Result<bool> {
+    if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+        crate::files::create_dir(parent)?;
+    }
+    match std::fs::create_dir(dir) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
+        Err(e) => Err(crate::files::io_error("create folder", dir)(e)),
+    }
+}
+
+/// A run id that sorts by start time, to the millisecond.
+fn run_id() -> String {
+    humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string().replace(':', "-")
+}
+
+fn report_stale_lock(lock: &FolderLock, dir: &Path) {
+    if let Some(pid) = &lock.stale_owner {
+        eprintln!(
+            "note: {} was left locked by process {pid}, which is no longer running; taking it over",
+            dir.display()
+        );
+    }
+}
+
+/// Runs every pending row of the plan into the folder; returns the devices used.
+fn execute(plan: &Plan, folder: &ResultFolder, show_progress: bool) -> Result<Vec<String>> {
+    let config = plan.config();
+    let runs_path = folder.dir.join("runs.csv");
     let done = if runs_path.exists() { done_keys(&read_rows(&runs_path)?) } else { HashSet::new() };
     let mut writer = RowWriter::open(&runs_path)?;
-
-    let total = (cells.len() * prompts.len() * config.experiment.repeats) as u64;
-    let progress = if options.progress { ProgressBar::new(total) } else { ProgressBar::hidden() };
+    let repeats = config.experiment.repeats;
+    let total = (plan.cells.len() * plan.prompts.len() * repeats) as u64;
+    let progress = if show_progress { ProgressBar::new(total) } else { ProgressBar::hidden() };
     progress.set_style(
         ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} rows, ETA {eta} {msg}")
             .expect("valid template"),
     );
-    let repeats = config.experiment.repeats;
-    let pending = |cell: &Cell, p: &Prompt, repeat| !done.contains(&key(cell, p, repeat));
-    let any_pending =
-        |cells: &[Cell]| cells.iter().any(|c| prompts.iter().any(|p| (0..repeats).any(|r| pending(c, p, r))));
-    let rows_of = |cells: &[Cell]| (cells.len() * prompts.len() * repeats) as u64;
+    let dtype = config.models.target.dtype.as_str();
+    let pending = |cell: &Cell, p: &Prompt, repeat| {
+        !done.contains(&RowKey { cell: cell.key(dtype), prompt_id: p.id.clone(), repeat })
+    };
+    let any_pending = |cells: &[Cell]| {
+        cells.iter().any(|c| plan.prompts.iter().any(|p| (0..repeats).any(|r| pending(c, p, r))))
+    };
+    let rows_of = |cells: &[Cell]| (cells.len() * plan.prompts.len() * repeats) as u64;
     let mut devices = Vec::new();
     for backend in config.backends() {
-        let backend_cells: Vec<Cell> = cells.iter().copied().filter(|c| c.backend == backend).collect();
+        let backend_cells: Vec<Cell> = plan.cells.iter().copied().filter(|c| c.backend == backend).collect();
         if !any_pending(&backend_cells) {
             progress.inc(rows_of(&backend_cells));
             continue;
         }
-        let device = backend.device()?;
-        let dtype = |entry: &super::config::ModelEntry| parse_dtype(&entry.dtype, backend, &device);
-        let (target_dtype, draft_dtype) = (dtype(&config.models.target)?, dtype(&config.models.draft)?);
         progress.set_message(format!("loading models on {backend}"));
-        let target = LoadedModel::load(&target_spec, backend, &device, target_dtype, config.experiment.seed)?;
-        let draft = LoadedModel::load(
-            &draft_spec,
-            backend,
-            &device,
-            draft_dtype,
-            config.experiment.seed.wrapping_add(1),
-        )?;
-        devices.push(format!("{backend}: {device:?}; {} projections", target.model.kernel()));
-        let sweep = BackendSweep {
-            config: &config,
-            target: &target,
-            draft: &draft,
-            vocab: shared_vocab(&target, &draft)?,
-            dtype: dtype_name(target_dtype),
-            encoded: prompts.iter().map(|p| target.tokenizer.encode(&p.prompt)).collect::<Result<_>>()?,
-        };
-        for &temperature in &config.sweep.temperatures {
+        let sweep = BackendSweep::load(plan, backend)?;
+        devices.push(sweep.target.runtime().describe());
+        for temperature in config.temperatures() {
             let group: Vec<Cell> =
                 backend_cells.iter().copied().filter(|c| c.temperature == temperature).collect();
             if !any_pending(&group) {
@@ -184,7 +354,7 @@ pub fn run(config_path: &Path, options: &RunOptions) -> Result<PathBuf> {
             }
             progress.set_message(format!("{backend}, T = {temperature}"));
             for repeat in 0..repeats {
-                for (index, prompt) in prompts.iter().enumerate() {
+                for (index, prompt) in plan.prompts.iter().enumerate() {
                     for cell in &group {
                         if pending(cell, prompt, repeat) {
                             let seed = run_seed(config.experiment.seed, index, repeat);
@@ -198,57 +368,93 @@ pub fn run(config_path: &Path, options: &RunOptions) -> Result<PathBuf> {
         }
     }
     progress.finish_and_clear();
-    let mut manifest = Manifest::read(&dir)?;
-    manifest.finished = Some(now());
-    if !devices.is_empty() {
-        manifest.devices = devices;
-    }
-    manifest.write(&dir)?;
-    Ok(dir)
+    Ok(devices)
 }
-
-fn key(cell: &Cell, prompt: &Prompt, repeat: usize) -> RowKey {
-    RowKey {
-        engine: ENGINE.into(),
-        backend: cell.backend.name().into(),
-        temperature_bits: cell.temperature.to_bits(),
-        k: cell.k,
-        prompt_id: prompt.id.clone(),
-        repeat,
-    }
-}
-
-pub const ENGINE: &str = "specbench";
 
 /// What one backend's part of the sweep shares: the loaded pair and the encoded prompts.
 struct BackendSweep<'a> {
-    config: &'a ExperimentConfig,
-    target: &'a LoadedModel,
-    draft: &'a LoadedModel,
+    plan: &'a Plan,
+    target: LoadedModel,
+    draft: LoadedModel,
     vocab: usize,
-    dtype: &'static str,
     encoded: Vec<Vec<u32>>,
 }
 
-impl BackendSweep<'_> {
+impl<'a> BackendSweep<'a> {
+    /// Loads the pair on `backend` and checks, before any generation, that every prompt fits
+    /// both models' context with every cell's max_new_tokens + k.
+    fn load(plan: &'a Plan, backend: Backend) -> Result<Self> {
+        let models = &plan.config().models;
+        let seed = plan.config().experiment.seed;
+        let runtime = Runtime::new(backend, &models.target.dtype)?;
+        let target = LoadedModel::load(&plan.file.target, &runtime, seed)
+            .map_err(|e| in_context(format!("loading target {}", plan.file.target), e))?;
+        let draft_runtime = runtime.with_dtype(&models.draft.dtype)?;
+        // Another seed keeps a random draft from being a copy of a random target.
+        let draft = LoadedModel::load(&plan.file.draft, &draft_runtime, seed.wrapping_add(1))
+            .map_err(|e| in_context(format!("loading draft {}", plan.file.draft), e))?;
+        let vocab = shared_vocab(&target, &draft)?;
+        let encoded = plan
+            .prompts
+            .iter()
+            .map(|p| {
+                target.tokenizer.encode(&p.prompt).map_err(|e| in_context(format!("prompt `{}`", p.id), e))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let sweep = Self { plan, target, draft, vocab, encoded };
+        sweep.check_context()?;
+        Ok(sweep)
+    }
+
+    /// Every position a cell can reach must be inside both models' context: the prompt, the
+    /// new tokens, and (for k > 0) the k drafts verified after the last of them.
+    fn check_context(&self) -> Result<()> {
+        let max_new = self.plan.config().experiment.max_new_tokens;
+        let k_max = self.plan.cells.iter().map(|c| c.k).max().unwrap_or(0);
+        for (prompt, ids) in self.plan.prompts.iter().zip(&self.encoded) {
+            for (role, model, k) in [("target", &self.target, k_max), ("draft", &self.draft, k_max)] {
+                let context = model.model.config().max_position_embeddings;
+                let needed = ids.len() + max_new + k;
+                if needed > context {
+                    return Err(Error::InvalidConfig(format!(
+                        "prompt `{}` ({} tokens) + max_new_tokens {max_new} + k {k} = {needed} positions, \
+                         past the {role} model's context of {context} ({}); shorten the prompt or lower max_new_tokens",
+                        prompt.id,
+                        ids.len(),
+                        model.spec
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+
     fn generate(&self, cell: &Cell, prompt_index: usize, seed: u64) -> Result<Generation> {
+        let config = self.plan.config();
         let generation = GenerationConfig {
-            max_new_tokens: self.config.experiment.max_new_tokens,
+            max_new_tokens: config.experiment.max_new_tokens,
             sampling: SamplingConfig {
                 temperature: cell.temperature,
-                top_k: self.config.sweep.top_k,
-                top_p: self.config.sweep.top_p,
+                top_k: config.sweep.top_k,
+                top_p: config.sweep.top_p,
             },
             eos_ids: self.target.eos_ids(),
             seed,
         };
         let prompt = &self.encoded[prompt_index];
-        if cell.k == 0 {
+        let result = if cell.k == 0 {
             autoregressive::generate(&self.target.model, prompt, &generation)
         } else {
-            Speculative::new(&self.target.model, &self.draft.model, self.vocab, cell.k)?
-                .generate(prompt, &generation)
-        }
+            Speculative::new(&self.target.model, &self.draft.model, self.vocab, cell.k)
+                .and_then(|s| s.generate(prompt, &generation))
+        };
+        result.map_err(|e| {
+            let prompt = &self.plan.prompts[prompt_index].id;
+            in_context(
+                format!("prompt `{prompt}`, cell {} T = {} k = {}", cell.backend, cell.temperature, cell.k),
+                e,
+            )
+        })
     }
 
     fn row(&self, cell: &Cell, prompt: &Prompt, repeat: usize, seed: u64, g: &Generation) -> RunRow {
@@ -258,7 +464,7 @@ impl BackendSweep<'_> {
         RunRow {
             engine: ENGINE.into(),
             backend: cell.backend.name().into(),
-            dtype: self.dtype.into(),
+            dtype: self.plan.config().models.target.dtype.clone(),
             target: self.target.spec.to_string(),
             draft: if speculative { self.draft.spec.to_string() } else { String::new() },
             prompt_id: prompt.id.clone(),
@@ -280,6 +486,7 @@ impl BackendSweep<'_> {
             other_s: (t.sampling + t.other()).as_secs_f64(),
             wall_s: t.wall.as_secs_f64(),
             tokens_per_s: g.tokens.len() as f64 / t.wall.as_secs_f64(),
+            position_proposed: join_counts(&a.position_proposed),
             position_accepted: join_counts(&a.position_accepted),
             accepted_len_hist: join_counts(&a.accepted_len_hist),
             overlap_sum: speculative.then_some(a.overlap_sum),
@@ -288,67 +495,8 @@ impl BackendSweep<'_> {
     }
 }
 
-fn new_result_dir(config: &ExperimentConfig, config_text: &str, options: &RunOptions) -> Result<PathBuf> {
-    let shard_suffix = options.shard.map(|s| format!("-shard{}of{}", s.index, s.count)).unwrap_or_default();
-    let dir = match &options.out {
-        Some(dir) => dir.clone(),
-        None => {
-            let run_id = now().replace(':', "-");
-            Path::new(&config.experiment.results_dir)
-                .join(&config.experiment.name)
-                .join(format!("{run_id}{shard_suffix}"))
-        }
-    };
-    if dir.join("runs.csv").exists() {
-        return Err(Error::InvalidConfig(format!(
-            "{} already holds a run; use --resume {} to complete it",
-            dir.display(),
-            dir.display()
-        )));
-    }
-    crate::files::create_dir(&dir)?;
-    Manifest {
-        experiment: config.experiment.name.clone(),
-        config: config_text.to_string(),
-        config_sha256: sha256_hex(config_text),
-        git_commit: git_commit(),
-        crate_version: env!("CARGO_PKG_VERSION").into(),
-        shard: options.shard.map(|s| format!("{}/{}", s.index, s.count)),
-        machine: Machine::this(),
-        devices: Vec::new(),
-        target_dtype: config.models.target.dtype.clone(),
-        draft_dtype: config.models.draft.dtype.clone(),
-        started: now(),
-        finished: None,
-        resumed: Vec::new(),
-        merged_from: Vec::new(),
-    }
-    .write(&dir)?;
-    Ok(dir)
-}
-
-/// A resumed run must be of the same config, byte for byte: otherwise its rows would mix two
-/// experiments. A shard folder resumes as the same shard, whether or not `--shard` is repeated.
-fn resume_manifest(dir: &Path, config_text: &str, shard: Option<Shard>) -> Result<(PathBuf, Option<Shard>)> {
-    let mut manifest = Manifest::read(dir)?;
-    let recorded = manifest.shard.as_deref().map(str::parse::<Shard>).transpose()?;
-    if shard.is_some() && shard != recorded {
-        return Err(Error::InvalidConfig(format!(
-            "{} holds shard {}, not the one given with --shard",
-            dir.display(),
-            manifest.shard.as_deref().unwrap_or("(none: the whole sweep)")
-        )));
-    }
-    if manifest.config_sha256 != sha256_hex(config_text) {
-        return Err(Error::InvalidConfig(format!(
-            "{} was run with a different config (sha256 {}); resume needs the same file",
-            dir.display(),
-            manifest.config_sha256
-        )));
-    }
-    manifest.resumed.push(now());
-    manifest.write(dir)?;
-    Ok((dir.to_path_buf(), recorded))
+fn in_context(context: String, error: Error) -> Error {
+    Error::InCell { context, cause: Box::new(error) }
 }
 
 #[cfg(test)]
@@ -364,10 +512,16 @@ mod tests {
         .unwrap();
         let all = cells(&config, None);
         assert_eq!(all.len(), 8);
-        let mut joined: Vec<Cell> =
-            (0..3).flat_map(|i| cells(&config, Some(Shard { index: i, count: 3 }))).collect();
-        joined.sort_by(|a, b| (a.temperature, a.k).partial_cmp(&(b.temperature, b.k)).unwrap());
-        assert_eq!(joined.len(), all.len());
+        let key = |c: &Cell| (c.temperature.to_bits(), c.k);
+        let shards: Vec<Vec<Cell>> =
+            (0..3).map(|i| cells(&config, Some(Shard { index: i, count: 3 }))).collect();
+        let mut joined: Vec<_> = shards.iter().flatten().map(key).collect();
+        joined.sort();
+        let mut want: Vec<_> = all.iter().map(key).collect();
+        want.sort();
+        // Every cell in exactly one shard: equal as sorted lists, so no duplicate and no gap.
+        assert_eq!(joined, want);
+        assert!(shards.iter().all(|s| !s.is_empty()));
         assert!("2/2".parse::<Shard>().is_err() && "1/0".parse::<Shard>().is_err());
     }
 

@@ -1,9 +1,11 @@
 //! `LlamaConfig` mirrors Hugging Face `config.json`; presets are constructors with the exact
 //! shapes of released Llama 3 models.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
 
 use crate::error::{Error, Result};
 
@@ -22,10 +24,14 @@ pub struct LlamaConfig {
     pub num_key_value_heads: Option<usize>,
     #[serde(default)]
     pub head_dim: Option<usize>,
-    #[serde(default = "default_rope_theta")]
-    pub rope_theta: f64,
-    #[serde(default)]
-    pub rope_scaling: Option<RopeScaling>,
+    /// transformers 4.x: `rope_theta` and `rope_scaling` at the top level.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rope_theta: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rope_scaling: Option<RopeParameters>,
+    /// transformers 5.x: both in one `rope_parameters` object.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rope_parameters: Option<RopeParameters>,
     #[serde(default = "default_rms_norm_eps")]
     pub rms_norm_eps: f64,
     #[serde(default)]
@@ -42,6 +48,10 @@ pub struct LlamaConfig {
     pub attention_bias: bool,
     #[serde(default)]
     pub mlp_bias: bool,
+    /// Every other key. Most are metadata (`transformers_version`, `dtype`/`torch_dtype`,
+    /// `use_cache`, ...); `validate` rejects those that would change the computation.
+    #[serde(flatten)]
+    pub other: BTreeMap<String, Value>,
 }
 
 /// `eos_token_id` is a number in base checkpoints and a list in instruct ones.
@@ -61,11 +71,14 @@ impl TokenIds {
     }
 }
 
-/// HF writes the scaling kind as `rope_type` (current) or `type` (older files).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct RopeScaling {
-    #[serde(alias = "type")]
-    pub rope_type: String,
+/// `rope_scaling` (4.x) or `rope_parameters` (5.x, which also holds `rope_theta`). HF writes
+/// the kind as `rope_type` (current) or `type` (older files).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct RopeParameters {
+    #[serde(default, alias = "type")]
+    pub rope_type: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rope_theta: Option<f64>,
     #[serde(default)]
     pub factor: Option<f64>,
     #[serde(default)]
@@ -74,11 +87,45 @@ pub struct RopeScaling {
     pub high_freq_factor: Option<f64>,
     #[serde(default)]
     pub original_max_position_embeddings: Option<usize>,
+    /// Keys of rope types specbench does not implement (yarn's `beta_fast`, ...): an error.
+    #[serde(flatten)]
+    pub other: BTreeMap<String, Value>,
 }
 
-fn default_rope_theta() -> f64 {
-    10_000.0
+impl RopeParameters {
+    /// The rope type; files that omit it mean `default`.
+    pub fn kind(&self) -> &str {
+        self.rope_type.as_deref().unwrap_or("default")
+    }
 }
+
+/// Top-level keys of other Llama-family configs that change the math when set to anything but
+/// the value given (`None`: when present and not null). specbench implements none of them, so
+/// each is an error rather than a silent default.
+const UNIMPLEMENTED_KEYS: &[(&str, Option<&str>)] = &[
+    ("sliding_window", None),
+    ("use_sliding_window", Some("false")),
+    ("partial_rotary_factor", Some("1.0")),
+    ("attn_logit_softcapping", None),
+    ("final_logit_softcapping", None),
+    ("logits_scaling", Some("1.0")),
+    ("embedding_multiplier", Some("1.0")),
+    ("residual_multiplier", Some("1.0")),
+    ("attention_multiplier", None),
+    ("query_pre_attn_scalar", None),
+    ("use_qk_norm", Some("false")),
+    ("qk_layernorm", Some("false")),
+    ("no_rope_layers", None),
+    ("tie_encoder_decoder", Some("false")),
+];
+
+/// Larger than any model that exists (10¹³): a bigger config is a typo or a damaged file, and
+/// its sizes would overflow the products that allocate tensors.
+const MAX_PARAMETERS: f64 = 1e13;
+
+/// transformers' `LlamaConfig` default.
+pub const DEFAULT_ROPE_THETA: f64 = 10_000.0;
+
 fn default_rms_norm_eps() -> f64 {
     1e-6
 }
@@ -113,16 +160,18 @@ impl LlamaConfig {
         self.eos_token_id.as_ref().map(TokenIds::to_vec).unwrap_or_default()
     }
 
-    /// Parameter count, embeddings counted once when tied.
-    pub fn num_parameters(&self) -> usize {
-        let (h, i, v) = (self.hidden_size, self.intermediate_size, self.vocab_size);
-        let q = self.num_attention_heads * self.head_dim();
-        let kv = self.num_kv_heads() * self.head_dim();
-        let attention = h * q + 2 * h * kv + q * h;
-        let mlp = 3 * h * i;
-        let layer = attention + mlp + 2 * h;
-        let head = if self.tie_word_embeddings { 0 } else { v * h };
-        v * h + self.num_hidden_layers * layer + h + head
+    /// Parameter count, embeddings counted once when tied. In f64, so that no size read from
+    /// a file can overflow it.
+    pub fn num_parameters(&self) -> f64 {
+        let f = |n: usize| n as f64;
+        let (h, i, v) = (f(self.hidden_size), f(self.intermediate_size), f(self.vocab_size));
+        let q = f(self.num_attention_heads) * f(self.head_dim());
+        let kv = f(self.num_kv_heads()) * f(self.head_dim());
+        let attention = h * q + 2.0 * h * kv + q * h;
+        let mlp = 3.0 * h * i;
+        let layer = attention + mlp + 2.0 * h;
+        let head = if self.tie_word_embeddings { 0.0 } else { v * h };
+        v * h + f(self.num_hidden_layers) * layer + h + head
     }
 
     /// Rejects what this implementation does not compute, instead of producing silent garbage.
@@ -158,6 +207,12 @@ impl LlamaConfig {
         if let Some((key, _)) = positive.iter().find(|(_, v)| *v == 0) {
             return Err(Error::InvalidConfig(format!("`{key}` must be positive")));
         }
+        if self.num_parameters() > MAX_PARAMETERS {
+            return Err(Error::InvalidConfig(format!(
+                "the config describes {:.3e} parameters, more than the {MAX_PARAMETERS:.0e} specbench accepts",
+                self.num_parameters()
+            )));
+        }
         if !self.num_attention_heads.is_multiple_of(self.num_kv_heads()) {
             return Err(Error::InvalidConfig(format!(
                 "num_attention_heads ({}) is not a multiple of num_key_value_heads ({})",
@@ -171,7 +226,62 @@ impl LlamaConfig {
                 self.head_dim()
             )));
         }
+        self.check_unimplemented_keys()?;
         crate::model::rope::RopeScalingKind::from_config(self)?;
+        Ok(())
+    }
+
+    /// `rope_theta` wherever the file put it: 5.x `rope_parameters`, 4.x top level (or inside
+    /// `rope_scaling`, as some exporters write it), else transformers' default. Two places
+    /// that disagree are an error, not a guess.
+    pub fn rope_theta(&self) -> Result<f64> {
+        let places = [
+            ("rope_parameters.rope_theta", self.rope_parameters.as_ref().and_then(|r| r.rope_theta)),
+            ("rope_theta", self.rope_theta),
+            ("rope_scaling.rope_theta", self.rope_scaling.as_ref().and_then(|r| r.rope_theta)),
+        ];
+        let given: Vec<(&str, f64)> = places.iter().filter_map(|(k, v)| v.map(|v| (*k, v))).collect();
+        if let Some(((a, x), (b, y))) = given.first().zip(given.iter().find(|(_, v)| *v != given[0].1)) {
+            return Err(Error::InvalidConfig(format!("`{a}` = {x} disagrees with `{b}` = {y}")));
+        }
+        let theta = given.first().map_or(DEFAULT_ROPE_THETA, |(_, v)| *v);
+        if !(theta.is_finite() && theta > 1.0) {
+            return Err(Error::InvalidConfig(format!("rope_theta must be a finite number > 1, got {theta}")));
+        }
+        Ok(theta)
+    }
+
+    /// The rope scaling parameters: 5.x `rope_parameters`, else 4.x `rope_scaling`. Both present
+    /// with different types is ambiguous, and an error.
+    pub fn rope_scaling(&self) -> Result<Option<&RopeParameters>> {
+        match (&self.rope_parameters, &self.rope_scaling) {
+            (Some(new), Some(old)) if new.kind() != old.kind() => Err(Error::InvalidConfig(format!(
+                "`rope_parameters` says rope type `{}` but `rope_scaling` says `{}`",
+                new.kind(),
+                old.kind()
+            ))),
+            (Some(new), _) => Ok(Some(new)),
+            (None, old) => Ok(old.as_ref()),
+        }
+    }
+
+    fn check_unimplemented_keys(&self) -> Result<()> {
+        for (key, harmless) in UNIMPLEMENTED_KEYS {
+            let Some(value) = self.other.get(*key) else { continue };
+            let is_harmless = match harmless {
+                None => value.is_null(),
+                Some(expected) => {
+                    value.is_null()
+                        || value.to_string() == *expected
+                        || value.as_f64().zip(expected.parse::<f64>().ok()).is_some_and(|(a, b)| a == b)
+                }
+            };
+            if !is_harmless {
+                return Err(Error::Unsupported(format!(
+                    "config key `{key}` = {value} changes the computation and specbench does not implement it"
+                )));
+            }
+        }
         Ok(())
     }
 
@@ -209,14 +319,16 @@ impl LlamaConfig {
             num_attention_heads,
             num_key_value_heads: Some(num_key_value_heads),
             head_dim: Some(head_dim),
-            rope_theta: 500_000.0,
-            rope_scaling: Some(RopeScaling {
-                rope_type: "llama3".into(),
+            rope_theta: Some(500_000.0),
+            rope_scaling: Some(RopeParameters {
+                rope_type: Some("llama3".into()),
                 factor: Some(rope_factor),
                 low_freq_factor: Some(1.0),
                 high_freq_factor: Some(4.0),
                 original_max_position_embeddings: Some(8192),
+                ..Default::default()
             }),
+            rope_parameters: None,
             rms_norm_eps: 1e-5,
             tie_word_embeddings,
             max_position_embeddings: 131_072,
@@ -225,6 +337,7 @@ impl LlamaConfig {
             hidden_act: "silu".into(),
             attention_bias: false,
             mlp_bias: false,
+            other: BTreeMap::new(),
         }
     }
 
@@ -240,8 +353,9 @@ impl LlamaConfig {
             num_attention_heads: dims.heads,
             num_key_value_heads: Some(dims.kv_heads),
             head_dim: Some(dims.head_dim),
-            rope_theta: 10_000.0,
+            rope_theta: Some(DEFAULT_ROPE_THETA),
             rope_scaling: None,
+            rope_parameters: None,
             rms_norm_eps: 1e-5,
             tie_word_embeddings: dims.tied,
             max_position_embeddings: dims.max_positions,
@@ -250,6 +364,7 @@ impl LlamaConfig {
             hidden_act: "silu".into(),
             attention_bias: false,
             mlp_bias: false,
+            other: BTreeMap::new(),
         }
     }
 }
@@ -329,7 +444,7 @@ mod tests {
     #[test]
     fn presets_have_the_published_parameter_counts() {
         // Rounded counts from the model cards: 1.24B, 3.21B, 8.03B.
-        let billions = |c: LlamaConfig| c.num_parameters() as f64 / 1e9;
+        let billions = |c: LlamaConfig| c.num_parameters() / 1e9;
         assert!((billions(LlamaConfig::llama3_2_1b()) - 1.236).abs() < 0.01);
         assert!((billions(LlamaConfig::llama3_2_3b()) - 3.213).abs() < 0.01);
         assert!((billions(LlamaConfig::llama3_1_8b()) - 8.030).abs() < 0.01);
@@ -349,6 +464,22 @@ mod tests {
         assert_eq!((dims.hidden, dims.layers, dims.tied), (64, 3, false));
         let err = CustomDims::parse("hiddn=64").unwrap_err().to_string();
         assert!(err.contains("hiddn"), "{err}");
+    }
+
+    #[test]
+    fn keys_that_change_the_math_are_errors_and_metadata_is_not() {
+        let mut config = LlamaConfig::custom(&CustomDims::default());
+        config.other.insert("transformers_version".into(), "5.24.0".into());
+        config.other.insert("dtype".into(), "bfloat16".into());
+        config.other.insert("sliding_window".into(), Value::Null);
+        config.other.insert("partial_rotary_factor".into(), 1.0.into());
+        config.validate().unwrap();
+        for (key, value) in [("sliding_window", Value::from(4096)), ("partial_rotary_factor", 0.5.into())] {
+            let mut bad = config.clone();
+            bad.other.insert(key.into(), value);
+            let err = bad.validate().unwrap_err().to_string();
+            assert!(err.contains(key), "{err}");
+        }
     }
 
     #[test]

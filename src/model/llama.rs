@@ -6,6 +6,7 @@ use burn::nn::RmsNorm;
 use burn::tensor::activation::{silu, softmax};
 use burn::tensor::{Bool, DType, Device, Int, Tensor, TensorData};
 
+use crate::backend::Runtime;
 use crate::error::{Error, Result};
 use crate::model::cache::KvCache;
 use crate::model::config::LlamaConfig;
@@ -22,9 +23,7 @@ pub struct Llama {
     lm_head: Option<Projection>,
     config: LlamaConfig,
     rope: Rope,
-    kernel: ProjectionKernel,
-    device: Device,
-    dtype: DType,
+    runtime: Runtime,
 }
 
 #[derive(Debug)]
@@ -58,15 +57,11 @@ fn rms_norm(source: &mut impl WeightSource, weight: Weight, config: &LlamaConfig
 
 impl Llama {
     /// Builds the model from `source`, which names the tensor that is missing or misshapen, on
-    /// `device` in `dtype` (the dtype `source` produces), its projections multiplied by `kernel`.
-    pub fn build(
-        config: LlamaConfig,
-        source: &mut impl WeightSource,
-        device: &Device,
-        dtype: DType,
-        kernel: ProjectionKernel,
-    ) -> Result<Self> {
+    /// `runtime` (whose device and dtype `source` produces), its projections multiplied by the
+    /// runtime's kernel.
+    pub fn build(config: LlamaConfig, source: &mut impl WeightSource, runtime: &Runtime) -> Result<Self> {
         config.validate()?;
+        let kernel = runtime.kernel();
         let layers = (0..config.num_hidden_layers)
             .map(|i| DecoderLayer::build(&config, i, source, kernel))
             .collect::<Result<Vec<_>>>()?;
@@ -75,33 +70,22 @@ impl Llama {
         } else {
             Some(Projection::load(source, &[Weight::LmHead], &config, kernel)?)
         };
-        Ok(Self {
-            embed: Embedding::load(source, &config, kernel)?,
-            layers,
-            norm: rms_norm(source, Weight::FinalNorm, &config)?,
-            lm_head,
-            rope: Rope::new(&config)?,
-            config,
-            kernel,
-            device: device.clone(),
-            dtype,
-        })
+        let embed = Embedding::load(source, &config, kernel)?;
+        let norm = rms_norm(source, Weight::FinalNorm, &config)?;
+        source.finish(&config)?;
+        Ok(Self { embed, layers, norm, lm_head, rope: Rope::new(&config)?, config, runtime: runtime.clone() })
     }
 
     pub fn config(&self) -> &LlamaConfig {
         &self.config
     }
 
+    pub fn runtime(&self) -> &Runtime {
+        &self.runtime
+    }
+
     pub fn device(&self) -> Device {
-        self.device.clone()
-    }
-
-    pub fn dtype(&self) -> DType {
-        self.dtype
-    }
-
-    pub fn kernel(&self) -> ProjectionKernel {
-        self.kernel
+        self.runtime.device().clone()
     }
 
     pub fn new_cache(&self) -> KvCache {
@@ -109,17 +93,10 @@ impl Llama {
     }
 
     /// Logits `[batch, seq, vocab]` (f32) for every position of `tokens: [batch, seq]`, which
-    /// sit at positions `start_pos..start_pos + seq` after the `start_pos` positions in `cache`.
-    pub fn forward(
-        &self,
-        tokens: Tensor<2, Int>,
-        start_pos: usize,
-        cache: &mut KvCache,
-    ) -> Result<Tensor<3>> {
+    /// follow the positions held in `cache`. Private: `forward_ids` checks the ids first.
+    fn forward(&self, tokens: Tensor<2, Int>, cache: &mut KvCache) -> Result<Tensor<3>> {
         let [_, seq] = tokens.dims();
-        if start_pos != cache.len() {
-            return Err(Error::PositionMismatch { start_pos, cache_len: cache.len() });
-        }
+        let start_pos = cache.len();
         if start_pos + seq > self.config.max_position_embeddings {
             return Err(Error::ContextOverflow {
                 end: start_pos + seq,
@@ -142,7 +119,7 @@ impl Llama {
         Ok(logits.cast(DType::F32))
     }
 
-    /// Convenience for batch 1: token ids in, logits `[seq, vocab]` out.
+    /// Token ids in (batch 1, each checked against the vocabulary), logits `[seq, vocab]` out.
     pub fn forward_ids(&self, ids: &[u32], cache: &mut KvCache) -> Result<Tensor<2>> {
         if ids.is_empty() {
             return Err(Error::EmptyPrompt);
@@ -153,8 +130,7 @@ impl Llama {
         }
         let data = TensorData::new(ids.iter().map(|&t| t as i64).collect::<Vec<_>>(), [1, ids.len()]);
         let tokens = Tensor::<2, Int>::from_data(data, &self.device());
-        let start = cache.len();
-        Ok(self.forward(tokens, start, cache)?.squeeze_dim(0))
+        Ok(self.forward(tokens, cache)?.squeeze_dim(0))
     }
 
     /// The rectangular causal mask `[seq, start + seq]` (true = hidden): query `i` sits at

@@ -1,7 +1,7 @@
 //! Reads Hugging Face checkpoint folders: `config.json`, `model.safetensors` or a sharded
 //! `model.safetensors.index.json`, tensors in F32/F16/BF16 converted to the run's dtype.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
 use burn::tensor::{DType, Device, Tensor, TensorData};
@@ -24,6 +24,8 @@ pub struct Checkpoint {
     dir: PathBuf,
     shards: Vec<(PathBuf, Mmap)>,
     shard_of: HashMap<String, usize>,
+    /// Tensors handed out so far: what is left at the end was not used by the config.
+    used: HashSet<String>,
     device: Device,
     dtype: DType,
 }
@@ -46,7 +48,14 @@ impl Checkpoint {
             }
             shards.push((path, mmap));
         }
-        Ok(Self { dir: dir.to_path_buf(), shards, shard_of, device: device.clone(), dtype })
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            shards,
+            shard_of,
+            used: HashSet::new(),
+            device: device.clone(),
+            dtype,
+        })
     }
 }
 
@@ -85,10 +94,64 @@ fn shard_files(dir: &Path) -> Result<Vec<String>> {
     })
 }
 
+/// Each weight file's name, size and safetensors header bytes (the 8-byte length and the JSON
+/// that follows), for fingerprints; reads no tensor data.
+pub fn weight_headers(dir: &Path) -> Result<Vec<(String, u64, Vec<u8>)>> {
+    use std::io::Read;
+    shard_files(dir)?
+        .into_iter()
+        .map(|name| {
+            let path = dir.join(&name);
+            let corrupt =
+                |message: &str| Error::CorruptSafetensors { path: path.clone(), message: message.into() };
+            let mut file = std::fs::File::open(&path).map_err(crate::files::io_error("open", &path))?;
+            let size = file.metadata().map_err(crate::files::io_error("read", &path))?.len();
+            let mut length = [0u8; 8];
+            file.read_exact(&mut length).map_err(|_| corrupt("shorter than its 8-byte header length"))?;
+            let header_len = u64::from_le_bytes(length);
+            if header_len > size.saturating_sub(8) {
+                return Err(corrupt("header length points past the end of the file"));
+            }
+            let mut header = length.to_vec();
+            header.resize(8 + header_len as usize, 0);
+            file.read_exact(&mut header[8..]).map_err(crate::files::io_error("read", &path))?;
+            Ok((name, size, header))
+        })
+        .collect()
+}
+
 fn map_file(path: &Path) -> Result<Mmap> {
-    let file = std::fs::File::open(path).map_err(|source| Error::Io { path: path.to_path_buf(), source })?;
+    let file = std::fs::File::open(path).map_err(crate::files::io_error("open", path))?;
     // SAFETY: the checkpoint is read-only input; specbench never writes it while mapped.
-    unsafe { Mmap::map(&file) }.map_err(|source| Error::Io { path: path.to_path_buf(), source })
+    unsafe { Mmap::map(&file) }.map_err(crate::files::io_error("map", path))
+}
+
+impl Checkpoint {
+    /// The raw bytes of tensor `name`, checked against `expected` shape.
+    fn tensor_bytes(&self, name: &str, expected: &[usize]) -> Result<(Dtype, &[u8])> {
+        let &shard = self
+            .shard_of
+            .get(name)
+            .ok_or_else(|| Error::MissingTensor { name: name.to_string(), dir: self.dir.clone() })?;
+        let (path, mmap) = &self.shards[shard];
+        let corrupt = |e: safetensors::SafeTensorError| Error::CorruptSafetensors {
+            path: path.clone(),
+            message: e.to_string(),
+        };
+        let tensors = SafeTensors::deserialize(mmap).map_err(corrupt)?;
+        let view = tensors.tensor(name).map_err(corrupt)?;
+        if view.shape() != expected {
+            return Err(Error::ShapeMismatch {
+                name: name.to_string(),
+                expected: expected.to_vec(),
+                found: view.shape().to_vec(),
+            });
+        }
+        let dtype = view.dtype();
+        // The view borrows the header parse; its data lies in the map, which outlives both.
+        let offset = view.data().as_ptr() as usize - mmap.as_ptr() as usize;
+        Ok((dtype, &mmap[offset..offset + view.data().len()]))
+    }
 }
 
 impl WeightSource for Checkpoint {
@@ -106,21 +169,50 @@ impl WeightSource for Checkpoint {
 
     fn load_host(&mut self, weight: Weight, config: &LlamaConfig) -> Result<Vec<f32>> {
         let name = weight.hf_name();
-        let expected = weight.hf_shape(config);
-        let &shard = self
-            .shard_of
-            .get(&name)
-            .ok_or_else(|| Error::MissingTensor { name: name.clone(), dir: self.dir.clone() })?;
-        let (path, mmap) = &self.shards[shard];
-        let tensors = SafeTensors::deserialize(mmap)
-            .map_err(|e| Error::CorruptSafetensors { path: path.clone(), message: e.to_string() })?;
-        let view = tensors
-            .tensor(&name)
-            .map_err(|e| Error::CorruptSafetensors { path: path.clone(), message: e.to_string() })?;
-        if view.shape() != expected.as_slice() {
-            return Err(Error::ShapeMismatch { name, expected, found: view.shape().to_vec() });
+        let (dtype, bytes) = self.tensor_bytes(&name, &weight.hf_shape(config))?;
+        let values = to_f32(&name, dtype, bytes)?;
+        self.used.insert(name);
+        Ok(values)
+    }
+
+    /// Every tensor of the checkpoint must have been used: a file with more layers than the
+    /// config, or an `lm_head.weight` that a tied config would ignore, means the config does
+    /// not describe these weights. (A tied head stored as an exact copy of the embedding is
+    /// fine: some exporters write both.)
+    fn finish(&mut self, config: &LlamaConfig) -> Result<()> {
+        let head = Weight::LmHead.hf_name();
+        if config.tie_word_embeddings && self.shard_of.contains_key(&head) {
+            let shape = Weight::LmHead.hf_shape(config);
+            if self.tensor_bytes(&head, &shape)? != self.tensor_bytes(&Weight::Embed.hf_name(), &shape)? {
+                return Err(Error::UnusedTensors {
+                    dir: self.dir.clone(),
+                    names: vec![head],
+                    why: "config.json says tie_word_embeddings = true, so the head is the embedding, \
+                          yet the checkpoint holds a different lm_head.weight"
+                        .into(),
+                });
+            }
+            self.used.insert(head);
         }
-        to_f32(&name, view.dtype(), view.data())
+        let mut unused: Vec<String> = self
+            .shard_of
+            .keys()
+            // Old checkpoints store RoPE's inverse frequencies, which the config determines.
+            .filter(|name| !self.used.contains(*name) && !name.ends_with("rotary_emb.inv_freq"))
+            .cloned()
+            .collect();
+        if unused.is_empty() {
+            return Ok(());
+        }
+        unused.sort();
+        Err(Error::UnusedTensors {
+            dir: self.dir.clone(),
+            names: unused,
+            why: format!(
+                "config.json describes {} layers and no other tensors; the checkpoint and its config disagree",
+                config.num_hidden_layers
+            ),
+        })
     }
 }
 

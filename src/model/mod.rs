@@ -12,14 +12,14 @@ pub mod weights;
 use std::path::PathBuf;
 use std::str::FromStr;
 
-use burn::tensor::{DType, Device};
+use burn::tensor::DType;
 
 pub use cache::KvCache;
 pub use config::{CustomDims, LlamaConfig};
 pub use llama::Llama;
 pub use projection::ProjectionKernel;
 
-use crate::backend::Backend;
+use crate::backend::Runtime;
 use crate::error::{Error, Result};
 use crate::tokenizer::Tokenizer;
 use loader::Checkpoint;
@@ -65,6 +65,46 @@ impl std::fmt::Display for ModelSpec {
     }
 }
 
+/// What a result folder records of a model: where it came from and a fingerprint of what was
+/// there, so that resume, merge and check never join rows of two different models.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ModelIdentity {
+    /// The resolved path (environment variables expanded), or `random:PRESET`.
+    pub spec: String,
+    /// SHA-256 over config.json, tokenizer.json and each weight file's name, size and
+    /// safetensors header (tensor names, dtypes, shapes, offsets); for presets, over the config.
+    pub fingerprint: String,
+}
+
+impl ModelSpec {
+    /// Cheap even for large checkpoints: the weights' headers and sizes, not their bytes.
+    pub fn identity(&self) -> Result<ModelIdentity> {
+        use sha2::{Digest, Sha256};
+        let mut hash = Sha256::new();
+        match self {
+            Self::Folder(dir) => {
+                loader::require_dir(dir)?;
+                for name in ["config.json", "tokenizer.json"] {
+                    let path = dir.join(name);
+                    hash.update(name.as_bytes());
+                    hash.update(std::fs::read(&path).map_err(crate::files::io_error("read", &path))?);
+                }
+                for (name, size, header) in loader::weight_headers(dir)? {
+                    hash.update(name.as_bytes());
+                    hash.update(size.to_le_bytes());
+                    hash.update(header);
+                }
+            }
+            Self::Random { name, config } => {
+                hash.update(name.as_bytes());
+                hash.update(serde_json::to_vec(config).expect("configs serialize"));
+            }
+        }
+        let fingerprint = hash.finalize().iter().map(|b| format!("{b:02x}")).collect();
+        Ok(ModelIdentity { spec: self.to_string(), fingerprint })
+    }
+}
+
 /// A model ready to run, with the tokenizer that goes with it.
 pub struct LoadedModel {
     pub model: Llama,
@@ -73,46 +113,30 @@ pub struct LoadedModel {
 }
 
 impl LoadedModel {
-    /// Loads `spec` onto `device`. Random weights are drawn from `seed`. Projections run on the
-    /// host kernel wherever it applies (`ProjectionKernel::default_for`).
-    pub fn load(
-        spec: &ModelSpec,
-        backend: Backend,
-        device: &Device,
-        dtype: DType,
-        seed: u64,
-    ) -> Result<Self> {
-        let kernel = ProjectionKernel::default_for(backend, dtype);
-        Self::load_with_kernel(spec, backend, device, dtype, seed, kernel)
-    }
-
-    /// `load` with the projection kernel chosen by the caller (to measure one against the other).
-    pub fn load_with_kernel(
-        spec: &ModelSpec,
-        backend: Backend,
-        device: &Device,
-        dtype: DType,
-        seed: u64,
-        kernel: ProjectionKernel,
-    ) -> Result<Self> {
-        kernel.check(backend, dtype)?;
+    /// Loads `spec` on `runtime` (its device, dtype and projection kernel). Random weights are
+    /// drawn from `seed`.
+    pub fn load(spec: &ModelSpec, runtime: &Runtime, seed: u64) -> Result<Self> {
         let (model, tokenizer) = match spec {
             ModelSpec::Folder(dir) => {
                 loader::require_dir(dir)?;
                 let config = LlamaConfig::from_file(&dir.join("config.json"))?;
                 let tokenizer = Tokenizer::from_file(&dir.join("tokenizer.json"))?;
-                check_memory(&config, dtype, backend, &dir.display().to_string())?;
-                let mut source = Checkpoint::open(dir, device, dtype)?;
-                (Llama::build(config, &mut source, device, dtype, kernel)?, tokenizer)
+                check_memory(&config, runtime, &dir.display().to_string())?;
+                let mut source = Checkpoint::open(dir, runtime.device(), runtime.dtype())?;
+                (Llama::build(config, &mut source, runtime)?, tokenizer)
             }
             ModelSpec::Random { name, config } => {
-                check_memory(config, dtype, backend, &format!("random:{name}"))?;
+                check_memory(config, runtime, &format!("random:{name}"))?;
                 let tokenizer = Tokenizer::Bytes { bos: config.bos_token_id };
-                let mut source = RandomWeights::new(device, dtype, seed);
-                (Llama::build(LlamaConfig::clone(config), &mut source, device, dtype, kernel)?, tokenizer)
+                let mut source = RandomWeights::new(runtime.device(), runtime.dtype(), seed);
+                (Llama::build(LlamaConfig::clone(config), &mut source, runtime)?, tokenizer)
             }
         };
         Ok(Self { model, tokenizer, spec: spec.clone() })
+    }
+
+    pub fn runtime(&self) -> &Runtime {
+        self.model.runtime()
     }
 
     /// EOS ids from config.json and the tokenizer together.
@@ -126,20 +150,24 @@ impl LoadedModel {
 }
 
 /// Refuses, before allocating, a model that cannot fit host memory on a CPU backend.
-fn check_memory(config: &LlamaConfig, dtype: DType, backend: Backend, what: &str) -> Result<()> {
-    if !backend.uses_host_memory() {
+fn check_memory(config: &LlamaConfig, runtime: &Runtime, what: &str) -> Result<()> {
+    if !runtime.backend().uses_host_memory() {
         return Ok(());
     }
-    let Some(available) = crate::files::meminfo_bytes("MemAvailable") else {
-        return Ok(());
-    };
-    let needed = config.num_parameters() as f64 * dtype.size() as f64;
+    match crate::files::available_memory_bytes() {
+        Some(available) => fits_in_memory(config, runtime.dtype(), available, what),
+        None => Ok(()),
+    }
+}
+
+fn fits_in_memory(config: &LlamaConfig, dtype: DType, available: u64, what: &str) -> Result<()> {
+    let needed = config.num_parameters() * dtype.size() as f64;
     let gib = |bytes: f64| bytes / (1u64 << 30) as f64;
     if needed > available as f64 {
         return Err(Error::InsufficientMemory {
             what: format!(
                 "{what} ({:.2}B parameters in {})",
-                config.num_parameters() as f64 / 1e9,
+                config.num_parameters() / 1e9,
                 crate::backend::dtype_name(dtype)
             ),
             needed_gib: gib(needed),
@@ -165,18 +193,23 @@ mod tests {
     }
 
     #[test]
-    fn eight_b_in_f32_is_refused_on_a_small_host_before_allocating() {
+    fn eight_b_in_f32_is_refused_by_a_24_gib_host_and_fits_a_32_gib_one() {
         let spec: ModelSpec = "random:llama3.1-8b".parse().unwrap();
         let ModelSpec::Random { config, .. } = spec else { unreachable!() };
-        // 8.03B × 4 bytes = 29.9 GiB: more than this 24 GiB machine, so the check must fire
-        // (on a larger host it passes, which is right too).
-        let result = check_memory(&config, DType::F32, Backend::Ndarray, "random:llama3.1-8b");
-        match crate::files::meminfo_bytes("MemAvailable") {
-            Some(avail) if (avail as f64) < 29.9 * (1u64 << 30) as f64 => {
-                let err = result.unwrap_err().to_string();
-                assert!(err.contains("GiB") && err.contains("8.03B"), "{err}");
-            }
-            _ => assert!(result.is_ok()),
-        }
+        // 8.03B × 4 bytes = 29.9 GiB.
+        let gib = 1u64 << 30;
+        let err =
+            fits_in_memory(&config, DType::F32, 24 * gib, "random:llama3.1-8b").unwrap_err().to_string();
+        assert!(err.contains("29.9 GiB") && err.contains("8.03B"), "{err}");
+        fits_in_memory(&config, DType::F32, 32 * gib, "random:llama3.1-8b").unwrap();
+        fits_in_memory(&config, DType::BF16, 24 * gib, "random:llama3.1-8b").unwrap();
+    }
+
+    #[test]
+    fn absurd_custom_sizes_are_refused_not_allocated() {
+        let err = "random:custom,hidden=18446744073709551615,layers=1".parse::<ModelSpec>().unwrap_err();
+        assert!(err.to_string().contains("parameters"), "{err}");
+        let err = "random:custom,vocab=4000000000,hidden=4096".parse::<ModelSpec>().unwrap_err();
+        assert!(err.to_string().contains("parameters"), "{err}");
     }
 }

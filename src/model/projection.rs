@@ -24,9 +24,14 @@ pub enum ProjectionKernel {
 }
 
 impl ProjectionKernel {
-    /// The host kernel wherever it applies (a CPU backend running f32), the backend elsewhere.
+    /// The host kernel wherever it applies (a CPU backend running f32) and this CPU has its
+    /// vector path; the backend elsewhere.
     pub fn default_for(backend: Backend, dtype: DType) -> Self {
-        if Self::host_applies(backend, dtype) { Self::Host } else { Self::Backend }
+        if Self::host_applies(backend, dtype) && crate::model::matvec::vector_path_available() {
+            Self::Host
+        } else {
+            Self::Backend
+        }
     }
 
     fn host_applies(backend: Backend, dtype: DType) -> bool {
@@ -43,7 +48,7 @@ impl ProjectionKernel {
     /// Refuses the host kernel where it cannot run: on a GPU, or on anything but f32.
     pub fn check(self, backend: Backend, dtype: DType) -> Result<()> {
         if self == Self::Host && !Self::host_applies(backend, dtype) {
-            return Err(Error::InvalidConfig(format!(
+            return Err(Error::Usage(format!(
                 "the host projection kernel needs a CPU backend in f32, not {backend}/{}",
                 crate::backend::dtype_name(dtype)
             )));
@@ -65,9 +70,7 @@ impl FromStr for ProjectionKernel {
         match s {
             "backend" => Ok(Self::Backend),
             "host" => Ok(Self::Host),
-            other => {
-                Err(Error::InvalidConfig(format!("projection kernel `{other}`; choose backend or host")))
-            }
+            other => Err(Error::Usage(format!("projection kernel `{other}`; choose backend or host"))),
         }
     }
 }

@@ -7,9 +7,15 @@ use burn::tensor::{Device, Tensor, TensorData, s};
 use crate::error::{Error, Result};
 use crate::model::config::LlamaConfig;
 
+/// The rope types of transformers' Llama that specbench computes. Others (`dynamic`, `yarn`,
+/// `longrope`) are an error naming them.
 #[derive(Debug, Clone, PartialEq)]
 pub enum RopeScalingKind {
     None,
+    /// Positions divided by `factor` (equivalently, every frequency).
+    Linear {
+        factor: f64,
+    },
     Llama3 {
         factor: f64,
         low_freq_factor: f64,
@@ -20,41 +26,48 @@ pub enum RopeScalingKind {
 
 impl RopeScalingKind {
     pub fn from_config(config: &LlamaConfig) -> Result<Self> {
-        let Some(scaling) = &config.rope_scaling else {
+        let Some(scaling) = config.rope_scaling()? else {
             return Ok(Self::None);
         };
-        match scaling.rope_type.as_str() {
-            "default" => Ok(Self::None),
-            "llama3" => {
-                let field = |name: &str, value: Option<f64>| {
-                    value.ok_or_else(|| {
-                        Error::InvalidConfig(format!("rope_scaling of type llama3 needs `{name}`"))
-                    })
-                };
-                let kind = Self::Llama3 {
-                    factor: field("factor", scaling.factor)?,
-                    low_freq_factor: field("low_freq_factor", scaling.low_freq_factor)?,
-                    high_freq_factor: field("high_freq_factor", scaling.high_freq_factor)?,
-                    original_max_position_embeddings: scaling.original_max_position_embeddings.ok_or_else(
-                        || {
-                            Error::InvalidConfig(
-                                "rope_scaling of type llama3 needs `original_max_position_embeddings`".into(),
-                            )
-                        },
-                    )?,
-                };
-                if let Self::Llama3 { low_freq_factor, high_freq_factor, .. } = kind
-                    && high_freq_factor <= low_freq_factor
-                {
-                    return Err(Error::InvalidConfig(
-                        "rope_scaling: high_freq_factor must exceed low_freq_factor".into(),
-                    ));
-                }
-                Ok(kind)
-            }
+        let needs =
+            |name: &str| Error::InvalidConfig(format!("rope type `{}` needs `{name}`", scaling.kind()));
+        let kind = match scaling.kind() {
+            "default" => Self::None,
+            "linear" => Self::Linear { factor: scaling.factor.ok_or_else(|| needs("factor"))? },
+            "llama3" => Self::Llama3 {
+                factor: scaling.factor.ok_or_else(|| needs("factor"))?,
+                low_freq_factor: scaling.low_freq_factor.ok_or_else(|| needs("low_freq_factor"))?,
+                high_freq_factor: scaling.high_freq_factor.ok_or_else(|| needs("high_freq_factor"))?,
+                original_max_position_embeddings: scaling
+                    .original_max_position_embeddings
+                    .ok_or_else(|| needs("original_max_position_embeddings"))?,
+            },
             other => {
-                Err(Error::Unsupported(format!("rope_scaling type `{other}`; supported: llama3, default")))
+                return Err(Error::Unsupported(format!(
+                    "rope_scaling type `{other}`; supported: default, linear, llama3"
+                )));
             }
+        };
+        if let Some(key) = scaling.other.keys().next() {
+            return Err(Error::Unsupported(format!(
+                "rope key `{key}` is not part of rope type `{}` as specbench implements it",
+                scaling.kind()
+            )));
+        }
+        match kind {
+            Self::Linear { factor } | Self::Llama3 { factor, .. } if !(factor.is_finite() && factor >= 1.0) => {
+                Err(Error::InvalidConfig(format!("rope scaling factor must be ≥ 1, got {factor}")))
+            }
+            Self::Llama3 { low_freq_factor, high_freq_factor, original_max_position_embeddings, .. }
+                if !(low_freq_factor > 0.0 && high_freq_factor > low_freq_factor)
+                    || original_max_position_embeddings == 0 =>
+            {
+                Err(Error::InvalidConfig(
+                    "rope_scaling: need 0 < low_freq_factor < high_freq_factor and original_max_position_embeddings > 0"
+                        .into(),
+                ))
+            }
+            kind => Ok(kind),
         }
     }
 }
@@ -67,11 +80,12 @@ pub struct Rope {
 impl Rope {
     pub fn new(config: &LlamaConfig) -> Result<Self> {
         let head_dim = config.head_dim();
-        let base: Vec<f64> = (0..head_dim / 2)
-            .map(|i| 1.0 / config.rope_theta.powf((2 * i) as f64 / head_dim as f64))
-            .collect();
+        let theta = config.rope_theta()?;
+        let base: Vec<f64> =
+            (0..head_dim / 2).map(|i| 1.0 / theta.powf((2 * i) as f64 / head_dim as f64)).collect();
         let inv_freq = match RopeScalingKind::from_config(config)? {
             RopeScalingKind::None => base,
+            RopeScalingKind::Linear { factor } => base.into_iter().map(|freq| freq / factor).collect(),
             RopeScalingKind::Llama3 {
                 factor,
                 low_freq_factor,
@@ -137,21 +151,22 @@ pub fn apply_rotary(x: Tensor<4>, cos: &Tensor<4>, sin: &Tensor<4>) -> Tensor<4>
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::config::{CustomDims, RopeScaling};
+    use crate::model::config::{CustomDims, RopeParameters};
 
-    fn config_with(scaling: Option<RopeScaling>) -> LlamaConfig {
+    fn config_with(scaling: Option<RopeParameters>) -> LlamaConfig {
         let mut config = LlamaConfig::custom(&CustomDims { head_dim: 16, ..Default::default() });
         config.rope_scaling = scaling;
         config
     }
 
-    fn llama3_scaling() -> RopeScaling {
-        RopeScaling {
-            rope_type: "llama3".into(),
+    fn llama3_scaling() -> RopeParameters {
+        RopeParameters {
+            rope_type: Some("llama3".into()),
             factor: Some(8.0),
             low_freq_factor: Some(1.0),
             high_freq_factor: Some(4.0),
             original_max_position_embeddings: Some(64),
+            ..Default::default()
         }
     }
 
@@ -168,8 +183,46 @@ mod tests {
 
     #[test]
     fn unknown_rope_type_is_an_error() {
-        let scaling = RopeScaling { rope_type: "yarn".into(), ..llama3_scaling() };
+        let scaling = RopeParameters { rope_type: Some("yarn".into()), ..llama3_scaling() };
         let err = Rope::new(&config_with(Some(scaling))).unwrap_err().to_string();
         assert!(err.contains("yarn"), "{err}");
+    }
+
+    #[test]
+    fn linear_scaling_divides_every_frequency() {
+        let plain = Rope::new(&config_with(None)).unwrap().inv_freq;
+        let linear =
+            RopeParameters { rope_type: Some("linear".into()), factor: Some(4.0), ..Default::default() };
+        let scaled = Rope::new(&config_with(Some(linear))).unwrap().inv_freq;
+        assert!(plain.iter().zip(&scaled).all(|(p, s)| (p / 4.0 - s).abs() < 1e-15));
+    }
+
+    #[test]
+    fn transformers_5_rope_parameters_set_theta_and_scaling() {
+        let config: LlamaConfig = serde_json::from_str(
+            r#"{"vocab_size": 8, "hidden_size": 32, "intermediate_size": 8, "num_hidden_layers": 1,
+                "num_attention_heads": 2, "dtype": "float32",
+                "rope_parameters": {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0,
+                  "low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 64}}"#,
+        )
+        .unwrap();
+        config.validate().unwrap();
+        assert_eq!(config.rope_theta().unwrap(), 500_000.0);
+        let mut old_style = config.clone();
+        old_style.rope_theta = Some(500_000.0);
+        old_style.rope_scaling = old_style.rope_parameters.take();
+        assert_eq!(Rope::new(&config).unwrap().inv_freq, Rope::new(&old_style).unwrap().inv_freq);
+        // The default theta would be a silent wrong model; a disagreement is an error.
+        let mut both = config.clone();
+        both.rope_theta = Some(10_000.0);
+        assert!(both.rope_theta().unwrap_err().to_string().contains("disagrees"));
+    }
+
+    #[test]
+    fn keys_of_unimplemented_rope_types_are_errors() {
+        let mut params = llama3_scaling();
+        params.other.insert("beta_fast".into(), 32.into());
+        let err = Rope::new(&config_with(Some(params))).unwrap_err().to_string();
+        assert!(err.contains("beta_fast"), "{err}");
     }
 }

@@ -105,6 +105,10 @@ pub trait WeightSource {
     fn load<const D: usize>(&mut self, weight: Weight, config: &LlamaConfig) -> Result<Tensor<D>>;
     /// In host memory as f32, in `hf_shape` (for the host projection kernel).
     fn load_host(&mut self, weight: Weight, config: &LlamaConfig) -> Result<Vec<f32>>;
+    /// Called once the model is built: a source may refuse parameters the config left unused.
+    fn finish(&mut self, _config: &LlamaConfig) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// Seeded random weights with the initialisation transformers uses (normal, std 0.02; norms 1),

@@ -9,8 +9,10 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
+use crate::experiment::config::ExperimentConfig;
+use crate::experiment::lock::FolderLock;
 use crate::experiment::manifest::Manifest;
-use crate::experiment::rows::{RowWriter, RunRow, read_rows};
+use crate::experiment::rows::{RowKey, RowWriter, RunRow, read_rows};
 use summary::{ALL, SummaryRow, summarize};
 
 /// Rebuilds the summary and plots of a result folder from its `runs.csv`.
@@ -34,7 +36,7 @@ fn write_summary_csv(summary: &[SummaryRow], path: &Path) -> Result<()> {
     for row in summary {
         writer.serialize(row).map_err(csv_error)?;
     }
-    writer.flush().map_err(|source| Error::Io { path: path.to_path_buf(), source })
+    writer.flush().map_err(crate::files::io_error("write", path))
 }
 
 fn opt(value: Option<f64>, digits: usize) -> String {
@@ -120,36 +122,71 @@ pub fn cell_table(summary: &[SummaryRow]) -> String {
     out
 }
 
-/// Joins shard folders into `out`: rows deduplicated by key (a key seen twice with different
-/// rows is an error), manifests recorded, then the report rebuilt.
-pub fn merge(dirs: &[PathBuf], out: &Path) -> Result<Vec<SummaryRow>> {
-    let mut rows: BTreeMap<_, RunRow> = BTreeMap::new();
-    let mut manifests = Vec::new();
+/// What `merge` made: the summary, and the rows the config expects that no folder held.
+pub struct Merged {
+    pub summary: Vec<SummaryRow>,
+    pub missing: Vec<RowKey>,
+}
+
+/// Joins shard folders into `out`. The folders must be runs of one config on the same models;
+/// rows are deduplicated by key (a key seen twice with different rows is an error). The result
+/// is marked finished only when every row the config expects is there.
+pub fn merge(dirs: &[PathBuf], out: &Path) -> Result<Merged> {
+    let manifests = dirs.iter().map(|d| Manifest::read(d)).collect::<Result<Vec<_>>>()?;
+    let first = manifests.first().ok_or_else(|| Error::Usage("merge needs at least one folder".into()))?;
+    for (dir, manifest) in dirs.iter().zip(&manifests) {
+        if manifest.config_sha256 != first.config_sha256 {
+            return Err(Error::Usage(format!(
+                "cannot merge runs of different configs: {} ran config sha256 {} (experiment `{}`), {} ran {} (experiment `{}`)",
+                dirs[0].display(),
+                &first.config_sha256[..12.min(first.config_sha256.len())],
+                first.experiment,
+                dir.display(),
+                &manifest.config_sha256[..12.min(manifest.config_sha256.len())],
+                manifest.experiment
+            )));
+        }
+        match (&first.models, &manifest.models) {
+            (Some(a), Some(b)) => {
+                if let Some(what) = a.difference(b) {
+                    return Err(Error::ModelIdentityMismatch { dir: dir.clone(), what });
+                }
+            }
+            _ => {
+                return Err(Error::Usage(format!(
+                    "{} records no model fingerprints (made by an older specbench): its models cannot be verified",
+                    dir.display()
+                )));
+            }
+        }
+    }
+    let mut rows: BTreeMap<RowKey, RunRow> = BTreeMap::new();
     for dir in dirs {
-        manifests.push(Manifest::read(dir)?);
         for row in read_rows(&dir.join("runs.csv"))? {
             if let Some(existing) = rows.get(&row.key())
                 && existing != &row
             {
                 return Err(Error::MalformedFile {
                     path: dir.join("runs.csv"),
-                    message: format!("row {:?} differs from the same row in another folder", row.key()),
+                    message: format!(
+                        "row of {} prompt `{}` repeat {} differs from the same row in another folder",
+                        row.cell().label(),
+                        row.prompt_id,
+                        row.repeat
+                    ),
                 });
             }
             rows.insert(row.key(), row);
         }
     }
-    let first =
-        manifests.first().ok_or_else(|| Error::InvalidConfig("merge needs at least one folder".into()))?;
-    if let Some(other) = manifests.iter().find(|m| m.config_sha256 != first.config_sha256) {
-        return Err(Error::InvalidConfig(format!(
-            "cannot merge runs of different configs ({} vs {})",
-            first.config_sha256, other.config_sha256
-        )));
-    }
+    let config = ExperimentConfig::parse(&first.config)?;
+    let missing =
+        expected_rows(&config, &first.prompt_ids).into_iter().filter(|k| !rows.contains_key(k)).collect();
+
     crate::files::create_dir(out)?;
+    let _lock = FolderLock::acquire(out)?;
     if out.join("runs.csv").exists() {
-        return Err(Error::InvalidConfig(format!("{} already holds a runs.csv", out.display())));
+        return Err(Error::Usage(format!("{} already holds a runs.csv", out.display())));
     }
     let mut writer = RowWriter::open(&out.join("runs.csv"))?;
     for row in rows.values() {
@@ -160,7 +197,27 @@ pub fn merge(dirs: &[PathBuf], out: &Path) -> Result<Vec<SummaryRow>> {
     manifest.merged_from = dirs.iter().map(|d| d.display().to_string()).collect();
     manifest.devices = manifests.iter().flat_map(|m| m.devices.clone()).collect();
     manifest.devices.dedup();
-    manifest.finished = manifests.iter().filter_map(|m| m.finished.clone()).max();
+    let all_finished = manifests.iter().all(|m| m.finished.is_some());
+    manifest.finished = match (all_finished, &missing) {
+        (true, missing) if Vec::is_empty(missing) => {
+            manifests.iter().filter_map(|m| m.finished.clone()).max()
+        }
+        _ => None,
+    };
     manifest.write(out)?;
-    write_report(out)
+    Ok(Merged { summary: write_report(out)?, missing })
+}
+
+/// Every row a whole run of `config` on these prompts writes.
+fn expected_rows(config: &ExperimentConfig, prompt_ids: &[String]) -> Vec<RowKey> {
+    let dtype = &config.models.target.dtype;
+    let mut keys = Vec::new();
+    for cell in config.cells() {
+        for prompt_id in prompt_ids {
+            for repeat in 0..config.experiment.repeats {
+                keys.push(RowKey { cell: cell.key(dtype), prompt_id: prompt_id.clone(), repeat });
+            }
+        }
+    }
+    keys
 }

@@ -9,7 +9,7 @@ use plotters::prelude::*;
 
 use super::summary::{ALL, SummaryRow, position_acceptance};
 use crate::error::{Error, Result};
-use crate::experiment::rows::RunRow;
+use crate::experiment::rows::{CellKey, ENGINE, RunRow};
 use crate::metrics::{expected_accepted_len, predicted_speedup};
 
 const SIZE: (u32, u32) = (900, 560);
@@ -157,88 +157,123 @@ fn groups(summary: &[SummaryRow]) -> Vec<(String, Vec<&SummaryRow>)> {
     out
 }
 
+/// The four charts of a result folder, each from the summary's speculative cells grouped by
+/// engine, backend, dtype and temperature (one color per group).
 pub fn write_all(summary: &[SummaryRow], rows: &[RunRow], dir: &Path) -> Result<()> {
     crate::files::create_dir(dir)?;
     let groups = groups(summary);
-    let k_of = |r: &SummaryRow| r.k as f64;
-
-    let mut speedup = Vec::new();
-    let mut tokens = Vec::new();
-    let mut lengths = Vec::new();
-    let mut positions = Vec::new();
-    for (color, (label, cells)) in groups.iter().enumerate() {
-        let measured: Vec<(f64, f64)> = cells.iter().filter_map(|r| Some((k_of(r), r.speedup?))).collect();
-        let mut series = Series::solid(format!("{label} measured"), color, measured);
-        series.intervals =
-            cells.iter().filter_map(|r| Some((k_of(r), r.speedup_ci_low?, r.speedup_ci_high?))).collect();
-        speedup.push(series);
-        let predicted: Vec<(f64, f64)> = cells
-            .iter()
-            .filter_map(|r| Some((k_of(r), predicted_speedup(r.alpha?, r.cost_ratio?, r.k))))
-            .collect();
-        if !predicted.is_empty() {
-            speedup.push(Series::dashed(format!("{label} Thm 3.8"), color, predicted));
-        }
-
-        tokens.push(Series::solid(
-            format!("{label} speculative"),
-            color,
-            cells.iter().map(|r| (k_of(r), r.tokens_per_s)).collect(),
-        ));
-        if let Some(base) = cells[0].baseline_tokens_per_s {
-            let ks = [k_of(cells[0]), k_of(cells[cells.len() - 1])];
-            tokens.push(Series::dashed(
-                format!("{label} target-only"),
-                color,
-                ks.iter().map(|&k| (k, base)).collect(),
-            ));
-        }
-
-        lengths.push(Series::solid(
-            format!("{label} measured"),
-            color,
-            cells.iter().map(|r| (k_of(r), r.mean_accepted_len)).collect(),
-        ));
-        let expected: Vec<(f64, f64)> =
-            cells.iter().filter_map(|r| Some((k_of(r), expected_accepted_len(r.alpha?, r.k)))).collect();
-        if !expected.is_empty() {
-            lengths.push(Series::dashed(format!("{label} (1-a^(k+1))/(1-a)"), color, expected));
-        }
-
-        let longest = cells.iter().max_by_key(|r| r.k).expect("groups are non-empty");
-        if longest.engine == crate::experiment::runner::ENGINE {
-            let rates =
-                position_acceptance(rows, &longest.engine, &longest.backend, longest.temperature, longest.k);
-            let points = rates.iter().enumerate().map(|(i, &r)| ((i + 1) as f64, r)).collect();
-            positions.push(Series::solid(format!("{label} k={}", longest.k), color, points));
-            if let Some(alpha) = longest.alpha {
-                let iid = (1..=longest.k).map(|i| (i as f64, alpha.powi(i as i32))).collect();
-                positions.push(Series::dashed(format!("{label} a^i"), color, iid));
-            }
-        }
-    }
-    let chart = |title: &str, x: &str, y: &str, series, reference| LineChart {
+    let chart = |title: &str, x: &str, y: &str, series: Vec<Series>, reference| LineChart {
         title: title.into(),
         x_label: x.into(),
         y_label: y.into(),
         series,
         reference,
     };
+    let each = |f: &dyn Fn(usize, &str, &[&SummaryRow]) -> Vec<Series>| -> Vec<Series> {
+        groups.iter().enumerate().flat_map(|(color, (label, cells))| f(color, label, cells)).collect()
+    };
     render(
-        &chart("Speedup over target-only decoding", "draft length k", "speedup (95% CI)", speedup, Some(1.0)),
+        &chart(
+            "Speedup over target-only decoding",
+            "draft length k",
+            "speedup (95% CI)",
+            each(&speedup_series),
+            Some(1.0),
+        ),
         dir,
         "speedup_vs_k",
     )?;
-    render(&chart("Decoding speed", "draft length k", "tokens/s", tokens, None), dir, "tokens_per_s")?;
     render(
-        &chart("Tokens per target call", "draft length k", "mean accepted length", lengths, Some(1.0)),
+        &chart("Decoding speed", "draft length k", "tokens/s", each(&speed_series), None),
+        dir,
+        "tokens_per_s",
+    )?;
+    render(
+        &chart(
+            "Tokens per target call",
+            "draft length k",
+            "mean accepted length",
+            each(&length_series),
+            Some(1.0),
+        ),
         dir,
         "accepted_len_vs_k",
     )?;
+    let positions = each(&|color, label, cells| position_series(rows, color, label, cells));
     render(
         &chart("Acceptance by draft position", "draft position", "acceptance rate", positions, None),
         dir,
         "acceptance_by_position",
-    )?;
-    Ok(())
+    )
+}
+
+fn k_of(row: &SummaryRow) -> f64 {
+    row.k as f64
+}
+
+/// Measured speedup with its interval, and Theorem 3.8's prediction.
+fn speedup_series(color: usize, label: &str, cells: &[&SummaryRow]) -> Vec<Series> {
+    let measured: Vec<(f64, f64)> = cells.iter().filter_map(|r| Some((k_of(r), r.speedup?))).collect();
+    let mut series = vec![Series::solid(format!("{label} measured"), color, measured)];
+    series[0].intervals =
+        cells.iter().filter_map(|r| Some((k_of(r), r.speedup_ci_low?, r.speedup_ci_high?))).collect();
+    let predicted: Vec<(f64, f64)> = cells
+        .iter()
+        .filter_map(|r| Some((k_of(r), predicted_speedup(r.alpha?, r.cost_ratio?, r.k))))
+        .collect();
+    if !predicted.is_empty() {
+        series.push(Series::dashed(format!("{label} Thm 3.8"), color, predicted));
+    }
+    series
+}
+
+/// Speculative tokens/s by k, and the target-only level.
+fn speed_series(color: usize, label: &str, cells: &[&SummaryRow]) -> Vec<Series> {
+    let mut series = vec![Series::solid(
+        format!("{label} speculative"),
+        color,
+        cells.iter().map(|r| (k_of(r), r.tokens_per_s)).collect(),
+    )];
+    if let Some(base) = cells[0].baseline_tokens_per_s {
+        let ks = [k_of(cells[0]), k_of(cells[cells.len() - 1])];
+        series.push(Series::dashed(
+            format!("{label} target-only"),
+            color,
+            ks.iter().map(|&k| (k, base)).collect(),
+        ));
+    }
+    series
+}
+
+/// τ by k against E = (1 − α^(k+1)) / (1 − α).
+fn length_series(color: usize, label: &str, cells: &[&SummaryRow]) -> Vec<Series> {
+    let mut series = vec![Series::solid(
+        format!("{label} measured"),
+        color,
+        cells.iter().map(|r| (k_of(r), r.mean_accepted_len)).collect(),
+    )];
+    let expected: Vec<(f64, f64)> =
+        cells.iter().filter_map(|r| Some((k_of(r), expected_accepted_len(r.alpha?, r.k)))).collect();
+    if !expected.is_empty() {
+        series.push(Series::dashed(format!("{label} (1-a^(k+1))/(1-a)"), color, expected));
+    }
+    series
+}
+
+/// Acceptance at each draft position of the longest k (specbench rows carry it), against αⁱ.
+fn position_series(rows: &[RunRow], color: usize, label: &str, cells: &[&SummaryRow]) -> Vec<Series> {
+    let longest = cells.iter().max_by_key(|r| r.k).expect("groups are non-empty");
+    if longest.engine != ENGINE {
+        return Vec::new();
+    }
+    let cell =
+        CellKey::new(&longest.engine, &longest.backend, &longest.dtype, longest.temperature, longest.k);
+    let points =
+        position_acceptance(rows, &cell).iter().enumerate().map(|(i, &r)| ((i + 1) as f64, r)).collect();
+    let mut series = vec![Series::solid(format!("{label} k={}", longest.k), color, points)];
+    if let Some(alpha) = longest.alpha {
+        let iid = (1..=longest.k).map(|i| (i as f64, alpha.powi(i as i32))).collect();
+        series.push(Series::dashed(format!("{label} a^i"), color, iid));
+    }
+    series
 }

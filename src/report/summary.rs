@@ -8,7 +8,7 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 use statrs::distribution::{ContinuousCDF, StudentsT};
 
-use crate::experiment::rows::{RunRow, split_counts};
+use crate::experiment::rows::{CellKey, RunRow, split_counts};
 use crate::metrics::{expected_accepted_len, predicted_speedup};
 
 pub const ALL: &str = "all";
@@ -39,31 +39,6 @@ pub struct SummaryRow {
     pub predicted_speedup: Option<f64>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
-struct CellKey {
-    engine: String,
-    backend: String,
-    dtype: String,
-    temperature_bits: u64,
-    k: usize,
-}
-
-impl CellKey {
-    fn of(row: &RunRow) -> Self {
-        Self {
-            engine: row.engine.clone(),
-            backend: row.backend.clone(),
-            dtype: row.dtype.clone(),
-            temperature_bits: row.temperature.to_bits(),
-            k: row.k,
-        }
-    }
-
-    fn baseline(&self) -> Self {
-        Self { k: 0, ..self.clone() }
-    }
-}
-
 /// One row per cell for all prompts, then one per cell and category.
 pub fn summarize(rows: &[RunRow]) -> Vec<SummaryRow> {
     let categories: BTreeSet<&str> = rows.iter().map(|r| r.category.as_str()).collect();
@@ -78,7 +53,7 @@ pub fn summarize(rows: &[RunRow]) -> Vec<SummaryRow> {
 fn summarize_category(rows: &[RunRow], category: &str) -> Vec<SummaryRow> {
     let mut cells: BTreeMap<CellKey, Vec<&RunRow>> = BTreeMap::new();
     for row in rows {
-        cells.entry(CellKey::of(row)).or_default().push(row);
+        cells.entry(row.cell()).or_default().push(row);
     }
     cells
         .iter()
@@ -116,7 +91,7 @@ fn summarize_cell(
         backend: key.backend.clone(),
         dtype: key.dtype.clone(),
         category: category.into(),
-        temperature: f64::from_bits(key.temperature_bits),
+        temperature: key.temperature,
         k: key.k,
         n: cell.len(),
         alpha,
@@ -220,26 +195,22 @@ fn bootstrap_ratio_interval(pairs: &[(f64, f64)]) -> Option<(f64, f64)> {
     Some((at(0.025), at(0.975)))
 }
 
-/// Per draft position, accepted / proposed over the cell's rows (from `position_accepted`).
-pub fn position_acceptance(
-    rows: &[RunRow],
-    engine: &str,
-    backend: &str,
-    temperature: f64,
-    k: usize,
-) -> Vec<f64> {
-    let cell: Vec<&RunRow> = rows
-        .iter()
-        .filter(|r| r.engine == engine && r.backend == backend && r.temperature == temperature && r.k == k)
-        .collect();
-    let calls: f64 = cell.iter().map(|r| r.target_calls as f64).sum();
-    let mut accepted = vec![0.0; k];
-    for r in &cell {
-        for (slot, count) in accepted.iter_mut().zip(split_counts(&r.position_accepted)) {
-            *slot += count as f64;
+/// Per draft position, accepted / proposed over the cell's rows. Rows without
+/// `position_proposed` (older files) proposed at every position of every target call.
+pub fn position_acceptance(rows: &[RunRow], cell: &CellKey) -> Vec<f64> {
+    let mut accepted = vec![0.0; cell.k];
+    let mut proposed = vec![0.0; cell.k];
+    for r in rows.iter().filter(|r| &r.cell() == cell) {
+        let row_proposed = split_counts(&r.position_proposed);
+        for i in 0..cell.k {
+            accepted[i] += split_counts(&r.position_accepted).get(i).copied().unwrap_or(0) as f64;
+            proposed[i] += match row_proposed.is_empty() {
+                true => r.target_calls as f64,
+                false => row_proposed.get(i).copied().unwrap_or(0) as f64,
+            };
         }
     }
-    accepted.into_iter().map(|a| a / calls).collect()
+    accepted.into_iter().zip(proposed).map(|(a, p)| a / p).collect()
 }
 
 #[cfg(test)]

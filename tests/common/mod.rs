@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use burn::tensor::{DType, Device};
-use specbench::backend::Backend;
+use specbench::backend::{Backend, Runtime, dtype_name};
 use specbench::model::{LoadedModel, ModelSpec};
 
 pub fn fixture_dir(name: &str) -> PathBuf {
@@ -31,9 +31,10 @@ pub fn load_fixture(name: &str, backend: Backend, device: &Device) -> LoadedMode
     load_fixture_in(name, backend, device, DType::F32)
 }
 
-pub fn load_fixture_in(name: &str, backend: Backend, device: &Device, dtype: DType) -> LoadedModel {
+/// `device` is `backend`'s (the one `backends()` made); the runtime makes the same one.
+pub fn load_fixture_in(name: &str, backend: Backend, _device: &Device, dtype: DType) -> LoadedModel {
     let spec = ModelSpec::Folder(fixture_dir(name));
-    LoadedModel::load(&spec, backend, device, dtype, 0).unwrap()
+    LoadedModel::load(&spec, &Runtime::new(backend, dtype_name(dtype)).unwrap(), 0).unwrap()
 }
 
 /// Every (backend, half-precision dtype) pair this build and machine run, with the logits
@@ -78,21 +79,34 @@ pub fn reference(name: &str) -> Reference {
     }
 }
 
+/// The largest |a − b|; NaN when any difference is NaN (a plain `f32::max` fold would drop it
+/// and let NaN logits pass any tolerance).
 pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len(), "length mismatch");
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, |m, d| if d.is_nan() || m.is_nan() { f32::NAN } else { m.max(d) })
+}
+
+/// The largest value of a row of logits, which must all be finite.
+pub fn max_finite(row: &[f32]) -> f32 {
+    assert!(row.iter().all(|v| v.is_finite()), "non-finite logits");
+    row.iter().copied().fold(f32::NEG_INFINITY, f32::max)
 }
 
 pub fn to_vec(t: burn::tensor::Tensor<2>) -> Vec<f32> {
     t.into_data().try_to_vec().unwrap()
 }
 
-/// A seeded random Llama of the given dimensions; a large `std` gives peaked distributions.
-pub fn random_model(dims: &str, seed: u64, std: f64, device: &Device) -> specbench::model::Llama {
+/// A seeded random Llama of the given dimensions on ndarray (Burn's matmul); a large `std`
+/// gives peaked distributions.
+pub fn random_model(dims: &str, seed: u64, std: f64) -> specbench::model::Llama {
     use specbench::model::weights::RandomWeights;
-    use specbench::model::{CustomDims, Llama, LlamaConfig};
+    use specbench::model::{CustomDims, Llama, LlamaConfig, ProjectionKernel};
     let config = LlamaConfig::custom(&CustomDims::parse(dims).unwrap());
-    let mut source = RandomWeights::new(device, DType::F32, seed).with_std(std);
-    Llama::build(config, &mut source, device, DType::F32, specbench::model::ProjectionKernel::Backend)
-        .unwrap()
+    let runtime =
+        Runtime::new(Backend::Ndarray, "f32").unwrap().with_kernel(ProjectionKernel::Backend).unwrap();
+    let mut source = RandomWeights::new(runtime.device(), DType::F32, seed).with_std(std);
+    Llama::build(config, &mut source, &runtime).unwrap()
 }
