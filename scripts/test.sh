@@ -18,4 +18,8 @@ fi
 
 # Release: the statistical tests run tens of thousands of generations. One feature set for every
 # target, so nothing is compiled twice; --all-targets also runs each criterion bench once.
+cargo build --release --features wgpu
+# The GPU suite, seconds-long on lavapipe, so that it works whenever a GPU is lent
+# (experiments/gpu_suite.md); it uses the binary just built and writes to a scratch folder.
+experiments/gpu_suite.sh --smoke --out "$(mktemp -d)"
 cargo test --release --features wgpu --all-targets

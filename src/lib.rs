@@ -6,6 +6,7 @@ pub mod decoding;
 pub mod error;
 pub mod experiment;
 pub mod files;
+pub mod measure;
 pub mod metrics;
 pub mod model;
 pub mod report;

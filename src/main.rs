@@ -14,6 +14,7 @@ use specbench::decoding::{Generation, GenerationConfig, autoregressive};
 use specbench::experiment::config::ExperimentFile;
 use specbench::experiment::config::{MAX_K, MAX_NEW_TOKENS};
 use specbench::experiment::runner::{RunOptions, Shard, load_prompts, run as run_sweep};
+use specbench::measure;
 use specbench::metrics::{cost_ratio, expected_accepted_len, predicted_speedup};
 use specbench::model::{LoadedModel, ModelSpec, ProjectionKernel};
 use specbench::report::regression::{Baseline, Verdict, check, format_check};
@@ -66,6 +67,44 @@ enum Command {
         dir: PathBuf,
         #[arg(long)]
         baseline: PathBuf,
+    },
+    /// Measure the engine itself: the device's read bandwidth, or the cost of one forward of
+    /// 1..n tokens on a filled cache (decode and verify). Prints CSV, or appends it to --out.
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// Best-of-N read bandwidth of the backend's device (a sum over a buffer), in GB/s.
+    Bandwidth {
+        #[arg(long, default_value = "ndarray")]
+        backend: String,
+        /// Buffer size in MiB.
+        #[arg(long, default_value_t = 1024)]
+        mib: usize,
+        #[arg(long, default_value_t = 10)]
+        repeats: usize,
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Median time of a forward of 1..=max-tokens tokens after --context cached tokens.
+    Forward {
+        /// Checkpoint folder or random:PRESET.
+        #[arg(long)]
+        model: String,
+        #[arg(long, default_value = "ndarray")]
+        backend: String,
+        #[arg(long, default_value = "f32")]
+        dtype: String,
+        #[arg(long, default_value_t = 256)]
+        context: usize,
+        #[arg(long, default_value_t = 16)]
+        max_tokens: usize,
+        #[arg(long, default_value_t = 5)]
+        repeats: usize,
+        #[arg(long)]
+        out: Option<PathBuf>,
     },
 }
 
@@ -166,6 +205,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             println!("baseline of {} cells written to {}", baseline.cells.len(), out.display());
             Ok(ExitCode::SUCCESS)
         }
+        Command::Bench(what) => bench(what).map(|_| ExitCode::SUCCESS),
         Command::Check { dir, baseline } => {
             let baseline = Baseline::read(&baseline)?;
             let rows = check(&baseline, &dir)?;
@@ -178,6 +218,49 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 println!("{failed} of {} cells dropped significantly or are missing", rows.len());
                 Ok(ExitCode::FAILURE)
             }
+        }
+    }
+}
+
+/// CSV rows to stdout, or appended to `out`.
+fn print_or_append<T: serde::Serialize>(rows: &[T], out: &Option<PathBuf>) -> Result<()> {
+    match out {
+        Some(path) => Ok(measure::append_csv(path, rows)?),
+        None => {
+            let mut writer = csv::Writer::from_writer(std::io::stdout());
+            rows.iter().try_for_each(|r| writer.serialize(r))?;
+            Ok(writer.flush()?)
+        }
+    }
+}
+
+fn bench(what: BenchCommand) -> Result<()> {
+    match what {
+        BenchCommand::Bandwidth { backend, mib, repeats, out } => {
+            if mib == 0 || mib > 64 * 1024 || repeats > 1000 {
+                anyhow::bail!("--mib must be in 1..=65536 and --repeats at most 1000");
+            }
+            let runtime = Runtime::new(backend.parse()?, "f32")?;
+            let bytes = mib << 20;
+            let gb_per_s = measure::read_bandwidth(&runtime, bytes, repeats)?;
+            let row = measure::Bandwidth { backend, device: runtime.describe(), bytes, gb_per_s };
+            print_or_append(&[row], &out)
+        }
+        BenchCommand::Forward { model, backend, dtype, context, max_tokens, repeats, out } => {
+            if max_tokens == 0 || max_tokens > 256 || repeats > 1000 {
+                anyhow::bail!("--max-tokens must be in 1..=256 and --repeats at most 1000");
+            }
+            let runtime = Runtime::new(backend.parse()?, &dtype)?;
+            let spec: ModelSpec = model.parse()?;
+            let loaded =
+                LoadedModel::load(&spec, &runtime, 0).with_context(|| format!("loading model {spec}"))?;
+            let max = loaded.model.config().max_position_embeddings;
+            if context + max_tokens > max {
+                anyhow::bail!(
+                    "--context {context} + --max-tokens {max_tokens} is past the model's context of {max}"
+                );
+            }
+            print_or_append(&measure::forward_costs(&loaded, context, max_tokens, repeats)?, &out)
         }
     }
 }

@@ -272,7 +272,7 @@ impl LlamaConfig {
                 None => value.is_null(),
                 Some(expected) => {
                     value.is_null()
-                        || value.to_string() == *expected
+                        || value.as_bool().is_some_and(|b| expected.parse::<bool>() == Ok(b))
                         || value.as_f64().zip(expected.parse::<f64>().ok()).is_some_and(|(a, b)| a == b)
                 }
             };

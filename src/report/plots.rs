@@ -157,6 +157,9 @@ fn groups(summary: &[SummaryRow]) -> Vec<(String, Vec<&SummaryRow>)> {
     out
 }
 
+/// Builds one chart's series for a group: (color, label, the group's cells by k).
+type SeriesOfGroup<'a> = dyn Fn(usize, &str, &[&SummaryRow]) -> Vec<Series> + 'a;
+
 /// The four charts of a result folder, each from the summary's speculative cells grouped by
 /// engine, backend, dtype and temperature (one color per group).
 pub fn write_all(summary: &[SummaryRow], rows: &[RunRow], dir: &Path) -> Result<()> {
@@ -169,7 +172,7 @@ pub fn write_all(summary: &[SummaryRow], rows: &[RunRow], dir: &Path) -> Result<
         series,
         reference,
     };
-    let each = |f: &dyn Fn(usize, &str, &[&SummaryRow]) -> Vec<Series>| -> Vec<Series> {
+    let each = |f: &SeriesOfGroup| -> Vec<Series> {
         groups.iter().enumerate().flat_map(|(color, (label, cells))| f(color, label, cells)).collect()
     };
     render(

@@ -1,0 +1,159 @@
+//! Measurements of the engine itself, for the GPU suite and for README figures: the device's read
+//! bandwidth, and the cost of one forward of 1..n tokens on a filled cache (decode is n = 1; a
+//! verify of k drafts is n = k + 1). Every timed region ends with a device sync.
+
+use std::time::{Duration, Instant};
+
+use burn::tensor::Tensor;
+use serde::Serialize;
+
+use crate::backend::{Runtime, dtype_name};
+use crate::decoding::CausalLm;
+use crate::error::{Error, Result};
+use crate::model::LoadedModel;
+
+/// Columns of the bandwidth buffer: each row is summed on its own, so the reduction reads every
+/// byte once and writes one value per 16 KiB. (A single sum over a whole buffer of 2²⁴ ones
+/// returned 262132 on wgpu/lavapipe here, so the result is checked, and rows keep each reduction
+/// small.)
+const BANDWIDTH_COLUMNS: usize = 4096;
+
+/// The read bandwidth of `runtime`'s device in GB/s: the best of `repeats` row sums over a
+/// buffer of about `bytes` f32 ones, each result checked.
+pub fn read_bandwidth(runtime: &Runtime, bytes: usize, repeats: usize) -> Result<f64> {
+    let rows = (bytes / 4 / BANDWIDTH_COLUMNS).max(1);
+    let buffer = Tensor::<2>::ones([rows, BANDWIDTH_COLUMNS], runtime.device());
+    let unavailable =
+        |reason: String| Error::BackendUnavailable { backend: runtime.backend().name().into(), reason };
+    let sync = || runtime.device().sync().map_err(|e| unavailable(format!("device sync failed: {e:?}")));
+    sync()?;
+    let mut best = Duration::MAX;
+    // One untimed pass compiles the kernel (wgpu) and faults the pages in (CPU).
+    for pass in 0..=repeats.max(1) {
+        let start = Instant::now();
+        let sums = buffer.clone().sum_dim(1);
+        sync()?;
+        let elapsed = start.elapsed();
+        let sums = sums
+            .into_data()
+            .convert::<f32>()
+            .try_to_vec::<f32>()
+            .map_err(|e| unavailable(format!("{e:?}")))?;
+        if let Some(wrong) = sums.iter().find(|&&v| v != BANDWIDTH_COLUMNS as f32) {
+            return Err(unavailable(format!("a row sum of {BANDWIDTH_COLUMNS} ones returned {wrong}")));
+        }
+        if pass > 0 {
+            best = best.min(elapsed);
+        }
+    }
+    Ok((rows * BANDWIDTH_COLUMNS * 4) as f64 / best.as_secs_f64() / 1e9)
+}
+
+/// One row of `forward.csv`: a forward of `tokens` tokens after `cache_len` cached ones.
+#[derive(Debug, Clone, Serialize)]
+pub struct ForwardCost {
+    pub engine: String,
+    pub model: String,
+    pub backend: String,
+    pub dtype: String,
+    pub cache_len: usize,
+    pub tokens: usize,
+    /// Median over the repeats.
+    pub seconds: f64,
+    /// `seconds` over the one-token figure of the same run.
+    pub ratio_to_one: f64,
+    /// Bytes of weights one forward reads (every parameter once, in the run's dtype).
+    pub weight_bytes: f64,
+}
+
+/// Median time of a forward of 1..=`max_tokens` tokens on a cache of `cache_len` tokens.
+pub fn forward_costs(
+    model: &LoadedModel,
+    cache_len: usize,
+    max_tokens: usize,
+    repeats: usize,
+) -> Result<Vec<ForwardCost>> {
+    let llama = &model.model;
+    let vocab = llama.config().vocab_size as u32;
+    let token = |i: usize| 3 + (i as u32 * 7919) % (vocab - 3).max(1);
+    let context: Vec<u32> = (0..cache_len.max(1)).map(token).collect();
+    let mut cache = llama.new_cache();
+    llama.logits(&context, &mut cache, 1, 1)?;
+    let mut medians = Vec::with_capacity(max_tokens);
+    for tokens in 1..=max_tokens {
+        let feed: Vec<u32> = (0..tokens).map(|i| token(cache_len + i)).collect();
+        let mut times = Vec::with_capacity(repeats + 1);
+        for pass in 0..=repeats.max(1) {
+            let start = Instant::now();
+            llama.logits(&feed, &mut cache, 1, 1)?;
+            llama.sync()?;
+            if pass > 0 {
+                times.push(start.elapsed().as_secs_f64());
+            }
+            <crate::model::Llama as CausalLm>::truncate(&mut cache, context.len());
+        }
+        times.sort_by(f64::total_cmp);
+        medians.push(times[times.len() / 2]);
+    }
+    let runtime: &Runtime = model.runtime();
+    let weight_bytes = llama.config().num_parameters() * runtime.dtype().size() as f64;
+    Ok(medians
+        .iter()
+        .enumerate()
+        .map(|(i, &seconds)| ForwardCost {
+            engine: crate::experiment::rows::ENGINE.into(),
+            model: model.spec.to_string(),
+            backend: runtime.backend().name().into(),
+            dtype: dtype_name(runtime.dtype()).into(),
+            cache_len: context.len(),
+            tokens: i + 1,
+            seconds,
+            ratio_to_one: seconds / medians[0],
+            weight_bytes,
+        })
+        .collect())
+}
+
+/// One row of `bandwidth.csv`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Bandwidth {
+    pub backend: String,
+    pub device: String,
+    pub bytes: usize,
+    pub gb_per_s: f64,
+}
+
+/// Appends `rows` to the CSV file at `path`, with a header when the file is new.
+pub fn append_csv<T: Serialize>(path: &std::path::Path, rows: &[T]) -> Result<()> {
+    let is_new = !path.exists();
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(crate::files::io_error("open for writing", path))?;
+    let mut writer = csv::WriterBuilder::new().has_headers(is_new).from_writer(file);
+    let failed = |e: csv::Error| Error::MalformedFile { path: path.to_path_buf(), message: e.to_string() };
+    for row in rows {
+        writer.serialize(row).map_err(failed)?;
+    }
+    writer.flush().map_err(crate::files::io_error("write", path))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::Backend;
+    use crate::model::ModelSpec;
+
+    #[test]
+    fn a_forward_curve_has_one_row_per_length_relative_to_one_token() {
+        let runtime = Runtime::new(Backend::Ndarray, "f32").unwrap();
+        let spec: ModelSpec = "random:custom".parse().unwrap();
+        let model = LoadedModel::load(&spec, &runtime, 0).unwrap();
+        let rows = forward_costs(&model, 8, 3, 1).unwrap();
+        assert_eq!(rows.iter().map(|r| r.tokens).collect::<Vec<_>>(), [1, 2, 3]);
+        assert_eq!(rows[0].ratio_to_one, 1.0);
+        assert!(rows.iter().all(|r| r.seconds > 0.0 && r.cache_len == 8 && r.weight_bytes > 0.0));
+        assert!(read_bandwidth(&runtime, 1 << 20, 2).unwrap() > 0.0);
+    }
+}
