@@ -1,5 +1,6 @@
 //! The `specbench` command line: errors become one readable line and exit code 1.
 
+use std::collections::BTreeMap;
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -21,8 +22,11 @@ use specbench::report::regression::{Baseline, Verdict, check, format_check};
 use specbench::report::{cell_table, merge, write_report};
 use specbench::sampling::SamplingConfig;
 
+/// The crate version and the commit the binary was built from.
+const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (commit ", env!("SPECBENCH_GIT_COMMIT"), ")");
+
 #[derive(Parser)]
-#[command(name = "specbench", version, about = "Speculative decoding research and benchmarking harness")]
+#[command(name = "specbench", version = VERSION, about = "Speculative decoding research and benchmarking harness")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -127,6 +131,19 @@ struct GenerateArgs {
     /// Keep going past end-of-sequence tokens: every run makes exactly --max-new-tokens (for timing).
     #[arg(long)]
     ignore_eos: bool,
+    /// A token id that also ends generation, besides the model's eos_token_id (repeatable).
+    #[arg(long = "stop-token-id")]
+    stop_token_ids: Vec<u32>,
+    /// Print one JSON object (prompt and generated ids, accepted drafts per target call,
+    /// timings, acceptance, top logits) on stdout instead of the text.
+    #[arg(long)]
+    json: bool,
+    /// With --json: the N largest target logits (ids and values) at each of the first
+    /// --logit-positions generated positions, from one forward over prompt and output.
+    #[arg(long, default_value_t = 0)]
+    top_logits: usize,
+    #[arg(long, default_value_t = 8)]
+    logit_positions: usize,
     /// 0 is greedy.
     #[arg(long, default_value_t = 0.0)]
     temperature: f64,
@@ -313,7 +330,7 @@ fn generate(args: GenerateArgs) -> Result<()> {
     let config = GenerationConfig {
         max_new_tokens: args.max_new_tokens,
         sampling: SamplingConfig { temperature: args.temperature, top_k: args.top_k, top_p: args.top_p },
-        eos_ids: if args.ignore_eos { Vec::new() } else { target.eos_ids() },
+        eos_ids: if args.ignore_eos { Vec::new() } else { target.stop_ids(&args.stop_token_ids) },
         seed: args.seed,
     };
     let generation = match &draft {
@@ -323,6 +340,31 @@ fn generate(args: GenerateArgs) -> Result<()> {
             Speculative::new(&target.model, &draft.model, vocab, args.k)?.generate(&prompt, &config)?
         }
     };
+    if args.json {
+        let top_logits =
+            top_logits(&target, &prompt, &generation.tokens, args.top_logits, args.logit_positions)?;
+        let report = GenerateReport {
+            model: target.spec.to_string(),
+            draft: draft.as_ref().map(|d| d.spec.to_string()),
+            k: draft.as_ref().map(|_| args.k),
+            runtime: runtime.describe(),
+            prompt: &args.prompt,
+            prompt_ids: &prompt,
+            generated_ids: &generation.tokens,
+            text: target.tokenizer.decode(&generation.tokens),
+            stop_token_ids: &config.eos_ids,
+            accepted_per_call: &generation.accepted_per_call,
+            timings: seconds_by_phase(&generation.timings),
+            decode_tokens_per_s: generation.decode_tokens_per_s(),
+            acceptance: draft.as_ref().map(|_| &generation.acceptance),
+            top_logits,
+        };
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(());
+    }
+    if args.top_logits > 0 {
+        anyhow::bail!("--top-logits goes with --json");
+    }
     println!("{}{}", args.prompt, target.tokenizer.decode(&generation.tokens));
     let label = match &draft {
         None => format!("{} on {}", target.spec, runtime.describe()),
@@ -330,6 +372,82 @@ fn generate(args: GenerateArgs) -> Result<()> {
     };
     eprintln!("\n{}", describe(&label, &generation, draft.is_some()));
     Ok(())
+}
+
+/// What `generate --json` prints.
+#[derive(serde::Serialize)]
+struct GenerateReport<'a> {
+    model: String,
+    draft: Option<String>,
+    k: Option<usize>,
+    runtime: String,
+    prompt: &'a str,
+    prompt_ids: &'a [u32],
+    generated_ids: &'a [u32],
+    text: String,
+    stop_token_ids: &'a [u32],
+    accepted_per_call: &'a [usize],
+    /// Seconds per phase.
+    timings: BTreeMap<&'static str, f64>,
+    decode_tokens_per_s: f64,
+    acceptance: Option<&'a specbench::metrics::AcceptanceStats>,
+    top_logits: Vec<TopLogits>,
+}
+
+fn seconds_by_phase(t: &specbench::metrics::Timings) -> BTreeMap<&'static str, f64> {
+    [
+        ("prefill", t.prefill),
+        ("draft", t.draft),
+        ("verify", t.verify),
+        ("sampling", t.sampling),
+        ("other", t.other()),
+        ("wall", t.wall),
+    ]
+    .into_iter()
+    .map(|(phase, d)| (phase, d.as_secs_f64()))
+    .collect()
+}
+
+/// The largest logits of the target where generated token `index` was chosen.
+#[derive(serde::Serialize)]
+struct TopLogits {
+    /// 0 for the first generated token.
+    index: usize,
+    ids: Vec<u32>,
+    values: Vec<f32>,
+}
+
+/// One forward over the prompt and all but the last generated token; the rows that predicted
+/// the first `positions` generated tokens, each cut to its `n` largest logits.
+fn top_logits(
+    target: &LoadedModel,
+    prompt: &[u32],
+    generated: &[u32],
+    n: usize,
+    positions: usize,
+) -> Result<Vec<TopLogits>> {
+    let positions = positions.min(generated.len());
+    if n == 0 || positions == 0 {
+        return Ok(Vec::new());
+    }
+    let context: Vec<u32> = prompt.iter().chain(&generated[..positions - 1]).copied().collect();
+    let vocab = target.model.config().vocab_size;
+    let logits: Vec<f32> = target
+        .model
+        .forward_ids(&context, &mut target.model.new_cache())?
+        .into_data()
+        .try_to_vec()
+        .map_err(|e| anyhow::anyhow!("reading logits: {e:?}"))?;
+    let rows = logits.chunks_exact(vocab).skip(prompt.len() - 1);
+    Ok(rows
+        .enumerate()
+        .map(|(index, row)| {
+            let mut order: Vec<u32> = (0..vocab as u32).collect();
+            order.sort_by(|&a, &b| row[b as usize].total_cmp(&row[a as usize]));
+            order.truncate(n);
+            TopLogits { index, values: order.iter().map(|&i| row[i as usize]).collect(), ids: order }
+        })
+        .collect())
 }
 
 /// A human-readable summary of one generation.

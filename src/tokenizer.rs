@@ -57,15 +57,4 @@ impl Tokenizer {
             Self::Bytes { .. } => 256,
         }
     }
-
-    /// End-of-sequence ids the tokenizer declares, beside those in config.json.
-    pub fn eos_ids(&self) -> Vec<u32> {
-        match self {
-            Self::HuggingFace(t, _) => ["<|end_of_text|>", "<|eot_id|>", "</s>", "<|endoftext|>"]
-                .iter()
-                .filter_map(|s| t.token_to_id(s))
-                .collect(),
-            Self::Bytes { .. } => Vec::new(),
-        }
-    }
 }

@@ -179,3 +179,73 @@ fn forward_rejects_token_ids_outside_the_vocabulary_and_positions_past_the_conte
     let err = model.forward_ids(&[5; 257], &mut cache).unwrap_err().to_string();
     assert!(err.contains("257") && err.contains("256"), "{err}");
 }
+
+/// `generate --json` on the fixtures: the ids are transformers' greedy continuation, and the top
+/// logit at every position is the token chosen there.
+fn generate_json(model: &std::path::Path, prompt: &str, extra: &[&str]) -> serde_json::Value {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_specbench"))
+        .args(["generate", "--model", model.to_str().unwrap(), "--prompt", prompt, "--json"])
+        .args(extra)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn ids(value: &serde_json::Value) -> Vec<u32> {
+    value.as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect()
+}
+
+#[test]
+fn generate_json_reports_transformers_greedy_ids_and_top_logits() {
+    for name in FIXTURES {
+        let reference = reference(name);
+        let n = reference.greedy_continuation.len().to_string();
+        let report = generate_json(
+            &common::fixture_dir(name),
+            &reference.prompt,
+            &["--max-new-tokens", &n, "--ignore-eos", "--top-logits", "3", "--logit-positions", &n],
+        );
+        assert_eq!(ids(&report["prompt_ids"]), reference.prompt_ids, "{name}");
+        assert_eq!(ids(&report["generated_ids"]), reference.greedy_continuation, "{name}");
+        let top = report["top_logits"].as_array().unwrap();
+        assert_eq!(top.len(), reference.greedy_continuation.len());
+        for (i, (position, &token)) in top.iter().zip(&reference.greedy_continuation).enumerate() {
+            assert_eq!(ids(&position["ids"])[0], token, "{name}: position {i}");
+            let values: Vec<f64> =
+                position["values"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+            assert!(values.windows(2).all(|w| w[0] >= w[1]), "{name}: {values:?}");
+        }
+    }
+}
+
+#[test]
+fn generation_stops_on_the_models_own_stop_tokens_and_extra_ones() {
+    let reference = reference("tiny-gqa");
+    let dir = tempfile::tempdir().unwrap();
+    for entry in std::fs::read_dir(common::fixture_dir("tiny-gqa")).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), dir.path().join(entry.file_name())).unwrap();
+    }
+    let generate = |extra: &[&str]| {
+        let report =
+            generate_json(dir.path(), &reference.prompt, &[&["--max-new-tokens", "12"], extra].concat());
+        (ids(&report["generated_ids"]), ids(&report["stop_token_ids"]))
+    };
+    // config.json's eos_token_id (1) alone: the tokenizer's other special tokens do not stop it.
+    let (full, stops) = generate(&[]);
+    assert_eq!(stops, vec![1]);
+    assert_eq!(full, reference.greedy_continuation[..12]);
+    // generation_config.json, as transformers reads it, takes precedence.
+    let third = full[2];
+    std::fs::write(dir.path().join("generation_config.json"), format!("{{\"eos_token_id\": [{third}]}}"))
+        .unwrap();
+    let (cut, stops) = generate(&[]);
+    assert_eq!(stops, vec![third]);
+    assert_eq!(cut, full[..=full.iter().position(|&t| t == third).unwrap()]);
+    // --stop-token-id adds one.
+    std::fs::remove_file(dir.path().join("generation_config.json")).unwrap();
+    let second = full[1];
+    let (cut, _) = generate(&["--stop-token-id", &second.to_string()]);
+    assert_eq!(cut, full[..=full.iter().position(|&t| t == second).unwrap()]);
+}

@@ -39,5 +39,5 @@ pub fn generate<M: CausalLm>(model: &M, prompt: &[u32], config: &GenerationConfi
         }
     }
     timings.wall = start.elapsed();
-    Ok(Generation { prompt_tokens: prompt.len(), tokens, timings, acceptance })
+    Ok(Generation { prompt_tokens: prompt.len(), tokens, timings, acceptance, accepted_per_call: Vec::new() })
 }

@@ -129,6 +129,8 @@ pub struct Generation {
     pub tokens: Vec<u32>,
     pub timings: Timings,
     pub acceptance: AcceptanceStats,
+    /// Draft tokens accepted at each target call, in order (empty for target-only decoding).
+    pub accepted_per_call: Vec<usize>,
 }
 
 impl Generation {

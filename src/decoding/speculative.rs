@@ -61,6 +61,7 @@ impl<'a, T: CausalLm, D: CausalLm> Speculative<'a, T, D> {
         // Every token whose successor is known; each cache holds a prefix of it.
         let mut committed = prompt.to_vec();
         let mut tokens = Vec::new();
+        let mut accepted_per_call = Vec::new();
         loop {
             // No draft past max_new_tokens: a token there could never be emitted.
             let k = self.k.min(config.max_new_tokens - tokens.len());
@@ -92,6 +93,7 @@ impl<'a, T: CausalLm, D: CausalLm> Speculative<'a, T, D> {
                 .map_or(k, |eos| eos + 1);
             let overlaps = &outcome.overlaps[..outcome.overlaps.len().min(counted)];
             acceptance.record_step(counted, outcome.accepted.min(counted), overlaps);
+            accepted_per_call.push(outcome.accepted.min(counted));
 
             let kept = drafts[..outcome.accepted].iter().copied().chain([outcome.next]);
             tokens.extend(kept.clone());
@@ -104,7 +106,7 @@ impl<'a, T: CausalLm, D: CausalLm> Speculative<'a, T, D> {
             }
         }
         timings.wall = start.elapsed();
-        Ok(Generation { prompt_tokens: prompt.len(), tokens, timings, acceptance })
+        Ok(Generation { prompt_tokens: prompt.len(), tokens, timings, acceptance, accepted_per_call })
     }
 
     /// Algorithm 1, lines 1–4: samples `k` draft tokens and keeps the draft distribution `q` of

@@ -44,6 +44,9 @@ pub struct Experiment {
     /// Where result folders go; relative paths are taken from the current directory.
     #[serde(default = "default_results")]
     pub results_dir: String,
+    /// Token ids that end a generation besides the target's own `eos_token_id`s.
+    #[serde(default)]
+    pub stop_token_ids: Vec<u32>,
 }
 
 fn one() -> usize {

@@ -1,7 +1,6 @@
 //! `manifest.json`: everything needed to know what a result folder measured, and where.
 
 use std::path::Path;
-use std::process::Command;
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -22,8 +21,15 @@ pub struct Manifest {
     /// The prompts run, in order: what `merge` expects every cell to hold.
     #[serde(default)]
     pub prompt_ids: Vec<String>,
+    /// The token ids generation stopped on (the target's and the config's).
+    #[serde(default)]
+    pub stop_token_ids: Vec<u32>,
+    /// The commit the binary was built from, `-dirty` when tracked files had changes.
     pub git_commit: String,
     pub crate_version: String,
+    /// How the binary was built (commit, dirty tree, features, rustc, profile).
+    #[serde(default)]
+    pub build: Option<Build>,
     pub shard: Option<String>,
     pub machine: Machine,
     /// Per backend: the device burn reports (adapter for wgpu) and who multiplied the projections.
@@ -106,22 +112,35 @@ pub fn sha256_hex(text: &str) -> String {
     Sha256::digest(text.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// `git rev-parse HEAD`, marked `-dirty` when the tree has changes; "unknown" outside git.
-pub fn git_commit() -> String {
-    let run = |args: &[&str]| {
-        Command::new("git")
-            .args(args)
-            .output()
-            .ok()
-            .filter(|o| o.status.success())
-            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-    };
-    match run(&["rev-parse", "HEAD"]) {
-        Some(commit) => match run(&["status", "--porcelain", "--untracked-files=no"]) {
-            Some(changes) if !changes.is_empty() => format!("{commit}-dirty"),
-            _ => commit,
-        },
-        None => "unknown".into(),
+/// What the running binary was built from, recorded by build.rs at build time.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Build {
+    pub commit: String,
+    /// "true", "false", or "unknown" outside git.
+    pub dirty: String,
+    pub features: Vec<String>,
+    pub rustc: String,
+    pub profile: String,
+}
+
+impl Build {
+    pub fn this() -> Self {
+        Self {
+            commit: env!("SPECBENCH_GIT_COMMIT").into(),
+            dirty: env!("SPECBENCH_GIT_DIRTY").into(),
+            features: env!("SPECBENCH_FEATURES")
+                .split(',')
+                .filter(|f| !f.is_empty())
+                .map(String::from)
+                .collect(),
+            rustc: env!("SPECBENCH_RUSTC").into(),
+            profile: env!("SPECBENCH_PROFILE").into(),
+        }
+    }
+
+    /// The commit, marked `-dirty` when the tree had changes.
+    pub fn commit_label(&self) -> String {
+        if self.dirty == "true" { format!("{}-dirty", self.commit) } else { self.commit.clone() }
     }
 }
 

@@ -15,7 +15,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use super::config::{Cell, ExperimentConfig, ExperimentFile};
 use super::lock::FolderLock;
-use super::manifest::{Machine, Manifest, RunModels, now, sha256_hex};
+use super::manifest::{Build, Machine, Manifest, RunModels, now, sha256_hex};
 use super::prompts::{self, Prompt};
 use super::rows::{ENGINE, RowKey, RowWriter, RunRow, done_keys, join_counts, read_rows};
 use crate::backend::{Backend, Runtime};
@@ -108,10 +108,11 @@ pub fn run(config_path: &Path, options: &RunOptions) -> Result<PathBuf> {
 
 fn finish(mut folder: ResultFolder, plan: &Plan, options: &RunOptions) -> Result<PathBuf> {
     match execute(plan, &folder, options.progress) {
-        Ok(devices) => {
+        Ok(executed) => {
             folder.manifest.finished = Some(now());
-            if !devices.is_empty() {
-                folder.manifest.devices = devices;
+            if !executed.devices.is_empty() {
+                folder.manifest.devices = executed.devices;
+                folder.manifest.stop_token_ids = executed.stop_ids;
             }
             folder.manifest.write(&folder.dir)?;
             Ok(folder.dir.clone())
@@ -204,8 +205,10 @@ impl ResultFolder {
             config_sha256: sha256_hex(&plan.file.text),
             models: Some(plan.models.clone()),
             prompt_ids: plan.prompt_ids(),
-            git_commit: super::manifest::git_commit(),
+            stop_token_ids: Vec::new(),
+            git_commit: Build::this().commit_label(),
             crate_version: env!("CARGO_PKG_VERSION").into(),
+            build: Some(Build::this()),
             shard: plan.shard.map(|s| format!("{}/{}", s.index, s.count)),
             machine: Machine::this(),
             devices: Vec::new(),
@@ -308,8 +311,8 @@ fn report_stale_lock(lock: &FolderLock, dir: &Path) {
     }
 }
 
-/// Runs every pending row of the plan into the folder; returns the devices used.
-fn execute(plan: &Plan, folder: &ResultFolder, show_progress: bool) -> Result<Vec<String>> {
+/// Runs every pending row of the plan into the folder.
+fn execute(plan: &Plan, folder: &ResultFolder, show_progress: bool) -> Result<Executed> {
     let config = plan.config();
     let runs_path = folder.dir.join("runs.csv");
     let done = if runs_path.exists() { done_keys(&read_rows(&runs_path)?) } else { HashSet::new() };
@@ -330,6 +333,7 @@ fn execute(plan: &Plan, folder: &ResultFolder, show_progress: bool) -> Result<Ve
     };
     let rows_of = |cells: &[Cell]| (cells.len() * plan.prompts.len() * repeats) as u64;
     let mut devices = Vec::new();
+    let mut stop_ids = Vec::new();
     for backend in config.backends() {
         let backend_cells: Vec<Cell> = plan.cells.iter().copied().filter(|c| c.backend == backend).collect();
         if !any_pending(&backend_cells) {
@@ -339,6 +343,7 @@ fn execute(plan: &Plan, folder: &ResultFolder, show_progress: bool) -> Result<Ve
         progress.set_message(format!("loading models on {backend}"));
         let sweep = BackendSweep::load(plan, backend)?;
         devices.push(sweep.target.runtime().describe());
+        stop_ids = sweep.stop_ids();
         for temperature in config.temperatures() {
             let group: Vec<Cell> =
                 backend_cells.iter().copied().filter(|c| c.temperature == temperature).collect();
@@ -368,7 +373,14 @@ fn execute(plan: &Plan, folder: &ResultFolder, show_progress: bool) -> Result<Ve
         }
     }
     progress.finish_and_clear();
-    Ok(devices)
+    Ok(Executed { devices, stop_ids })
+}
+
+/// What a run learnt about its runtime, for the manifest.
+struct Executed {
+    devices: Vec<String>,
+    /// Empty when every row was already done (a resume of a finished run).
+    stop_ids: Vec<u32>,
 }
 
 /// What one backend's part of the sweep shares: the loaded pair and the encoded prompts.
@@ -438,7 +450,7 @@ impl<'a> BackendSweep<'a> {
                 top_k: config.sweep.top_k,
                 top_p: config.sweep.top_p,
             },
-            eos_ids: self.target.eos_ids(),
+            eos_ids: self.stop_ids(),
             seed,
         };
         let prompt = &self.encoded[prompt_index];
@@ -455,6 +467,10 @@ impl<'a> BackendSweep<'a> {
                 e,
             )
         })
+    }
+
+    fn stop_ids(&self) -> Vec<u32> {
+        self.target.stop_ids(&self.plan.config().experiment.stop_token_ids)
     }
 
     fn row(&self, cell: &Cell, prompt: &Prompt, repeat: usize, seed: u64, g: &Generation) -> RunRow {

@@ -369,6 +369,27 @@ impl LlamaConfig {
     }
 }
 
+/// `eos_token_id` of a `generation_config.json` (a number, a list or null), which is what
+/// transformers' `generate` stops on; `None` when the file or the key is absent.
+pub fn generation_eos_ids(path: &Path) -> Result<Option<Vec<u32>>> {
+    if !path.is_file() {
+        return Ok(None);
+    }
+    let config: Value = crate::files::read_json(path)?;
+    match config.get("eos_token_id") {
+        None => Ok(None),
+        Some(Value::Null) => Ok(Some(Vec::new())),
+        Some(ids) => {
+            serde_json::from_value::<TokenIds>(ids.clone()).map(|ids| Some(ids.to_vec())).map_err(|_| {
+                Error::MalformedFile {
+                    path: path.to_path_buf(),
+                    message: format!("`eos_token_id` is {ids}, not a token id or a list of them"),
+                }
+            })
+        }
+    }
+}
+
 /// Dimensions of a custom random model: `random:custom,hidden=256,layers=4,...`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct CustomDims {
@@ -456,6 +477,24 @@ mod tests {
         let many: TokenIds = serde_json::from_str("[7, 9]").unwrap();
         assert_eq!(one.to_vec(), vec![7]);
         assert_eq!(many.to_vec(), vec![7, 9]);
+    }
+
+    #[test]
+    fn stop_tokens_come_from_generation_config_when_it_has_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("generation_config.json");
+        assert_eq!(generation_eos_ids(&path).unwrap(), None);
+        for (text, expected) in [
+            (r#"{"eos_token_id": 2}"#, Some(vec![2])),
+            (r#"{"eos_token_id": [2, 9]}"#, Some(vec![2, 9])),
+            (r#"{"eos_token_id": null}"#, Some(vec![])),
+            (r#"{"bos_token_id": 1}"#, None),
+        ] {
+            std::fs::write(&path, text).unwrap();
+            assert_eq!(generation_eos_ids(&path).unwrap(), expected, "{text}");
+        }
+        std::fs::write(&path, r#"{"eos_token_id": "x"}"#).unwrap();
+        assert!(generation_eos_ids(&path).unwrap_err().to_string().contains("generation_config.json"));
     }
 
     #[test]

@@ -10,7 +10,7 @@ use crate::backend::Runtime;
 use crate::error::{Error, Result};
 use crate::model::cache::KvCache;
 use crate::model::config::LlamaConfig;
-use crate::model::projection::{Embedding, Projection, ProjectionKernel};
+use crate::model::projection::{Embedding, Projection};
 use crate::model::rope::{Rope, apply_rotary};
 use crate::model::weights::{LayerWeight, Weight, WeightSource};
 
@@ -61,16 +61,15 @@ impl Llama {
     /// runtime's kernel.
     pub fn build(config: LlamaConfig, source: &mut impl WeightSource, runtime: &Runtime) -> Result<Self> {
         config.validate()?;
-        let kernel = runtime.kernel();
         let layers = (0..config.num_hidden_layers)
-            .map(|i| DecoderLayer::build(&config, i, source, kernel))
+            .map(|i| DecoderLayer::build(&config, i, source, runtime))
             .collect::<Result<Vec<_>>>()?;
         let lm_head = if config.tie_word_embeddings {
             None
         } else {
-            Some(Projection::load(source, &[Weight::LmHead], &config, kernel)?)
+            Some(Projection::load(source, &[Weight::LmHead], &config, runtime)?)
         };
-        let embed = Embedding::load(source, &config, kernel)?;
+        let embed = Embedding::load(source, &config, runtime)?;
         let norm = rms_norm(source, Weight::FinalNorm, &config)?;
         source.finish(&config)?;
         Ok(Self { embed, layers, norm, lm_head, rope: Rope::new(&config)?, config, runtime: runtime.clone() })
@@ -147,14 +146,14 @@ impl DecoderLayer {
         config: &LlamaConfig,
         i: usize,
         source: &mut impl WeightSource,
-        kernel: ProjectionKernel,
+        runtime: &Runtime,
     ) -> Result<Self> {
         let w = |kind| Weight::Layer(i, kind);
         let attention_norm = rms_norm(source, w(LayerWeight::AttentionNorm), config)?;
         let mlp_norm = rms_norm(source, w(LayerWeight::MlpNorm), config)?;
         let mut linear = |kinds: &[LayerWeight]| {
             let weights: Vec<Weight> = kinds.iter().map(|&kind| w(kind)).collect();
-            Projection::load(source, &weights, config, kernel)
+            Projection::load(source, &weights, config, runtime)
         };
         Ok(Self {
             attention_norm,

@@ -13,15 +13,17 @@ use std::sync::OnceLock;
 
 use rayon::prelude::*;
 
-/// Whether this CPU runs the vector path (AVX2 and FMA), detected once per process. Without it
-/// the portable path is correct but slow, so `ProjectionKernel::default_for` leaves the
-/// projections to the backend there.
+/// Whether this CPU runs the vector path (AVX2, FMA and F16C), detected once per process.
+/// Without it the portable path is correct but slow, so `ProjectionKernel::default_for` leaves
+/// the projections to the backend there.
 pub fn vector_path_available() -> bool {
     static AVAILABLE: OnceLock<bool> = OnceLock::new();
     *AVAILABLE.get_or_init(|| {
         #[cfg(target_arch = "x86_64")]
         {
-            std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+            std::arch::is_x86_feature_detected!("avx2")
+                && std::arch::is_x86_feature_detected!("fma")
+                && std::arch::is_x86_feature_detected!("f16c")
         }
         #[cfg(not(target_arch = "x86_64"))]
         {
@@ -36,10 +38,74 @@ const TILE: usize = 4;
 /// f32 lanes per AVX vector.
 #[cfg(target_arch = "x86_64")]
 const LANES: usize = 8;
-/// How far ahead in each weight row to prefetch (4 KiB): worth ~5% of read bandwidth here on top
-/// of the hardware prefetcher, which handles four interleaved streams less well.
+/// How far ahead in each weight row to prefetch, in bytes: worth ~5% of read bandwidth here on
+/// top of the hardware prefetcher, which handles four interleaved streams less well.
 #[cfg(target_arch = "x86_64")]
-const PREFETCH_AHEAD: usize = 1024;
+const PREFETCH_AHEAD_BYTES: usize = 4096;
+
+/// A weight element the kernel multiplies: f32, or bf16/f16 widened to f32 in registers, so a
+/// half-precision matrix is streamed at half the bytes and accumulated in f32.
+pub trait WeightElement: Copy + Send + Sync + 'static {
+    fn to_f32(self) -> f32;
+    fn from_f32(value: f32) -> Self;
+    /// Eight elements at `ptr` as f32 lanes.
+    ///
+    /// # Safety
+    /// `ptr` points at eight readable elements and the CPU has AVX2 and F16C.
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn load8(ptr: *const Self) -> std::arch::x86_64::__m256;
+}
+
+impl WeightElement for f32 {
+    fn to_f32(self) -> f32 {
+        self
+    }
+    fn from_f32(value: f32) -> Self {
+        value
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn load8(ptr: *const Self) -> std::arch::x86_64::__m256 {
+        // SAFETY: the caller's contract.
+        unsafe { std::arch::x86_64::_mm256_loadu_ps(ptr) }
+    }
+}
+
+impl WeightElement for half::bf16 {
+    fn to_f32(self) -> f32 {
+        half::bf16::to_f32(self)
+    }
+    fn from_f32(value: f32) -> Self {
+        half::bf16::from_f32(value)
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn load8(ptr: *const Self) -> std::arch::x86_64::__m256 {
+        use std::arch::x86_64::*;
+        // bf16 is the top half of an f32: widen each to 32 bits and shift it up.
+        // SAFETY: the caller's contract; eight bf16 are 16 bytes.
+        unsafe {
+            let halves = _mm_loadu_si128(ptr as *const __m128i);
+            _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(halves)))
+        }
+    }
+}
+
+impl WeightElement for half::f16 {
+    fn to_f32(self) -> f32 {
+        half::f16::to_f32(self)
+    }
+    fn from_f32(value: f32) -> Self {
+        half::f16::from_f32(value)
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn load8(ptr: *const Self) -> std::arch::x86_64::__m256 {
+        use std::arch::x86_64::*;
+        // SAFETY: the caller's contract; F16C converts eight halves at once.
+        unsafe { _mm256_cvtph_ps(_mm_loadu_si128(ptr as *const __m128i)) }
+    }
+}
 /// Weight rows per parallel task.
 const ROWS_PER_TASK: usize = 16;
 /// Below this many weights a matrix is multiplied on the calling thread: waking the pool costs
@@ -47,7 +113,13 @@ const ROWS_PER_TASK: usize = 16;
 const PARALLEL_MIN_WEIGHTS: usize = 1 << 18;
 
 /// `x: [m, cols]` times `weight: [rows, cols]` transposed, into `[m, rows]`.
-pub fn matmul_transposed(x: &[f32], m: usize, weight: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+pub fn matmul_transposed<W: WeightElement>(
+    x: &[f32],
+    m: usize,
+    weight: &[W],
+    rows: usize,
+    cols: usize,
+) -> Vec<f32> {
     assert_eq!(x.len(), m * cols, "input is not [{m}, {cols}]");
     assert_eq!(weight.len(), rows * cols, "weight is not [{rows}, {cols}]");
     if m == 0 || rows == 0 {
@@ -81,7 +153,7 @@ pub fn matmul_transposed(x: &[f32], m: usize, weight: &[f32], rows: usize, cols:
 /// Weight rows `[rows_here, cols]` against every input row into `out: [rows_here, m]`: blocks of
 /// `RW` weight rows by `R` input rows, so that each loaded vector serves several products and
 /// several weight streams are in flight at once.
-fn multiply_block(weight: &[f32], cols: usize, x_rows: &[&[f32]], out: &mut [f32]) {
+fn multiply_block<W: WeightElement>(weight: &[W], cols: usize, x_rows: &[&[f32]], out: &mut [f32]) {
     let m = x_rows.len();
     for (block, out) in weight.chunks(4 * cols).zip(out.chunks_mut(4 * m)) {
         if block.len() < 4 * cols {
@@ -93,18 +165,18 @@ fn multiply_block(weight: &[f32], cols: usize, x_rows: &[&[f32]], out: &mut [f32
             }
             continue;
         }
-        let ws: [&[f32]; 4] = std::array::from_fn(|i| &block[i * cols..][..cols]);
+        let ws: [&[W]; 4] = std::array::from_fn(|i| &block[i * cols..][..cols]);
         for (t, xs) in x_rows.chunks(TILE).enumerate() {
             match xs.len() {
-                1 => scatter(out, m, t, &dot_block::<4, 1>(&ws, xs)),
-                2 => scatter(out, m, t, &dot_block::<4, 2>(&ws, xs)),
+                1 => scatter(out, m, t, &dot_block::<W, 4, 1>(&ws, xs)),
+                2 => scatter(out, m, t, &dot_block::<W, 4, 2>(&ws, xs)),
                 3 => {
-                    scatter(out, m, t, &dot_block::<2, 3>(&ws[..2], xs));
-                    scatter(&mut out[2 * m..], m, t, &dot_block::<2, 3>(&ws[2..], xs));
+                    scatter(out, m, t, &dot_block::<W, 2, 3>(&ws[..2], xs));
+                    scatter(&mut out[2 * m..], m, t, &dot_block::<W, 2, 3>(&ws[2..], xs));
                 }
                 _ => {
-                    scatter(out, m, t, &dot_block::<2, 4>(&ws[..2], xs));
-                    scatter(&mut out[2 * m..], m, t, &dot_block::<2, 4>(&ws[2..], xs));
+                    scatter(out, m, t, &dot_block::<W, 2, 4>(&ws[..2], xs));
+                    scatter(&mut out[2 * m..], m, t, &dot_block::<W, 2, 4>(&ws[2..], xs));
                 }
             }
         }
@@ -118,31 +190,38 @@ fn scatter<const RW: usize, const R: usize>(out: &mut [f32], m: usize, t: usize,
     }
 }
 
-fn dot_block<const RW: usize, const R: usize>(ws: &[&[f32]], xs: &[&[f32]]) -> [[f32; R]; RW] {
+fn dot_block<W: WeightElement, const RW: usize, const R: usize>(
+    ws: &[&[W]],
+    xs: &[&[f32]],
+) -> [[f32; R]; RW] {
     debug_assert!(ws.len() == RW && xs.len() == R);
-    debug_assert!(ws.iter().chain(xs).all(|v| v.len() == ws[0].len()));
+    debug_assert!(ws.iter().all(|w| w.len() == ws[0].len()) && xs.iter().all(|x| x.len() == ws[0].len()));
     #[cfg(target_arch = "x86_64")]
     if vector_path_available() {
         // SAFETY: the CPU has the features the function is compiled for, and all rows have
         // one length.
-        return unsafe { dot_block_avx2::<RW, R>(ws, xs) };
+        return unsafe { dot_block_avx2::<W, RW, R>(ws, xs) };
     }
     std::array::from_fn(|i| std::array::from_fn(|j| dot(ws[i], xs[j])))
 }
 
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    a.iter().zip(b).map(|(x, y)| x * y).sum()
+fn dot<W: WeightElement>(w: &[W], x: &[f32]) -> f32 {
+    w.iter().zip(x).map(|(a, b)| a.to_f32() * b).sum()
 }
 
 /// One 8-lane accumulator per (weight row, input row) pair; each vector is loaded once per step.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn dot_block_avx2<const RW: usize, const R: usize>(ws: &[&[f32]], xs: &[&[f32]]) -> [[f32; R]; RW] {
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn dot_block_avx2<W: WeightElement, const RW: usize, const R: usize>(
+    ws: &[&[W]],
+    xs: &[&[f32]],
+) -> [[f32; R]; RW] {
     use std::arch::x86_64::*;
     let n = ws[0].len();
     let split = n / LANES * LANES;
     let mut acc = [[_mm256_setzero_ps(); R]; RW];
-    let w_ptrs: [*const f32; RW] = std::array::from_fn(|i| ws[i].as_ptr());
+    let w_ptrs: [*const W; RW] = std::array::from_fn(|i| ws[i].as_ptr());
+    let ahead = PREFETCH_AHEAD_BYTES / std::mem::size_of::<W>();
     let x_ptrs: [*const f32; R] = std::array::from_fn(|j| xs[j].as_ptr());
     let mut k = 0;
     while k < split {
@@ -150,8 +229,8 @@ unsafe fn dot_block_avx2<const RW: usize, const R: usize>(ws: &[&[f32]], xs: &[&
         unsafe {
             let xv: [__m256; R] = std::array::from_fn(|j| _mm256_loadu_ps(x_ptrs[j].add(k)));
             for i in 0..RW {
-                _mm_prefetch::<_MM_HINT_T0>(w_ptrs[i].wrapping_add(k + PREFETCH_AHEAD) as *const i8);
-                let wv = _mm256_loadu_ps(w_ptrs[i].add(k));
+                _mm_prefetch::<_MM_HINT_T0>(w_ptrs[i].wrapping_add(k + ahead) as *const i8);
+                let wv = W::load8(w_ptrs[i].add(k));
                 for j in 0..R {
                     acc[i][j] = _mm256_fmadd_ps(wv, xv[j], acc[i][j]);
                 }
@@ -207,11 +286,34 @@ mod tests {
     }
 
     #[test]
+    fn half_precision_weights_match_the_triple_loop_on_their_widened_values() {
+        fn check<W: WeightElement>(rows: usize, cols: usize) {
+            let weights: Vec<W> = values(rows * cols, 7).into_iter().map(W::from_f32).collect();
+            let widened: Vec<f32> = weights.iter().map(|w| w.to_f32()).collect();
+            for m in [1, 2, 3, 5, 9] {
+                let x = values(m * cols, m as u32);
+                let got = matmul_transposed(&x, m, &weights, rows, cols);
+                for (a, b) in got.iter().zip(&reference(&x, m, &widened, rows, cols)) {
+                    assert!(
+                        (a - b).abs() < 1e-3,
+                        "{} rows {rows} cols {cols} m {m}: {a} vs {b}",
+                        std::any::type_name::<W>()
+                    );
+                }
+            }
+        }
+        for (rows, cols) in [(5, 37), (600, 513)] {
+            check::<half::bf16>(rows, cols);
+            check::<half::f16>(rows, cols);
+        }
+    }
+
+    #[test]
     fn the_vector_path_agrees_with_the_scalar_dot() {
         let (w, x) = (values(600, 1), values(900, 2));
         let (ws, xs): (Vec<&[f32]>, Vec<&[f32]>) =
             (w.chunks_exact(300).collect(), x.chunks_exact(300).collect());
-        let block = dot_block::<2, 3>(&ws, &xs);
+        let block = dot_block::<f32, 2, 3>(&ws, &xs);
         for (i, row) in block.iter().enumerate() {
             for (j, got) in row.iter().enumerate() {
                 let want = dot(ws[i], xs[j]);

@@ -105,44 +105,51 @@ impl ModelSpec {
     }
 }
 
-/// A model ready to run, with the tokenizer that goes with it.
+/// A model ready to run, with the tokenizer and stop tokens that go with it.
 pub struct LoadedModel {
     pub model: Llama,
     pub tokenizer: Tokenizer,
     pub spec: ModelSpec,
+    /// Generation stops after any of these: the model's own `eos_token_id`s, as transformers
+    /// takes them (generation_config.json first, else config.json).
+    stop_ids: Vec<u32>,
 }
 
 impl LoadedModel {
     /// Loads `spec` on `runtime` (its device, dtype and projection kernel). Random weights are
     /// drawn from `seed`.
     pub fn load(spec: &ModelSpec, runtime: &Runtime, seed: u64) -> Result<Self> {
-        let (model, tokenizer) = match spec {
+        let (model, tokenizer, stop_ids) = match spec {
             ModelSpec::Folder(dir) => {
                 loader::require_dir(dir)?;
                 let config = LlamaConfig::from_file(&dir.join("config.json"))?;
                 let tokenizer = Tokenizer::from_file(&dir.join("tokenizer.json"))?;
+                let stop_ids = match config::generation_eos_ids(&dir.join("generation_config.json"))? {
+                    Some(ids) => ids,
+                    None => config.eos_token_ids(),
+                };
                 check_memory(&config, runtime, &dir.display().to_string())?;
                 let mut source = Checkpoint::open(dir, runtime.device(), runtime.dtype())?;
-                (Llama::build(config, &mut source, runtime)?, tokenizer)
+                (Llama::build(config, &mut source, runtime)?, tokenizer, stop_ids)
             }
             ModelSpec::Random { name, config } => {
                 check_memory(config, runtime, &format!("random:{name}"))?;
                 let tokenizer = Tokenizer::Bytes { bos: config.bos_token_id };
                 let mut source = RandomWeights::new(runtime.device(), runtime.dtype(), seed);
-                (Llama::build(LlamaConfig::clone(config), &mut source, runtime)?, tokenizer)
+                let stop_ids = config.eos_token_ids();
+                (Llama::build(LlamaConfig::clone(config), &mut source, runtime)?, tokenizer, stop_ids)
             }
         };
-        Ok(Self { model, tokenizer, spec: spec.clone() })
+        Ok(Self { model, tokenizer, spec: spec.clone(), stop_ids })
     }
 
     pub fn runtime(&self) -> &Runtime {
         self.model.runtime()
     }
 
-    /// EOS ids from config.json and the tokenizer together.
-    pub fn eos_ids(&self) -> Vec<u32> {
-        let mut ids = self.model.config().eos_token_ids();
-        ids.extend(self.tokenizer.eos_ids());
+    /// The model's stop tokens and `extra` ones, sorted, each once.
+    pub fn stop_ids(&self, extra: &[u32]) -> Vec<u32> {
+        let mut ids: Vec<u32> = self.stop_ids.iter().chain(extra).copied().collect();
         ids.sort_unstable();
         ids.dedup();
         ids

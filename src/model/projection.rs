@@ -8,10 +8,10 @@ use std::str::FromStr;
 use aligned_vec::{AVec, ConstAlign};
 use burn::tensor::{DType, Int, Tensor, TensorData};
 
-use crate::backend::Backend;
+use crate::backend::{Backend, Runtime};
 use crate::error::{Error, Result};
 use crate::model::config::LlamaConfig;
-use crate::model::matvec::matmul_transposed;
+use crate::model::matvec::{WeightElement, matmul_transposed};
 use crate::model::weights::{Weight, WeightSource};
 
 /// Who multiplies a model's linear layers and LM head.
@@ -35,7 +35,7 @@ impl ProjectionKernel {
     }
 
     fn host_applies(backend: Backend, dtype: DType) -> bool {
-        backend.uses_host_memory() && dtype == DType::F32
+        backend.uses_host_memory() && matches!(dtype, DType::F32 | DType::BF16 | DType::F16)
     }
 
     pub fn name(self) -> &'static str {
@@ -45,11 +45,11 @@ impl ProjectionKernel {
         }
     }
 
-    /// Refuses the host kernel where it cannot run: on a GPU, or on anything but f32.
+    /// Refuses the host kernel where it cannot run: on a GPU.
     pub fn check(self, backend: Backend, dtype: DType) -> Result<()> {
         if self == Self::Host && !Self::host_applies(backend, dtype) {
             return Err(Error::Usage(format!(
-                "the host projection kernel needs a CPU backend in f32, not {backend}/{}",
+                "the host projection kernel needs a CPU backend in f32, bf16 or f16, not {backend}/{}",
                 crate::backend::dtype_name(dtype)
             )));
         }
@@ -75,42 +75,91 @@ impl FromStr for ProjectionKernel {
     }
 }
 
-/// f32 weights `[rows, cols]` = `[out, in]` in host memory, PyTorch's layout, aligned to cache
-/// lines so that no vector load straddles two.
+/// Weights `[rows, cols]` = `[out, in]` in host memory, PyTorch's layout, in the run's dtype
+/// (f32, or bf16/f16 at half the bytes to stream), aligned to cache lines so that no vector load
+/// straddles two.
 #[derive(Debug)]
 pub struct HostMatrix {
-    values: AVec<f32, ConstAlign<64>>,
+    weights: HostWeights,
     rows: usize,
     cols: usize,
 }
 
+#[derive(Debug)]
+enum HostWeights {
+    F32(AVec<f32, ConstAlign<64>>),
+    Bf16(AVec<half::bf16, ConstAlign<64>>),
+    F16(AVec<half::f16, ConstAlign<64>>),
+}
+
+impl HostWeights {
+    fn collect(values: &[f32], dtype: DType) -> Self {
+        fn aligned<W: WeightElement>(values: &[f32]) -> AVec<W, ConstAlign<64>> {
+            AVec::from_iter(64, values.iter().map(|&v| W::from_f32(v)))
+        }
+        match dtype {
+            DType::BF16 => Self::Bf16(aligned(values)),
+            DType::F16 => Self::F16(aligned(values)),
+            _ => Self::F32(aligned(values)),
+        }
+    }
+
+    fn multiply(&self, x: &[f32], m: usize, rows: usize, cols: usize) -> Vec<f32> {
+        match self {
+            Self::F32(w) => matmul_transposed(x, m, w, rows, cols),
+            Self::Bf16(w) => matmul_transposed(x, m, w, rows, cols),
+            Self::F16(w) => matmul_transposed(x, m, w, rows, cols),
+        }
+    }
+
+    /// Row `row` of a `cols`-wide matrix, appended to `out` as f32.
+    fn extend_row(&self, row: usize, cols: usize, out: &mut Vec<f32>) {
+        fn widen<W: WeightElement>(w: &[W], out: &mut Vec<f32>) {
+            out.extend(w.iter().map(|v| v.to_f32()));
+        }
+        let range = row * cols..(row + 1) * cols;
+        match self {
+            Self::F32(w) => out.extend_from_slice(&w[range]),
+            Self::Bf16(w) => widen(&w[range], out),
+            Self::F16(w) => widen(&w[range], out),
+        }
+    }
+}
+
 impl HostMatrix {
-    /// `weights` stacked along the output dimension (one matrix when there is one weight).
-    fn load(source: &mut impl WeightSource, weights: &[Weight], config: &LlamaConfig) -> Result<Self> {
+    /// `weights` stacked along the output dimension (one matrix when there is one weight), in
+    /// `dtype`.
+    fn load(
+        source: &mut impl WeightSource,
+        weights: &[Weight],
+        config: &LlamaConfig,
+        dtype: DType,
+    ) -> Result<Self> {
         let (mut rows, mut cols) = (0, 0);
-        let mut values = AVec::new(64);
+        let mut values = Vec::new();
         for &weight in weights {
             let [out, input]: [usize; 2] =
                 weight.hf_shape(config).try_into().expect("projections and embeddings are matrices");
             values.extend_from_slice(&source.load_host(weight, config)?);
             (rows, cols) = (rows + out, input);
         }
-        Ok(Self { values, rows, cols })
+        Ok(Self { weights: HostWeights::collect(&values, dtype), rows, cols })
     }
 
-    /// `x: [.., cols]` to `[.., rows]`.
+    /// `x: [.., cols]` to `[.., rows]`, in `x`'s dtype (products accumulate in f32).
     fn forward(&self, x: Tensor<3>) -> Tensor<3> {
         let [batch, seq, cols] = x.dims();
         debug_assert_eq!(cols, self.cols);
-        let device = x.device();
+        let (device, dtype) = (x.device(), x.dtype());
         let input = host_f32(x.into_data());
-        let out = matmul_transposed(&input, batch * seq, &self.values, self.rows, self.cols);
-        Tensor::from_data(TensorData::new(out, [batch, seq, self.rows]), &device)
+        let out = self.weights.multiply(&input, batch * seq, self.rows, self.cols);
+        let out = Tensor::<3>::from_data(TensorData::new(out, [batch, seq, self.rows]), &device);
+        if dtype == DType::F32 { out } else { out.cast(dtype) }
     }
 }
 
 fn host_f32(data: TensorData) -> Vec<f32> {
-    data.try_into_vec::<f32>().expect("the host kernel only runs on f32 models")
+    data.convert::<f32>().try_into_vec::<f32>().expect("converted to f32")
 }
 
 /// A linear layer without bias, or several that read the same input stacked into one (q, k and
@@ -130,15 +179,16 @@ impl Projection {
         source: &mut impl WeightSource,
         weights: &[Weight],
         config: &LlamaConfig,
-        kernel: ProjectionKernel,
+        runtime: &Runtime,
     ) -> Result<Self> {
-        Ok(match kernel {
+        let dtype = runtime.dtype();
+        Ok(match runtime.kernel() {
             ProjectionKernel::Backend => {
                 let parts =
                     weights.iter().map(|&w| source.load(w, config)).collect::<Result<Vec<Tensor<2>>>>()?;
                 Self::Backend(Tensor::cat(parts, 1))
             }
-            ProjectionKernel::Host => Self::Host(HostMatrix::load(source, weights, config)?),
+            ProjectionKernel::Host => Self::Host(HostMatrix::load(source, weights, config, dtype)?),
         })
     }
 
@@ -159,14 +209,11 @@ pub enum Embedding {
 }
 
 impl Embedding {
-    pub fn load(
-        source: &mut impl WeightSource,
-        config: &LlamaConfig,
-        kernel: ProjectionKernel,
-    ) -> Result<Self> {
-        Ok(match kernel {
+    pub fn load(source: &mut impl WeightSource, config: &LlamaConfig, runtime: &Runtime) -> Result<Self> {
+        let dtype = runtime.dtype();
+        Ok(match runtime.kernel() {
             ProjectionKernel::Backend => Self::Backend(source.load(Weight::Embed, config)?),
-            ProjectionKernel::Host => Self::Host(HostMatrix::load(source, &[Weight::Embed], config)?),
+            ProjectionKernel::Host => Self::Host(HostMatrix::load(source, &[Weight::Embed], config, dtype)?),
         })
     }
 
@@ -184,9 +231,14 @@ impl Embedding {
                     .expect("token ids are integers");
                 let mut rows = Vec::with_capacity(ids.len() * table.cols);
                 for id in ids {
-                    rows.extend_from_slice(&table.values[id as usize * table.cols..][..table.cols]);
+                    table.weights.extend_row(id as usize, table.cols, &mut rows);
                 }
-                Tensor::from_data(TensorData::new(rows, [batch, seq, table.cols]), &device)
+                let rows = Tensor::<3>::from_data(TensorData::new(rows, [batch, seq, table.cols]), &device);
+                match &table.weights {
+                    HostWeights::F32(_) => rows,
+                    HostWeights::Bf16(_) => rows.cast(DType::BF16),
+                    HostWeights::F16(_) => rows.cast(DType::F16),
+                }
             }
         }
     }

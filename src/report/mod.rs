@@ -69,8 +69,9 @@ pub fn summary_markdown(summary: &[SummaryRow], manifest: Option<&Manifest>) -> 
         );
     }
     out += "Speedup = tokens/s of the cell ÷ tokens/s of target-only decoding (k = 0) on the same backend, \
-            temperature, prompts and seeds, end to end (prefill of both models included); 95% CI by Student's t \
-            over repeats (`t`) or a paired bootstrap over prompts (`bootstrap`). α = mean Σ min(p, q) over verified \
+            temperature, prompts and seeds, end to end (prefill of both models included); 95% CI over prompts, \
+            paired by prompt and repeat (`ratio-t/N prompts`: the ratio estimator's delta-method interval on the log scale \
+            with Student's t on N − 1 degrees of freedom; over repeats when there is one prompt). α = mean Σ min(p, q) over verified \
             positions; α̂ = accepted / proposed; τ = tokens per target call; E = (1 − α^(k+1)) / (1 − α); \
             c = draft time per drafted token ÷ target time per verify call; predicted = Theorem 3.8 from α, c, k.\n\n";
     out += &cell_table(summary);
