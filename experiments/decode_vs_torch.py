@@ -16,7 +16,10 @@ threads, best of 10. Real weights and random weights in the same shape run at th
     python3 experiments/decode_vs_torch.py random:llama3.2-1b models/tiny/target \
         --threads 2 --new-tokens 16 --repeats 3 --out results/decode-cpu
 
-Writes OUT/DATE/{decode.csv, summary.md, machine.json}. Pinned: torch==2.5.1, transformers==4.46.3.
+`--dtype bf16` (or f16) runs both engines' weights in that precision; the floor counts its bytes.
+
+Writes OUT/DATE/{decode.csv, summary.md, machine.json}. Pinned: torch==2.5.1, transformers==4.46.3
+(torch 2.15 / transformers 5.24 for the bf16 figures; machine.json records the versions).
 """
 import argparse
 import csv
@@ -43,7 +46,14 @@ PRESETS = {
 PROMPT = "The quick brown fox jumps over the lazy dog"
 
 
-def torch_model(model: str) -> LlamaForCausalLM:
+DTYPES = {"f32": torch.float32, "bf16": torch.bfloat16, "f16": torch.float16}
+
+
+def torch_model(model: str, dtype: str) -> LlamaForCausalLM:
+    return _torch_model(model).to(DTYPES[dtype])
+
+
+def _torch_model(model: str) -> LlamaForCausalLM:
     if model in PRESETS:
         shape = dict(PRESETS[model])
         factor = shape.pop("rope_scaling_factor")
@@ -75,12 +85,12 @@ def torch_decode(model: LlamaForCausalLM, prompt_tokens: int, new_tokens: int) -
         return (new_tokens - 1) / (timed(new_tokens) - timed(1))
 
 
-def specbench_decode(binary: str, model: str, engine: str, new_tokens: int) -> tuple[float, int]:
+def specbench_decode(binary: str, model: str, engine: str, new_tokens: int, dtype: str) -> tuple[float, int]:
     """`engine` is BACKEND or BACKEND:PROJECTIONS (host or backend)."""
     backend, _, projections = engine.partition(":")
     extra = ["--projections", projections] if projections else []
     out = subprocess.run([binary, "generate", "--model", model, "--backend", backend, "--prompt", PROMPT,
-                          "--max-new-tokens", str(new_tokens), "--ignore-eos", *extra],
+                          "--max-new-tokens", str(new_tokens), "--ignore-eos", "--dtype", dtype, *extra],
                          capture_output=True, text=True, check=True).stderr
     rate = float(re.search(r"new tokens at ([0-9.]+) tokens/s", out).group(1))
     prompt_tokens = int(re.search(r"prefill (\d+) tokens", out).group(1))
@@ -117,6 +127,7 @@ def main():
     ap.add_argument("--engines", default="ndarray,flex",
                     help="specbench BACKEND or BACKEND:PROJECTIONS, comma-separated (e.g. ndarray:backend)")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--dtype", default="f32", choices=list(DTYPES), help="weights of both engines")
     ap.add_argument("--new-tokens", type=int, default=16)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--specbench", default="target/release/specbench")
@@ -129,11 +140,11 @@ def main():
     print(f"read bandwidth: {bandwidth / 1e9:.1f} GB/s ({args.threads} threads)")
     rows = []
     for model_name in args.models:
-        model = torch_model(model_name)
+        model = torch_model(model_name, args.dtype)
         weight_bytes = decode_bytes(model)
         for repeat in range(args.repeats):
             for engine in args.engines.split(","):
-                rate, prompt_tokens = specbench_decode(args.specbench, model_name, engine, args.new_tokens)
+                rate, prompt_tokens = specbench_decode(args.specbench, model_name, engine, args.new_tokens, args.dtype)
                 rows.append(dict(model=model_name, engine=f"specbench {engine}", repeat=repeat, tokens_per_s=rate))
                 print(f"{model_name} {engine} #{repeat}: {rate:.3f} tokens/s")
             rate = torch_decode(model, prompt_tokens, args.new_tokens)
@@ -154,7 +165,7 @@ def main():
     machine = dict(cpu=cpu_name(), cores=os.cpu_count(), threads=args.threads,
                    read_bandwidth_gb_s=round(bandwidth / 1e9, 2), torch=torch.__version__,
                    transformers=__import__("transformers").__version__, specbench_commit=git_commit(),
-                   new_tokens=args.new_tokens, repeats=args.repeats, command=" ".join(os.sys.argv))
+                   new_tokens=args.new_tokens, repeats=args.repeats, dtype=args.dtype, command=" ".join(os.sys.argv))
     with open(os.path.join(out, "machine.json"), "w") as f:
         json.dump(machine, f, indent=2)
     summary = summarise(rows, args)
@@ -165,7 +176,7 @@ def main():
 
 
 def summarise(rows: list[dict], args) -> str:
-    lines = [f"f32, {args.new_tokens} new tokens, {args.threads} threads, median [min, max] of {args.repeats} "
+    lines = [f"{args.dtype}, {args.new_tokens} new tokens, {args.threads} threads, median [min, max] of {args.repeats} "
              "interleaved repeats; floor = read bandwidth / weight bytes per step", "",
              "| model | engine | tokens/s | vs torch | % of floor |", "|---|---|---|---|---|"]
     for model in dict.fromkeys(r["model"] for r in rows):

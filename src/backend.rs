@@ -11,35 +11,62 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, Result};
 use crate::model::ProjectionKernel;
 
-/// Where and how a model runs: the backend and its device, the float dtype, and who multiplies
-/// the projections. Made once at the edge (CLI, experiment runner) and passed down whole.
+/// Where and how a model runs: the backend and its device, the dtype it computes in, the dtype
+/// its projection weights are stored in, and who multiplies the projections. Made once at the
+/// edge (CLI, experiment runner) and passed down whole.
 #[derive(Debug, Clone)]
 pub struct Runtime {
     backend: Backend,
     device: Device,
     dtype: DType,
+    weight_dtype: DType,
     kernel: ProjectionKernel,
 }
 
 impl Runtime {
-    /// `backend`'s device (probed), `dtype` by name (checked against the device), and the
-    /// projection kernel that is fastest there (`ProjectionKernel::default_for`).
+    /// `backend`'s device (probed), `dtype` by name, and the projection kernel that is fastest
+    /// there (`ProjectionKernel::default_for`). A dtype the device computes in is used
+    /// throughout; bf16 or f16 on ndarray, which computes in f32 only, means half-precision
+    /// projection weights on the host kernel and f32 everywhere else.
     pub fn new(backend: Backend, dtype: &str) -> Result<Self> {
         let device = backend.device()?;
-        let dtype = parse_dtype(dtype, backend, &device)?;
-        Ok(Self { backend, device, dtype, kernel: ProjectionKernel::default_for(backend, dtype) })
+        Self::on(backend, device, dtype)
+    }
+
+    fn on(backend: Backend, device: Device, name: &str) -> Result<Self> {
+        let weight_dtype = dtype_named(name)?;
+        let kernel = ProjectionKernel::default_for(backend, weight_dtype);
+        let dtype = if device.supports_dtype(weight_dtype) {
+            weight_dtype
+        } else if backend.uses_host_memory() && kernel == ProjectionKernel::Host {
+            DType::F32
+        } else {
+            return Err(Error::DtypeUnsupported { dtype: name.into(), backend: backend.name().into() });
+        };
+        Ok(Self { backend, device, dtype, weight_dtype, kernel })
     }
 
     /// The same device with another dtype (a draft may run in another precision).
     pub fn with_dtype(&self, dtype: &str) -> Result<Self> {
-        let dtype = parse_dtype(dtype, self.backend, &self.device)?;
-        Ok(Self { dtype, kernel: ProjectionKernel::default_for(self.backend, dtype), ..self.clone() })
+        Self::on(self.backend, self.device.clone(), dtype)
     }
 
-    /// Another projection kernel, where it can run.
+    /// Another projection kernel, where it can run (Burn's matmul needs weights in the dtype
+    /// the backend computes in).
     pub fn with_kernel(self, kernel: ProjectionKernel) -> Result<Self> {
-        kernel.check(self.backend, self.dtype)?;
+        kernel.check(self.backend, self.weight_dtype)?;
+        if kernel == ProjectionKernel::Backend && self.weight_dtype != self.dtype {
+            return Err(Error::DtypeUnsupported {
+                dtype: format!("{} with backend projections", dtype_name(self.weight_dtype)),
+                backend: self.backend.name().into(),
+            });
+        }
         Ok(Self { kernel, ..self })
+    }
+
+    /// The dtype projection weights are stored in on the host kernel.
+    pub fn weight_dtype(&self) -> DType {
+        self.weight_dtype
     }
 
     pub fn backend(&self) -> Backend {
@@ -60,13 +87,12 @@ impl Runtime {
 
     /// One line for manifests and reports: backend, device, dtype, projection kernel.
     pub fn describe(&self) -> String {
-        format!(
-            "{}: {:?}; {}; {} projections",
-            self.backend,
-            self.device,
-            dtype_name(self.dtype),
-            self.kernel
-        )
+        let dtypes = if self.weight_dtype == self.dtype {
+            dtype_name(self.dtype).to_string()
+        } else {
+            format!("{} weights, {} compute", dtype_name(self.weight_dtype), dtype_name(self.dtype))
+        };
+        format!("{}: {:?}; {dtypes}; {} projections", self.backend, self.device, self.kernel)
     }
 }
 
@@ -189,20 +215,14 @@ fn compiled_names() -> String {
     Backend::ALL.iter().filter(|b| b.is_compiled()).map(|b| b.name()).collect::<Vec<_>>().join(", ")
 }
 
-/// Float dtype of a run's weights and activations; logits are always read back in f32.
-pub fn parse_dtype(name: &str, backend: Backend, device: &Device) -> Result<DType> {
-    let dtype = match name {
-        "f32" => DType::F32,
-        "f16" => DType::F16,
-        "bf16" => DType::BF16,
-        other => {
-            return Err(Error::InvalidConfig(format!("dtype `{other}`; choose f32, f16 or bf16")));
-        }
-    };
-    if !device.supports_dtype(dtype) {
-        return Err(Error::DtypeUnsupported { dtype: name.into(), backend: backend.name().into() });
+/// A float dtype by name; logits are always read back in f32.
+fn dtype_named(name: &str) -> Result<DType> {
+    match name {
+        "f32" => Ok(DType::F32),
+        "f16" => Ok(DType::F16),
+        "bf16" => Ok(DType::BF16),
+        other => Err(Error::InvalidConfig(format!("dtype `{other}`; choose f32, f16 or bf16"))),
     }
-    Ok(dtype)
 }
 
 pub fn dtype_name(dtype: DType) -> &'static str {
@@ -221,6 +241,18 @@ mod tests {
     fn unknown_backend_lists_the_compiled_ones() {
         let err = "cuda".parse::<Backend>().unwrap_err().to_string();
         assert!(err.contains("cuda") && err.contains("ndarray"), "{err}");
+    }
+
+    #[test]
+    fn half_precision_on_ndarray_is_half_precision_weights_computed_in_f32() {
+        let runtime = Runtime::new(Backend::Ndarray, "bf16").unwrap();
+        if runtime.kernel() == ProjectionKernel::Host {
+            assert_eq!((runtime.dtype(), runtime.weight_dtype()), (DType::F32, DType::BF16));
+            assert!(runtime.describe().contains("bf16 weights, f32 compute"));
+            assert!(runtime.with_kernel(ProjectionKernel::Backend).is_err());
+        }
+        let flex = Runtime::new(Backend::Flex, "bf16").unwrap();
+        assert_eq!((flex.dtype(), flex.weight_dtype()), (DType::BF16, DType::BF16));
     }
 
     #[test]

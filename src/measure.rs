@@ -96,7 +96,7 @@ pub fn forward_costs(
         medians.push(times[times.len() / 2]);
     }
     let runtime: &Runtime = model.runtime();
-    let weight_bytes = llama.config().num_parameters() * runtime.dtype().size() as f64;
+    let weight_bytes = llama.config().num_parameters() * runtime.weight_dtype().size() as f64;
     Ok(medians
         .iter()
         .enumerate()
@@ -104,7 +104,7 @@ pub fn forward_costs(
             engine: crate::experiment::rows::ENGINE.into(),
             model: model.spec.to_string(),
             backend: runtime.backend().name().into(),
-            dtype: dtype_name(runtime.dtype()).into(),
+            dtype: dtype_name(runtime.weight_dtype()).into(),
             cache_len: context.len(),
             tokens: i + 1,
             seconds,

@@ -162,7 +162,7 @@ fn check_memory(config: &LlamaConfig, runtime: &Runtime, what: &str) -> Result<(
         return Ok(());
     }
     match crate::files::available_memory_bytes() {
-        Some(available) => fits_in_memory(config, runtime.dtype(), available, what),
+        Some(available) => fits_in_memory(config, runtime.weight_dtype(), available, what),
         None => Ok(()),
     }
 }

@@ -181,7 +181,7 @@ impl Projection {
         config: &LlamaConfig,
         runtime: &Runtime,
     ) -> Result<Self> {
-        let dtype = runtime.dtype();
+        let dtype = runtime.weight_dtype();
         Ok(match runtime.kernel() {
             ProjectionKernel::Backend => {
                 let parts =
@@ -205,15 +205,18 @@ impl Projection {
 #[derive(Debug)]
 pub enum Embedding {
     Backend(Tensor<2>),
-    Host(HostMatrix),
+    /// With the dtype the backend computes in, which looked-up rows are cast to.
+    Host(HostMatrix, DType),
 }
 
 impl Embedding {
     pub fn load(source: &mut impl WeightSource, config: &LlamaConfig, runtime: &Runtime) -> Result<Self> {
-        let dtype = runtime.dtype();
         Ok(match runtime.kernel() {
             ProjectionKernel::Backend => Self::Backend(source.load(Weight::Embed, config)?),
-            ProjectionKernel::Host => Self::Host(HostMatrix::load(source, &[Weight::Embed], config, dtype)?),
+            ProjectionKernel::Host => Self::Host(
+                HostMatrix::load(source, &[Weight::Embed], config, runtime.weight_dtype())?,
+                runtime.dtype(),
+            ),
         })
     }
 
@@ -221,7 +224,7 @@ impl Embedding {
     pub fn lookup(&self, tokens: Tensor<2, Int>) -> Tensor<3> {
         match self {
             Self::Backend(table) => burn::tensor::module::embedding(table.clone(), tokens),
-            Self::Host(table) => {
+            Self::Host(table, dtype) => {
                 let [batch, seq] = tokens.dims();
                 let device = tokens.device();
                 let ids = tokens
@@ -234,11 +237,7 @@ impl Embedding {
                     table.weights.extend_row(id as usize, table.cols, &mut rows);
                 }
                 let rows = Tensor::<3>::from_data(TensorData::new(rows, [batch, seq, table.cols]), &device);
-                match &table.weights {
-                    HostWeights::F32(_) => rows,
-                    HostWeights::Bf16(_) => rows.cast(DType::BF16),
-                    HostWeights::F16(_) => rows.cast(DType::F16),
-                }
+                if *dtype == DType::F32 { rows } else { rows.cast(*dtype) }
             }
         }
     }
@@ -253,7 +252,7 @@ impl Embedding {
                 let x = x.reshape([batch * seq, hidden]);
                 table.clone().matmul(x.transpose()).transpose().reshape([batch, seq, table.dims()[0]])
             }
-            Self::Host(table) => table.forward(x),
+            Self::Host(table, _) => table.forward(x),
         }
     }
 }
