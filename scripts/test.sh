@@ -17,9 +17,10 @@ if ! ls /usr/share/vulkan/icd.d/lvp_icd*.json >/dev/null 2>&1; then
 fi
 
 # Release: the statistical tests run tens of thousands of generations. One feature set for every
-# target, so nothing is compiled twice; --all-targets also runs each criterion bench once.
-cargo build --release --features wgpu
+# target, so nothing is compiled twice (a plain `cargo build` would unify features without the
+# dev-dependencies and rebuild the whole tree); --all-targets also runs each criterion bench once.
+cargo test --release --features wgpu --all-targets --no-run
 # The GPU suite, seconds-long on lavapipe, so that it works whenever a GPU is lent
-# (experiments/gpu_suite.md); it uses the binary just built and writes to a scratch folder.
+# (experiments/gpu_suite.md); it uses the binary the tests just built, in a scratch folder.
 experiments/gpu_suite.sh --smoke --out "$(mktemp -d)"
 cargo test --release --features wgpu --all-targets
