@@ -142,15 +142,13 @@ else
   stage peer-transformers 240 python3 experiments/peer_torch_gpu.py --out "$OUT" --models "$PEER_MODELS" \
     --dtypes f16 --context "$CONTEXT" --max-tokens "$TOKENS" --repeats "$REPEATS" $COMPILE
 fi
+[ -f "$OUT/peers.csv" ] || echo "peer,status,why" > "$OUT/peers.csv"
 if python3 -c "import llama_cpp, sys; sys.exit(0 if llama_cpp.llama_supports_gpu_offload() else 1)" 2>/dev/null; then
-  echo "peer,status,why" > /dev/null  # a CUDA llama-cpp-python is present: measured by a later issue's script
-  echo "llama.cpp,skipped,a CUDA build of llama-cpp-python is installed but the suite does not drive it yet" \
-    >> "$OUT/peers.csv"
+  why="a CUDA build of llama-cpp-python is installed, but the suite does not drive it yet"
 else
-  [ -f "$OUT/peers.csv" ] || echo "peer,status,why" > "$OUT/peers.csv"
-  echo "llama.cpp,skipped,no CUDA build of llama-cpp-python on this machine (PyPI ships CPU wheels only)" \
-    >> "$OUT/peers.csv"
+  why="no CUDA build of llama-cpp-python on this machine (PyPI ships CPU wheels only)"
 fi
+echo "llama.cpp,skipped,$why" >> "$OUT/peers.csv"
 
 echo
 python3 experiments/gpu_summary.py "$OUT"

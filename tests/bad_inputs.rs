@@ -27,16 +27,6 @@ fn assert_clean_failure(model: &str, extra: &[&str], expected: &[&str]) {
     }
 }
 
-/// A writable copy of a fixture checkpoint.
-fn copy_fixture(name: &str) -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    for entry in std::fs::read_dir(common::fixture_dir(name)).unwrap() {
-        let entry = entry.unwrap();
-        std::fs::copy(entry.path(), dir.path().join(entry.file_name())).unwrap();
-    }
-    dir
-}
-
 fn path(dir: &tempfile::TempDir) -> &str {
     dir.path().to_str().unwrap()
 }
@@ -76,35 +66,35 @@ fn missing_folder() {
 
 #[test]
 fn missing_config() {
-    let dir = copy_fixture("tiny-gqa");
+    let dir = common::copy_fixture("tiny-gqa");
     std::fs::remove_file(dir.path().join("config.json")).unwrap();
     assert_clean_failure(path(&dir), &[], &["config.json not found"]);
 }
 
 #[test]
 fn malformed_config() {
-    let dir = copy_fixture("tiny-gqa");
+    let dir = common::copy_fixture("tiny-gqa");
     std::fs::write(dir.path().join("config.json"), "{\"hidden_size\": 64,").unwrap();
     assert_clean_failure(path(&dir), &[], &["malformed", "config.json"]);
 }
 
 #[test]
 fn unsupported_architecture() {
-    let dir = copy_fixture("tiny-gqa");
+    let dir = common::copy_fixture("tiny-gqa");
     edit_config(dir.path(), |c| c["architectures"] = serde_json::json!(["MistralForCausalLM"]));
     assert_clean_failure(path(&dir), &[], &["unsupported model", "MistralForCausalLM"]);
 }
 
 #[test]
 fn unsupported_rope_type() {
-    let dir = copy_fixture("tiny-gqa");
+    let dir = common::copy_fixture("tiny-gqa");
     edit_config(dir.path(), |c| c["rope_scaling"]["rope_type"] = "yarn".into());
     assert_clean_failure(path(&dir), &[], &["rope_scaling type `yarn`", "llama3"]);
 }
 
 #[test]
 fn transformers_5_rope_parameters_of_an_unimplemented_type() {
-    let dir = copy_fixture("tiny-tf5");
+    let dir = common::copy_fixture("tiny-tf5");
     edit_config(dir.path(), |c| c["rope_parameters"]["rope_type"] = "dynamic".into());
     assert_clean_failure(path(&dir), &[], &["rope_scaling type `dynamic`", "linear"]);
 }
@@ -117,7 +107,7 @@ fn config_keys_that_change_the_math_are_refused() {
         ("hidden_act", serde_json::json!("gelu")),
         ("partial_rotary_factor", serde_json::json!(0.5)),
     ] {
-        let dir = copy_fixture("tiny-tf5");
+        let dir = common::copy_fixture("tiny-tf5");
         edit_config(dir.path(), |c| c[key] = value);
         let wanted = if key == "attention_bias" { "attention_bias" } else { key };
         assert_clean_failure(path(&dir), &[], &[wanted]);
@@ -126,21 +116,21 @@ fn config_keys_that_change_the_math_are_refused() {
 
 #[test]
 fn rope_theta_given_twice_with_different_values() {
-    let dir = copy_fixture("tiny-tf5");
+    let dir = common::copy_fixture("tiny-tf5");
     edit_config(dir.path(), |c| c["rope_theta"] = 10000.0.into());
     assert_clean_failure(path(&dir), &[], &["rope_theta", "disagrees"]);
 }
 
 #[test]
 fn a_checkpoint_with_more_layers_than_its_config() {
-    let dir = copy_fixture("tiny-gqa");
+    let dir = common::copy_fixture("tiny-gqa");
     edit_config(dir.path(), |c| c["num_hidden_layers"] = 1.into());
     assert_clean_failure(path(&dir), &[], &["does not use", "model.layers.1.", "1 layers"]);
 }
 
 #[test]
 fn a_tied_config_with_a_different_lm_head_in_the_checkpoint() {
-    let dir = copy_fixture("tiny-gqa");
+    let dir = common::copy_fixture("tiny-gqa");
     edit_weights(dir.path(), |entries| {
         let embed = entries.iter().find(|(name, ..)| name == "model.embed_tokens.weight").unwrap().clone();
         let mut head = (String::from("lm_head.weight"), embed.1, embed.2, embed.3);
@@ -152,7 +142,7 @@ fn a_tied_config_with_a_different_lm_head_in_the_checkpoint() {
 
 #[test]
 fn a_tied_config_with_an_exact_copy_of_the_embedding_as_head_loads() {
-    let dir = copy_fixture("tiny-gqa");
+    let dir = common::copy_fixture("tiny-gqa");
     edit_weights(dir.path(), |entries| {
         let embed = entries.iter().find(|(name, ..)| name == "model.embed_tokens.weight").unwrap().clone();
         entries.push((String::from("lm_head.weight"), embed.1, embed.2, embed.3));
@@ -183,28 +173,28 @@ fn absurd_sizes_from_the_command_line_are_refused() {
 
 #[test]
 fn missing_tokenizer() {
-    let dir = copy_fixture("tiny-gqa");
+    let dir = common::copy_fixture("tiny-gqa");
     std::fs::remove_file(dir.path().join("tokenizer.json")).unwrap();
     assert_clean_failure(path(&dir), &[], &["tokenizer.json not found"]);
 }
 
 #[test]
 fn missing_weights_file() {
-    let dir = copy_fixture("tiny-gqa");
+    let dir = common::copy_fixture("tiny-gqa");
     std::fs::remove_file(dir.path().join("model.safetensors")).unwrap();
     assert_clean_failure(path(&dir), &[], &["model.safetensors", "not found"]);
 }
 
 #[test]
 fn missing_shard_of_a_sharded_checkpoint() {
-    let dir = copy_fixture("tiny-untied-bf16");
+    let dir = common::copy_fixture("tiny-untied-bf16");
     std::fs::remove_file(dir.path().join("model-00002-of-00003.safetensors")).unwrap();
     assert_clean_failure(path(&dir), &[], &["model-00002-of-00003.safetensors", "index.json"]);
 }
 
 #[test]
 fn truncated_safetensors() {
-    let dir = copy_fixture("tiny-gqa");
+    let dir = common::copy_fixture("tiny-gqa");
     let file = dir.path().join("model.safetensors");
     let bytes = std::fs::read(&file).unwrap();
     std::fs::write(&file, &bytes[..bytes.len() / 2]).unwrap();
@@ -213,14 +203,14 @@ fn truncated_safetensors() {
 
 #[test]
 fn garbage_safetensors() {
-    let dir = copy_fixture("tiny-gqa");
+    let dir = common::copy_fixture("tiny-gqa");
     std::fs::write(dir.path().join("model.safetensors"), b"not a safetensors file").unwrap();
     assert_clean_failure(path(&dir), &[], &["corrupt or truncated"]);
 }
 
 #[test]
 fn missing_tensor_is_named() {
-    let dir = copy_fixture("tiny-gqa");
+    let dir = common::copy_fixture("tiny-gqa");
     edit_weights(dir.path(), |entries| {
         entries.retain(|(name, ..)| name != "model.layers.1.mlp.up_proj.weight")
     });
@@ -229,7 +219,7 @@ fn missing_tensor_is_named() {
 
 #[test]
 fn wrong_shape_reports_expected_and_found() {
-    let dir = copy_fixture("tiny-gqa");
+    let dir = common::copy_fixture("tiny-gqa");
     edit_config(dir.path(), |c| c["intermediate_size"] = 150.into());
     assert_clean_failure(
         path(&dir),
@@ -240,7 +230,7 @@ fn wrong_shape_reports_expected_and_found() {
 
 #[test]
 fn nan_weights_give_a_non_finite_logits_error() {
-    let dir = copy_fixture("tiny-gqa");
+    let dir = common::copy_fixture("tiny-gqa");
     edit_weights(dir.path(), |entries| {
         let norm = entries.iter_mut().find(|(name, ..)| name == "model.norm.weight").unwrap();
         norm.3 = norm.3.chunks(4).flat_map(|_| f32::NAN.to_le_bytes()).collect();
@@ -316,7 +306,7 @@ fn generate_with_draft(draft: &str) -> Output {
 
 #[test]
 fn a_draft_with_another_vocabulary_is_refused_naming_the_first_differing_id() {
-    let dir = copy_fixture("tiny-untied-bf16");
+    let dir = common::copy_fixture("tiny-untied-bf16");
     let file = dir.path().join("tokenizer.json");
     let mut tokenizer: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
@@ -338,7 +328,7 @@ fn a_draft_with_another_vocabulary_is_refused_naming_the_first_differing_id() {
 fn a_draft_with_padded_embedding_rows_pairs_and_the_padding_is_masked() {
     // Pad the draft's embedding and head from 320 to 384 rows with huge logits-to-be: if the
     // padding were scored, the draft would propose token ids ≥ 320 and the target would fail.
-    let dir = copy_fixture("tiny-untied-bf16");
+    let dir = common::copy_fixture("tiny-untied-bf16");
     let index: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(dir.path().join("model.safetensors.index.json")).unwrap(),
     )

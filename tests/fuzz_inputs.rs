@@ -88,22 +88,13 @@ fn write(path: &Path, bytes: &[u8]) {
     std::fs::write(path, bytes).unwrap();
 }
 
-fn copy_fixture(name: &str) -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    for entry in std::fs::read_dir(common::fixture_dir(name)).unwrap() {
-        let entry = entry.unwrap();
-        std::fs::copy(entry.path(), dir.path().join(entry.file_name())).unwrap();
-    }
-    dir
-}
-
 fn load(dir: &Path, runtime: &Runtime) {
     let _ = LoadedModel::load(&ModelSpec::Folder(dir.to_path_buf()), runtime, 0);
 }
 
 #[test]
 fn fuzz_safetensors_headers() {
-    let dir = copy_fixture("tiny-gqa");
+    let dir = common::copy_fixture("tiny-gqa");
     let file = dir.path().join("model.safetensors");
     let bytes = std::fs::read(&file).unwrap();
     let header_end = 8 + u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
@@ -118,7 +109,7 @@ fn fuzz_safetensors_headers() {
 
 #[test]
 fn fuzz_config_json() {
-    let dir = copy_fixture("tiny-gqa");
+    let dir = common::copy_fixture("tiny-gqa");
     let file = dir.path().join("config.json");
     let text = std::fs::read(&file).unwrap();
     let runtime = Runtime::new(Backend::Ndarray, "f32").unwrap();

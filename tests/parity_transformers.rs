@@ -222,11 +222,7 @@ fn generate_json_reports_transformers_greedy_ids_and_top_logits() {
 #[test]
 fn generation_stops_on_the_models_own_stop_tokens_and_extra_ones() {
     let reference = reference("tiny-gqa");
-    let dir = tempfile::tempdir().unwrap();
-    for entry in std::fs::read_dir(common::fixture_dir("tiny-gqa")).unwrap() {
-        let entry = entry.unwrap();
-        std::fs::copy(entry.path(), dir.path().join(entry.file_name())).unwrap();
-    }
+    let dir = common::copy_fixture("tiny-gqa");
     let generate = |extra: &[&str]| {
         let report =
             generate_json(dir.path(), &reference.prompt, &[&["--max-new-tokens", "12"], extra].concat());

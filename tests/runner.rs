@@ -29,6 +29,16 @@ fn run_into(config: &str, dir: &Path, extra: &[&str]) -> String {
     ok(&specbench(&args))
 }
 
+/// `specbench run CONFIG --out DIR` in the background, its output discarded.
+fn spawn_run(config: &str, dir: &Path) -> std::process::Child {
+    Command::new(env!("CARGO_BIN_EXE_specbench"))
+        .args(["run", config, "--out", dir.to_str().unwrap()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
 fn keys(dir: &Path) -> Vec<RowKey> {
     read_rows(&dir.join("runs.csv")).unwrap().iter().map(|r| r.key()).collect()
 }
@@ -136,12 +146,7 @@ fn a_killed_run_resumes_without_losing_or_repeating_rows() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("run");
     let config = fixture("sweep-long.toml");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_specbench"))
-        .args(["run", &config, "--out", dir.to_str().unwrap()])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = spawn_run(&config, &dir);
     let runs = dir.join("runs.csv");
     let start = Instant::now();
     let lines = |p: &PathBuf| std::fs::read_to_string(p).map(|t| t.lines().count()).unwrap_or(0);
@@ -333,12 +338,7 @@ fn a_folder_being_written_refuses_a_second_writer() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("run");
     let config = fixture("sweep-long.toml");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_specbench"))
-        .args(["run", &config, "--out", dir.to_str().unwrap()])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = spawn_run(&config, &dir);
     let start = Instant::now();
     while !dir.join("runs.csv").exists() {
         assert!(start.elapsed() < Duration::from_secs(120), "the run never started writing");
@@ -370,10 +370,7 @@ fn resume_refuses_other_models_behind_the_same_config() {
     let copy = |name: &str| {
         let to = models.join(name);
         std::fs::create_dir(&to).unwrap();
-        for entry in std::fs::read_dir(fixture(name)).unwrap() {
-            let entry = entry.unwrap();
-            std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
-        }
+        common::copy_files(&common::fixture_dir(name), &to);
     };
     copy("tiny-gqa");
     copy("tiny-untied-bf16");

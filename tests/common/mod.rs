@@ -11,6 +11,21 @@ pub fn fixture_dir(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
 }
 
+/// Copies the files of folder `from` into `to` (which must exist).
+pub fn copy_files(from: &Path, to: &Path) {
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
+    }
+}
+
+/// A writable copy of a fixture checkpoint.
+pub fn copy_fixture(name: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    copy_files(&fixture_dir(name), dir.path());
+    dir
+}
+
 /// Every backend compiled into this test binary, with the logits tolerance it is held to
 /// against transformers' f32 CPU reference.
 pub fn backends() -> Vec<(Backend, Device, f32)> {
