@@ -1,9 +1,15 @@
 //! The KV cache lives outside the model so that speculative decoding can roll back rejected
-//! draft tokens with `truncate`.
+//! draft tokens with `truncate`. Keys and values are written into storage allocated ahead
+//! (doubling when full), so appending a token copies that token, not the whole history, and a
+//! rollback only moves the length.
 
 use burn::tensor::{Tensor, s};
 
-/// Keys and values per layer, each `[batch, kv_heads, len, head_dim]`.
+/// Storage rows allocated at the first append: enough for short generations without a regrow.
+const INITIAL_CAPACITY: usize = 128;
+
+/// Keys and values per layer, each `[batch, kv_heads, capacity, head_dim]`, of which the first
+/// `len` positions hold data.
 #[derive(Debug, Clone, Default)]
 pub struct KvCache {
     layers: Vec<Option<(Tensor<4>, Tensor<4>)>>,
@@ -24,35 +30,41 @@ impl KvCache {
         self.len == 0
     }
 
-    /// Keeps the first `n` positions; a no-op when `n >= len`.
+    /// Keeps the first `n` positions; a no-op when `n >= len`. Later appends overwrite the rest.
     pub fn truncate(&mut self, n: usize) {
-        if n >= self.len {
-            return;
-        }
-        for layer in &mut self.layers {
-            *layer = match layer.take() {
-                Some(_) if n == 0 => None,
-                Some((k, v)) => Some((k.slice(s![.., .., 0..n, ..]), v.slice(s![.., .., 0..n, ..]))),
-                None => None,
-            };
-        }
-        self.len = n;
+        self.len = self.len.min(n);
     }
 
     pub fn reset(&mut self) {
         self.truncate(0);
     }
 
-    /// Appends this forward's keys and values for `layer` and returns the whole history.
-    /// Every layer appends the same number of positions, so the length is advanced once per
-    /// forward by [`KvCache::advance`].
+    /// Writes this forward's keys and values for `layer` after the `len` cached positions and
+    /// returns the whole history as views. Every layer appends the same number of positions, so
+    /// the length is advanced once per forward by [`KvCache::advance`].
     pub(crate) fn append(&mut self, layer: usize, k: Tensor<4>, v: Tensor<4>) -> (Tensor<4>, Tensor<4>) {
-        let updated = match self.layers[layer].take() {
-            Some((k_old, v_old)) => (Tensor::cat(vec![k_old, k], 2), Tensor::cat(vec![v_old, v], 2)),
-            None => (k, v),
+        let [batch, heads, seq, dim] = k.dims();
+        let end = self.len + seq;
+        let (k_store, v_store) = match self.layers[layer].take() {
+            Some((ks, vs)) if ks.dims()[2] >= end => (ks, vs),
+            held => {
+                let capacity = end.max(INITIAL_CAPACITY).next_power_of_two();
+                let empty = || Tensor::<4>::zeros([batch, heads, capacity, dim], &k.device()).cast(k.dtype());
+                let (mut ks, mut vs) = (empty(), empty());
+                if let Some((old_k, old_v)) = held {
+                    let kept = s![.., .., 0..self.len, ..];
+                    ks = ks.slice_assign(kept, old_k.slice(kept));
+                    vs = vs.slice_assign(kept, old_v.slice(kept));
+                }
+                (ks, vs)
+            }
         };
-        self.layers[layer] = Some(updated.clone());
-        updated
+        let new = s![.., .., self.len..end, ..];
+        let (k_store, v_store) = (k_store.slice_assign(new, k), v_store.slice_assign(new, v));
+        let filled = s![.., .., 0..end, ..];
+        let views = (k_store.clone().slice(filled), v_store.clone().slice(filled));
+        self.layers[layer] = Some((k_store, v_store));
+        views
     }
 
     pub(crate) fn advance(&mut self, n: usize) {
