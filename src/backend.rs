@@ -85,6 +85,14 @@ impl Runtime {
         self.kernel
     }
 
+    /// Waits for queued device work, so timers measure work done.
+    pub fn sync(&self) -> Result<()> {
+        self.device.sync().map_err(|e| Error::BackendUnavailable {
+            backend: self.backend.name().into(),
+            reason: format!("device sync failed: {e:?}"),
+        })
+    }
+
     /// One line for manifests and reports: backend, device, dtype, projection kernel.
     pub fn describe(&self) -> String {
         let dtypes = if self.weight_dtype == self.dtype {

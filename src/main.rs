@@ -210,7 +210,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 .map(|m| format!("{} prompt `{}` repeat {}", m.cell.label(), m.prompt_id, m.repeat))
                 .collect();
             eprintln!(
-                "error: the merged run is incomplete, not marked finished: {} rows the config expects are in no folder                  (first: {}); complete the shard that holds them with --resume and merge again",
+                "error: the merged run is incomplete, not marked finished: {} rows the config expects are in no folder (first: {}); complete the shard that holds them with --resume and merge again",
                 merged.missing.len(),
                 shown.join("; ")
             );
@@ -271,12 +271,11 @@ fn bench(what: BenchCommand) -> Result<()> {
             let spec: ModelSpec = model.parse()?;
             let loaded =
                 LoadedModel::load(&spec, &runtime, 0).with_context(|| format!("loading model {spec}"))?;
-            let max = loaded.model.config().max_position_embeddings;
-            if context + max_tokens > max {
-                anyhow::bail!(
-                    "--context {context} + --max-tokens {max_tokens} is past the model's context of {max}"
-                );
-            }
+            loaded.check_context(
+                "benchmarked",
+                context + max_tokens,
+                &format!("--context {context} + --max-tokens {max_tokens}"),
+            )?;
             print_or_append(&measure::forward_costs(&loaded, context, max_tokens, repeats)?, &out)
         }
     }
@@ -316,16 +315,11 @@ fn generate(args: GenerateArgs) -> Result<()> {
     // A different seed keeps a random draft from being a copy of a random target.
     let draft = args.draft.as_deref().map(|d| load(d, args.seed.wrapping_add(1))).transpose()?;
     let prompt = target.tokenizer.encode(&args.prompt)?;
+    let k = if draft.is_some() { args.k } else { 0 };
+    let what =
+        format!("the prompt ({} tokens) + --max-new-tokens {} + k {k}", prompt.len(), args.max_new_tokens);
     for (role, model) in std::iter::once(("target", &target)).chain(draft.iter().map(|d| ("draft", d))) {
-        let context = model.model.config().max_position_embeddings;
-        let needed = prompt.len() + args.max_new_tokens + if draft.is_some() { args.k } else { 0 };
-        if needed > context {
-            anyhow::bail!(
-                "the prompt ({} tokens) + --max-new-tokens {} (+ k) needs {needed} positions, past the {role} model's context of {context}",
-                prompt.len(),
-                args.max_new_tokens
-            );
-        }
+        model.check_context(role, prompt.len() + args.max_new_tokens + k, &what)?;
     }
     let config = GenerationConfig {
         max_new_tokens: args.max_new_tokens,

@@ -25,14 +25,13 @@ pub fn read_bandwidth(runtime: &Runtime, bytes: usize, repeats: usize) -> Result
     let buffer = Tensor::<2>::ones([rows, BANDWIDTH_COLUMNS], runtime.device());
     let unavailable =
         |reason: String| Error::BackendUnavailable { backend: runtime.backend().name().into(), reason };
-    let sync = || runtime.device().sync().map_err(|e| unavailable(format!("device sync failed: {e:?}")));
-    sync()?;
+    runtime.sync()?;
     let mut best = Duration::MAX;
     // One untimed pass compiles the kernel (wgpu) and faults the pages in (CPU).
     for pass in 0..=repeats.max(1) {
         let start = Instant::now();
         let sums = buffer.clone().sum_dim(1);
-        sync()?;
+        runtime.sync()?;
         let elapsed = start.elapsed();
         let sums = sums
             .into_data()
@@ -90,7 +89,7 @@ pub fn forward_costs(
             if pass > 0 {
                 times.push(start.elapsed().as_secs_f64());
             }
-            <crate::model::Llama as CausalLm>::truncate(&mut cache, context.len());
+            cache.truncate(context.len());
         }
         times.sort_by(f64::total_cmp);
         medians.push(times[times.len() / 2]);

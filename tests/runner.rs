@@ -29,6 +29,15 @@ fn run_into(config: &str, dir: &Path, extra: &[&str]) -> String {
     ok(&specbench(&args))
 }
 
+/// Runs shards `0..run` of `count` of `config` into `tmp/shard{i}` and returns their folders.
+fn run_shards(config: &str, tmp: &Path, run: usize, count: usize) -> Vec<PathBuf> {
+    let shards: Vec<PathBuf> = (0..run).map(|i| tmp.join(format!("shard{i}"))).collect();
+    for (i, dir) in shards.iter().enumerate() {
+        run_into(config, dir, &["--shard", &format!("{i}/{count}")]);
+    }
+    shards
+}
+
 /// `specbench run CONFIG --out DIR` in the background, its output discarded.
 fn spawn_run(config: &str, dir: &Path) -> std::process::Child {
     Command::new(env!("CARGO_BIN_EXE_specbench"))
@@ -188,10 +197,7 @@ fn resume_refuses_a_different_config() {
 fn shards_merge_into_the_full_sweep() {
     let tmp = tempfile::tempdir().unwrap();
     let config = fixture("sweep.toml");
-    let shards: Vec<PathBuf> = (0..3).map(|i| tmp.path().join(format!("shard{i}"))).collect();
-    for (i, dir) in shards.iter().enumerate() {
-        run_into(&config, dir, &["--shard", &format!("{i}/3")]);
-    }
+    let shards = run_shards(&config, tmp.path(), 3, 3);
     let merged = tmp.path().join("merged");
     let mut args = vec!["merge"];
     args.extend(shards.iter().map(|d| d.to_str().unwrap()));
@@ -396,10 +402,7 @@ fn resume_refuses_other_models_behind_the_same_config() {
 fn merge_of_missing_shards_says_what_is_missing_and_is_not_finished() {
     let tmp = tempfile::tempdir().unwrap();
     let config = fixture("sweep.toml");
-    let shards: Vec<PathBuf> = (0..2).map(|i| tmp.path().join(format!("shard{i}"))).collect();
-    for (i, dir) in shards.iter().enumerate() {
-        run_into(&config, dir, &["--shard", &format!("{i}/3")]);
-    }
+    let shards = run_shards(&config, tmp.path(), 2, 3);
     let merged = tmp.path().join("merged");
     let out = specbench(&[
         "merge",

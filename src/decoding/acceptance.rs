@@ -69,8 +69,6 @@ pub struct StepOutcome {
     /// t (line 12): drawn from norm(max(0, p − q)) at the first rejection ("rejected +
     /// resampled", line 10), or from p_{k+1} when every draft was accepted ("bonus", line 8).
     pub next: u32,
-    /// Whether `next` is the bonus token.
-    pub bonus: bool,
     /// β at each position where the acceptance test ran.
     pub overlaps: Vec<f64>,
 }
@@ -90,12 +88,12 @@ pub fn verify_block(
     for (i, &token) in drafts.iter().enumerate() {
         overlaps.push(overlap(&ps[i], &qs[i]));
         if let Verdict::Rejected { token: resampled } = rule.verify(&ps[i], &qs[i], token, rng) {
-            return StepOutcome { accepted: i, next: resampled, bonus: false, overlaps };
+            return StepOutcome { accepted: i, next: resampled, overlaps };
         }
     }
     // Lines 8 and 12 with n = k: the bonus token from the target's last row.
     let bonus = sample(&ps[drafts.len()], rng);
-    StepOutcome { accepted: drafts.len(), next: bonus, bonus: true, overlaps }
+    StepOutcome { accepted: drafts.len(), next: bonus, overlaps }
 }
 
 /// One accept/reject test for draft token `token` drawn from `q`: accept when r ≤ p(x)/q(x)
@@ -184,12 +182,12 @@ mod tests {
         let ps = vec![certain.clone(), certain.clone(), certain.clone()];
         let qs = vec![certain.clone(), never.clone()];
         let out = verify_block(&RejectionSampling, &ps, &qs, &[1, 0], &mut rng);
-        assert_eq!((out.accepted, out.next, out.bonus), (1, 1, false));
+        assert_eq!((out.accepted, out.next), (1, 1));
         assert_eq!(out.overlaps, vec![1.0, 0.0]);
         // Everything agrees: both kept, bonus drawn from the last target row.
         let ps = vec![certain.clone(), certain.clone(), never.clone()];
         let out = verify_block(&RejectionSampling, &ps, &[certain.clone(), certain], &[1, 1], &mut rng);
-        assert_eq!((out.accepted, out.next, out.bonus), (2, 0, true));
+        assert_eq!((out.accepted, out.next), (2, 0));
     }
 
     #[test]

@@ -62,10 +62,7 @@ impl CausalLm for Llama {
     }
 
     fn sync(&self) -> Result<()> {
-        self.device().sync().map_err(|e| Error::BackendUnavailable {
-            backend: format!("{:?}", self.device()),
-            reason: format!("device sync failed: {e:?}"),
-        })
+        self.runtime().sync()
     }
 
     fn vocab_size(&self) -> usize {

@@ -92,8 +92,9 @@ impl<'a, T: CausalLm, D: CausalLm> Speculative<'a, T, D> {
                 .position(|t| config.eos_ids.contains(t))
                 .map_or(k, |eos| eos + 1);
             let overlaps = &outcome.overlaps[..outcome.overlaps.len().min(counted)];
-            acceptance.record_step(counted, outcome.accepted.min(counted), overlaps);
-            accepted_per_call.push(outcome.accepted.min(counted));
+            let accepted = outcome.accepted.min(counted);
+            acceptance.record_step(counted, accepted, overlaps);
+            accepted_per_call.push(accepted);
 
             let kept = drafts[..outcome.accepted].iter().copied().chain([outcome.next]);
             tokens.extend(kept.clone());

@@ -163,11 +163,11 @@ impl RunRow {
             ("position_accepted", &self.position_accepted, self.k),
             ("accepted_len_hist", &self.accepted_len_hist, self.k + 1),
         ] {
-            let entries = list.split(';').filter(|s| !s.is_empty()).count();
-            if entries > max {
-                return Err(format!("{name} has {entries} entries, more than k = {} allows", self.k));
+            let entries: Vec<&str> = list.split(';').filter(|s| !s.is_empty()).collect();
+            if entries.len() > max {
+                return Err(format!("{name} has {} entries, more than k = {} allows", entries.len(), self.k));
             }
-            if list.split(';').filter(|s| !s.is_empty()).any(|s| s.parse::<u64>().is_err()) {
+            if entries.iter().any(|s| s.parse::<u64>().is_err()) {
                 return Err(format!("{name} `{list}` is not a list of counts"));
             }
         }

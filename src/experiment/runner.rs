@@ -2,7 +2,7 @@
 //! on the same prompts and seeds. Baseline and speculative runs of one prompt and repeat follow
 //! each other, so slow drift of the machine affects both alike.
 //!
-//! The workflow reads as three steps: `Plan::load` (config, prompts, cells and the identity of
+//! The workflow reads as three steps: `Plan::new` (config, prompts, cells and the identity of
 //! the models, all checked before anything is created), `ResultFolder::create`/`resume` (one
 //! locked folder per run), and `execute` (load each backend's pair, check every prompt against
 //! the context, run the pending rows).
@@ -136,7 +136,7 @@ struct Plan {
 impl Plan {
     fn new(file: ExperimentFile, shard: Option<Shard>) -> Result<Self> {
         let prompts = load_prompts(&file)?;
-        let all = cells(&file.config, None).len();
+        let all = file.config.cells().len();
         let cells = cells(&file.config, shard);
         if let (true, Some(s)) = (cells.is_empty(), shard) {
             return Err(Error::Usage(format!(
@@ -148,7 +148,7 @@ impl Plan {
         Ok(Self { file, prompts, shard, cells, models })
     }
 
-    fn config(&self) -> &super::config::ExperimentConfig {
+    fn config(&self) -> &ExperimentConfig {
         &self.file.config
     }
 
@@ -199,6 +199,7 @@ impl ResultFolder {
             )));
         }
         report_stale_lock(&lock, &dir);
+        let build = Build::this();
         let manifest = Manifest {
             experiment: config.experiment.name.clone(),
             config: plan.file.text.clone(),
@@ -206,9 +207,9 @@ impl ResultFolder {
             models: Some(plan.models.clone()),
             prompt_ids: plan.prompt_ids(),
             stop_token_ids: Vec::new(),
-            git_commit: Build::this().commit_label(),
+            git_commit: build.commit_label(),
             crate_version: env!("CARGO_PKG_VERSION").into(),
-            build: Some(Build::this()),
+            build: Some(build),
             shard: plan.shard.map(|s| format!("{}/{}", s.index, s.count)),
             machine: Machine::this(),
             devices: Vec::new(),
@@ -343,7 +344,7 @@ fn execute(plan: &Plan, folder: &ResultFolder, show_progress: bool) -> Result<Ex
         progress.set_message(format!("loading models on {backend}"));
         let sweep = BackendSweep::load(plan, backend)?;
         devices.push(sweep.target.runtime().describe());
-        stop_ids = sweep.stop_ids();
+        stop_ids = sweep.stop_ids.clone();
         for temperature in config.temperatures() {
             let group: Vec<Cell> =
                 backend_cells.iter().copied().filter(|c| c.temperature == temperature).collect();
@@ -390,6 +391,8 @@ struct BackendSweep<'a> {
     draft: LoadedModel,
     vocab: usize,
     encoded: Vec<Vec<u32>>,
+    /// The target's stop tokens and the config's.
+    stop_ids: Vec<u32>,
 }
 
 impl<'a> BackendSweep<'a> {
@@ -413,7 +416,8 @@ impl<'a> BackendSweep<'a> {
                 target.tokenizer.encode(&p.prompt).map_err(|e| in_context(format!("prompt `{}`", p.id), e))
             })
             .collect::<Result<Vec<_>>>()?;
-        let sweep = Self { plan, target, draft, vocab, encoded };
+        let stop_ids = target.stop_ids(&plan.config().experiment.stop_token_ids);
+        let sweep = Self { plan, target, draft, vocab, encoded, stop_ids };
         sweep.check_context()?;
         Ok(sweep)
     }
@@ -424,19 +428,14 @@ impl<'a> BackendSweep<'a> {
         let max_new = self.plan.config().experiment.max_new_tokens;
         let k_max = self.plan.cells.iter().map(|c| c.k).max().unwrap_or(0);
         for (prompt, ids) in self.plan.prompts.iter().zip(&self.encoded) {
-            for (role, model, k) in [("target", &self.target, k_max), ("draft", &self.draft, k_max)] {
-                let context = model.model.config().max_position_embeddings;
-                let needed = ids.len() + max_new + k;
-                if needed > context {
-                    return Err(Error::InvalidConfig(format!(
-                        "prompt `{}` ({} tokens) + max_new_tokens {max_new} + k {k} = {needed} positions, \
-                         past the {role} model's context of {context} ({}); shorten the prompt or lower max_new_tokens",
-                        prompt.id,
-                        ids.len(),
-                        model.spec
-                    )));
-                }
-            }
+            let what = format!(
+                "prompt `{}` ({} tokens) + max_new_tokens {max_new} + k {k_max}",
+                prompt.id,
+                ids.len()
+            );
+            let positions = ids.len() + max_new + k_max;
+            self.target.check_context("target", positions, &what)?;
+            self.draft.check_context("draft", positions, &what)?;
         }
         Ok(())
     }
@@ -450,7 +449,7 @@ impl<'a> BackendSweep<'a> {
                 top_k: config.sweep.top_k,
                 top_p: config.sweep.top_p,
             },
-            eos_ids: self.stop_ids(),
+            eos_ids: self.stop_ids.clone(),
             seed,
         };
         let prompt = &self.encoded[prompt_index];
@@ -467,10 +466,6 @@ impl<'a> BackendSweep<'a> {
                 e,
             )
         })
-    }
-
-    fn stop_ids(&self) -> Vec<u32> {
-        self.target.stop_ids(&self.plan.config().experiment.stop_token_ids)
     }
 
     fn row(&self, cell: &Cell, prompt: &Prompt, repeat: usize, seed: u64, g: &Generation) -> RunRow {

@@ -274,7 +274,7 @@ mod tests {
     fn matches_a_plain_triple_loop_for_every_tile_remainder_and_lane_tail() {
         // cols = 37 leaves a lane tail; m = 1..9 covers full tiles and each remainder; rows
         // that do not fill the last task block; the last matrix is large enough to go parallel.
-        assert!(2100 * 513 >= PARALLEL_MIN_WEIGHTS, "the last shape must take the parallel path");
+        const { assert!(2100 * 513 >= PARALLEL_MIN_WEIGHTS, "the last shape must take the parallel path") };
         for (rows, cols) in [(5, 37), (33, 64), (600, 513), (2100, 513)] {
             let w = values(rows * cols, 7);
             for m in 1..=9 {

@@ -147,6 +147,20 @@ impl LoadedModel {
         self.model.runtime()
     }
 
+    /// Refuses, before any work, a generation that would reach past the model's context:
+    /// `what` says what needs the `positions` (prompt, new tokens, drafts), `role` which model.
+    pub fn check_context(&self, role: &str, positions: usize, what: &str) -> Result<()> {
+        let context = self.model.config().max_position_embeddings;
+        if positions <= context {
+            return Ok(());
+        }
+        Err(Error::InvalidConfig(format!(
+            "{what} = {positions} positions, past the {role} model's context of {context} ({}); \
+             shorten the prompt or generate fewer tokens",
+            self.spec
+        )))
+    }
+
     /// The model's stop tokens and `extra` ones, sorted, each once.
     pub fn stop_ids(&self, extra: &[u32]) -> Vec<u32> {
         let mut ids: Vec<u32> = self.stop_ids.iter().chain(extra).copied().collect();

@@ -137,8 +137,8 @@ fn mean(values: impl Iterator<Item = f64>) -> f64 {
 /// ratio estimator's: the delta-method standard error of log R from the prompts' residuals
 /// S_p − R·B_p, with Student's t on P − 1 degrees of freedom, taken back from the log scale (so
 /// no bound is ever negative). A paired cluster bootstrap (BCa) covered only 91.7% at 16 prompts
-/// in the simulation of the tests below; this interval is held to 93–97% there. With one prompt its repeats are the
-/// units. Returns the interval and the method with its number of units, e.g. `ratio-t/16 prompts`.
+/// in the simulation of the tests below; this interval is held to 93–97% there. With one prompt
+/// its repeats are the units. Returns the interval and the method with its number of units, e.g. `ratio-t/16 prompts`.
 fn speedup_interval(cell: &[&RunRow], baseline: &[&RunRow]) -> (Option<(f64, f64)>, String) {
     let speed = |rows: &[&RunRow]| -> BTreeMap<(String, usize), f64> {
         rows.iter().map(|r| ((r.prompt_id.clone(), r.repeat), r.tokens_per_s)).collect()
