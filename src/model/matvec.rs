@@ -110,9 +110,10 @@ impl WeightElement for half::f16 {
 const ROWS_PER_TASK: usize = 16;
 /// Below this many weights (4 MiB of f32) a matrix is multiplied on the calling thread: waking
 /// the pool costs more than it saves. Measured on the embedded target, whose matrices are all
-/// smaller: at 2^18 a third of decode time went to rayon wake-ups and yields; 2^20 decoded 38%
-/// faster on flex (831-843 vs 593-632 tokens/s) and 12% on ndarray; 2^22 was no better. The 1B
-/// shape's matrices (≥ 2048 × 2048) stay parallel.
+/// smaller: at 2^18 a third of decode time went to rayon wake-ups and yields; 2^20 decoded 40%
+/// faster on flex (733-775 vs 528-566 tokens/s, results/decode-cpu/2026-11-25-host-threshold) and
+/// no faster beyond noise on ndarray; 2^22 was no better. The 1B shape's matrices
+/// (≥ 2048 × 2048) stay parallel.
 const PARALLEL_MIN_WEIGHTS: usize = 1 << 20;
 
 /// `x: [m, cols]` times `weight: [rows, cols]` transposed, into `[m, rows]`.
