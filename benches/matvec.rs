@@ -2,7 +2,7 @@
 //! compare with the machine's read bandwidth (experiments/decode_vs_torch.py measures it).
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use specbench::model::matvec::matmul_transposed;
+use specbench::kernels::matvec::matmul_transposed;
 
 fn matvec(c: &mut Criterion) {
     let mut group = c.benchmark_group("host matvec, f32");

@@ -9,6 +9,7 @@ use burn::tensor::{DType, Device, Tensor};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+use crate::kernels::quant::BlockFormat;
 use crate::model::ProjectionKernel;
 
 /// Where and how a model runs: the backend and its device, the dtype it computes in, the dtype
@@ -20,6 +21,8 @@ pub struct Runtime {
     device: Device,
     dtype: DType,
     weight_dtype: DType,
+    /// Set for `q8_0` / `q4_0`: float weights are quantized on load to this block format.
+    quantize: Option<BlockFormat>,
     kernel: ProjectionKernel,
 }
 
@@ -34,6 +37,18 @@ impl Runtime {
     }
 
     fn on(backend: Backend, device: Device, name: &str) -> Result<Self> {
+        if let Some(format) = quantized_named(name) {
+            // Quantized weights live in host memory and only the host kernel multiplies them
+            // (its portable path where the CPU lacks AVX2).
+            if !backend.uses_host_memory() {
+                return Err(Error::DtypeUnsupported {
+                    dtype: format!("{name} (quantized weights run on the CPU backends' host kernel)"),
+                    backend: backend.name().into(),
+                });
+            }
+            let (dtype, kernel) = (DType::F32, ProjectionKernel::Host);
+            return Ok(Self { backend, device, dtype, weight_dtype: dtype, quantize: Some(format), kernel });
+        }
         let weight_dtype = dtype_named(name)?;
         let kernel = ProjectionKernel::default_for(backend, weight_dtype);
         let dtype = if device.supports_dtype(weight_dtype) {
@@ -43,7 +58,7 @@ impl Runtime {
         } else {
             return Err(Error::DtypeUnsupported { dtype: name.into(), backend: backend.name().into() });
         };
-        Ok(Self { backend, device, dtype, weight_dtype, kernel })
+        Ok(Self { backend, device, dtype, weight_dtype, quantize: None, kernel })
     }
 
     /// The same device with another dtype (a draft may run in another precision).
@@ -55,18 +70,37 @@ impl Runtime {
     /// the backend computes in).
     pub fn with_kernel(self, kernel: ProjectionKernel) -> Result<Self> {
         kernel.check(self.backend, self.weight_dtype)?;
-        if kernel == ProjectionKernel::Backend && self.weight_dtype != self.dtype {
+        if kernel == ProjectionKernel::Backend && (self.weight_dtype != self.dtype || self.quantize.is_some())
+        {
             return Err(Error::DtypeUnsupported {
-                dtype: format!("{} with backend projections", dtype_name(self.weight_dtype)),
+                dtype: format!("{} with backend projections", self.weight_name()),
                 backend: self.backend.name().into(),
             });
         }
         Ok(Self { kernel, ..self })
     }
 
-    /// The dtype projection weights are stored in on the host kernel.
+    /// The dtype projection weights are stored in on the host kernel (before quantizing).
     pub fn weight_dtype(&self) -> DType {
         self.weight_dtype
+    }
+
+    /// The block format float weights are quantized to on load, if any.
+    pub fn quantize(&self) -> Option<BlockFormat> {
+        self.quantize
+    }
+
+    /// Bytes per parameter of the projection weights, as held in memory.
+    pub fn weight_bytes_per_parameter(&self) -> f64 {
+        match self.quantize {
+            Some(format) => format.bits_per_weight() / 8.0,
+            None => self.weight_dtype.size() as f64,
+        }
+    }
+
+    /// The projection weights' dtype by name: `f32`, `bf16`, `q4_0`, ...
+    pub fn weight_name(&self) -> &'static str {
+        self.quantize.map_or_else(|| dtype_name(self.weight_dtype), BlockFormat::name)
     }
 
     pub fn backend(&self) -> Backend {
@@ -95,10 +129,10 @@ impl Runtime {
 
     /// One line for manifests and reports: backend, device, dtype, projection kernel.
     pub fn describe(&self) -> String {
-        let dtypes = if self.weight_dtype == self.dtype {
+        let dtypes = if self.weight_name() == dtype_name(self.dtype) {
             dtype_name(self.dtype).to_string()
         } else {
-            format!("{} weights, {} compute", dtype_name(self.weight_dtype), dtype_name(self.dtype))
+            format!("{} weights, {} compute", self.weight_name(), dtype_name(self.dtype))
         };
         format!("{}: {:?}; {dtypes}; {} projections", self.backend, self.device, self.kernel)
     }
@@ -229,7 +263,16 @@ fn dtype_named(name: &str) -> Result<DType> {
         "f32" => Ok(DType::F32),
         "f16" => Ok(DType::F16),
         "bf16" => Ok(DType::BF16),
-        other => Err(Error::InvalidConfig(format!("dtype `{other}`; choose f32, f16 or bf16"))),
+        other => Err(Error::InvalidConfig(format!("dtype `{other}`; choose f32, f16, bf16, q8_0 or q4_0"))),
+    }
+}
+
+/// The quantized dtypes a checkpoint can be quantized to on load.
+fn quantized_named(name: &str) -> Option<BlockFormat> {
+    match name {
+        "q8_0" => Some(BlockFormat::Q8_0),
+        "q4_0" => Some(BlockFormat::Q4_0),
+        _ => None,
     }
 }
 
@@ -261,6 +304,17 @@ mod tests {
         }
         let flex = Runtime::new(Backend::Flex, "bf16").unwrap();
         assert_eq!((flex.dtype(), flex.weight_dtype()), (DType::BF16, DType::BF16));
+    }
+
+    #[test]
+    fn quantized_dtypes_run_on_the_host_kernel_of_cpu_backends_only() {
+        let runtime = Runtime::new(Backend::Flex, "q4_0").unwrap();
+        assert_eq!((runtime.quantize(), runtime.kernel()), (Some(BlockFormat::Q4_0), ProjectionKernel::Host));
+        assert!(runtime.describe().contains("q4_0 weights, f32 compute"), "{}", runtime.describe());
+        assert!((runtime.weight_bytes_per_parameter() - 0.5625).abs() < 1e-9);
+        assert!(runtime.with_kernel(ProjectionKernel::Backend).is_err());
+        let err = Runtime::new(Backend::Ndarray, "q3").unwrap_err().to_string();
+        assert!(err.contains("q8_0"), "{err}");
     }
 
     #[test]

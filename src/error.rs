@@ -28,6 +28,10 @@ pub enum Error {
     Usage(String),
     #[error("corrupt or truncated safetensors file {path}: {message}")]
     CorruptSafetensors { path: PathBuf, message: String },
+    /// A GGUF file that cannot be read as one, or whose metadata and tensors disagree; the
+    /// message names the key or tensor.
+    #[error("GGUF file {path}: {message}")]
+    Gguf { path: PathBuf, message: String },
     #[error("tensor `{name}` is missing from the checkpoint in {dir}")]
     MissingTensor { name: String, dir: PathBuf },
     #[error("tensor `{name}` has shape {found:?}, expected {expected:?} from config.json")]

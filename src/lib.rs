@@ -2,10 +2,12 @@
 //! models on Burn.
 
 pub mod backend;
+pub mod checkpoint;
 pub mod decoding;
 pub mod error;
 pub mod experiment;
 pub mod files;
+pub mod kernels;
 pub mod measure;
 pub mod metrics;
 pub mod model;

@@ -114,8 +114,8 @@ enum BenchCommand {
 
 #[derive(Args)]
 struct GenerateArgs {
-    /// Hugging Face checkpoint folder, or random:PRESET (llama3.2-1b, llama3.2-3b, llama3.1-8b,
-    /// custom,hidden=..,layers=..).
+    /// Hugging Face checkpoint folder, GGUF file (`.gguf`), or random:PRESET (llama3.2-1b,
+    /// llama3.2-3b, llama3.1-8b, custom,hidden=..,layers=..).
     #[arg(long, visible_alias = "target")]
     model: String,
     /// Draft model (same forms as --model); enables speculative decoding.
@@ -157,7 +157,8 @@ struct GenerateArgs {
     /// ndarray or flex (CPU), or wgpu (GPU; needs the `wgpu` cargo feature).
     #[arg(long, default_value = "ndarray")]
     backend: String,
-    /// f32, f16 or bf16 (f16/bf16 where the backend supports them).
+    /// f32, f16 or bf16 (f16/bf16 where the backend supports them), or q8_0 / q4_0: float weights
+    /// quantized on load (CPU backends). A GGUF file's quantized tensors always stay as stored.
     #[arg(long, default_value = "f32")]
     dtype: String,
     /// Who multiplies the linear layers: `host` (specbench's kernel; CPU backends in f32) or

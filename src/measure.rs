@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use burn::tensor::Tensor;
 use serde::Serialize;
 
-use crate::backend::{Runtime, dtype_name};
+use crate::backend::Runtime;
 use crate::decoding::CausalLm;
 use crate::error::{Error, Result};
 use crate::model::LoadedModel;
@@ -95,7 +95,7 @@ pub fn forward_costs(
         medians.push(times[times.len() / 2]);
     }
     let runtime: &Runtime = model.runtime();
-    let weight_bytes = llama.config().num_parameters() * runtime.weight_dtype().size() as f64;
+    let weight_bytes = llama.weight_bytes() as f64;
     Ok(medians
         .iter()
         .enumerate()
@@ -103,7 +103,7 @@ pub fn forward_costs(
             engine: crate::experiment::rows::ENGINE.into(),
             model: model.spec.to_string(),
             backend: runtime.backend().name().into(),
-            dtype: dtype_name(runtime.weight_dtype()).into(),
+            dtype: runtime.weight_name().into(),
             cache_len: context.len(),
             tokens: i + 1,
             seconds,

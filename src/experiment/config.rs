@@ -142,11 +142,21 @@ impl ExperimentFile {
                 return entry.path.parse();
             }
             let dir = resolve_beside(path, &entry.path, &format!("{key}.path"))?;
+            if crate::model::is_gguf_path(&dir) {
+                if !dir.is_file() {
+                    return Err(Error::InvalidConfig(format!(
+                        "`{key}.path` in {}: GGUF file {} does not exist",
+                        path.display(),
+                        dir.display()
+                    )));
+                }
+                return Ok(ModelSpec::Gguf(std::fs::canonicalize(&dir).unwrap_or(dir)));
+            }
             if !dir.is_dir() {
                 return Err(Error::InvalidConfig(format!(
                     "`{key}.path` in {}: model folder {} does not exist. Put a Hugging Face checkpoint there \
                      (config.json, model.safetensors or model.safetensors.index.json with its shards, \
-                     tokenizer.json), or point the path (or $SPECBENCH_MODELS) at one",
+                     tokenizer.json), or point the path (or $SPECBENCH_MODELS) at one or at a .gguf file",
                     path.display(),
                     dir.display()
                 )));
@@ -239,9 +249,9 @@ impl ExperimentConfig {
             return bad("prompts.limit", "must be at least 1");
         }
         for (key, entry) in [("models.target", &self.models.target), ("models.draft", &self.models.draft)] {
-            if !["f32", "f16", "bf16"].contains(&entry.dtype.as_str()) {
+            if !["f32", "f16", "bf16", "q8_0", "q4_0"].contains(&entry.dtype.as_str()) {
                 return Err(Error::InvalidConfig(format!(
-                    "`{key}.dtype` is `{}`; choose f32, f16 or bf16",
+                    "`{key}.dtype` is `{}`; choose f32, f16, bf16, q8_0 or q4_0",
                     entry.dtype
                 )));
             }

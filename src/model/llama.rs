@@ -79,6 +79,22 @@ impl Llama {
         &self.config
     }
 
+    /// Bytes of projection and embedding weights held (norms are negligible and not counted):
+    /// what one decoded token streams from memory.
+    pub fn weight_bytes(&self) -> usize {
+        let layers: usize = self
+            .layers
+            .iter()
+            .map(|l| {
+                l.attention.qkv.bytes()
+                    + l.attention.output.bytes()
+                    + l.mlp.gate_up.bytes()
+                    + l.mlp.down.bytes()
+            })
+            .sum();
+        layers + self.embed.bytes() + self.lm_head.as_ref().map_or(0, Projection::bytes)
+    }
+
     pub fn runtime(&self) -> &Runtime {
         &self.runtime
     }

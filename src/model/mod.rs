@@ -3,16 +3,12 @@
 pub mod cache;
 pub mod config;
 pub mod llama;
-pub mod loader;
-pub mod matvec;
 pub mod projection;
 pub mod rope;
 pub mod weights;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
-
-use burn::tensor::DType;
 
 pub use cache::KvCache;
 pub use config::{CustomDims, LlamaConfig};
@@ -20,16 +16,24 @@ pub use llama::Llama;
 pub use projection::ProjectionKernel;
 
 use crate::backend::Runtime;
+use crate::checkpoint::folder::{self, Checkpoint};
+use crate::checkpoint::gguf::GgufFile;
+use crate::checkpoint::gguf_llama::{self, GgufCheckpoint};
 use crate::error::{Error, Result};
 use crate::tokenizer::Tokenizer;
-use loader::Checkpoint;
 use weights::RandomWeights;
 
-/// What `--model` names: a local Hugging Face folder or `random:PRESET`.
+/// What `--model` names: a local Hugging Face folder, a GGUF file or `random:PRESET`.
 #[derive(Debug, Clone, PartialEq)]
 pub enum ModelSpec {
     Folder(PathBuf),
+    Gguf(PathBuf),
     Random { name: String, config: Box<LlamaConfig> },
+}
+
+/// Whether `path` names a GGUF file (by its extension, as llama.cpp's tools do).
+pub fn is_gguf_path(path: &Path) -> bool {
+    path.extension().is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
 }
 
 pub const PRESETS: &str =
@@ -40,7 +44,8 @@ impl FromStr for ModelSpec {
 
     fn from_str(s: &str) -> Result<Self> {
         let Some(preset) = s.strip_prefix("random:") else {
-            return Ok(Self::Folder(PathBuf::from(s)));
+            let path = PathBuf::from(s);
+            return Ok(if is_gguf_path(&path) { Self::Gguf(path) } else { Self::Folder(path) });
         };
         let config = match preset {
             "llama3.2-1b" => LlamaConfig::llama3_2_1b(),
@@ -59,7 +64,7 @@ impl FromStr for ModelSpec {
 impl std::fmt::Display for ModelSpec {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Self::Folder(path) => write!(f, "{}", path.display()),
+            Self::Folder(path) | Self::Gguf(path) => write!(f, "{}", path.display()),
             Self::Random { name, .. } => write!(f, "random:{name}"),
         }
     }
@@ -72,7 +77,9 @@ pub struct ModelIdentity {
     /// The resolved path (environment variables expanded), or `random:PRESET`.
     pub spec: String,
     /// SHA-256 over config.json, tokenizer.json and each weight file's name, size and
-    /// safetensors header (tensor names, dtypes, shapes, offsets); for presets, over the config.
+    /// safetensors header (tensor names, dtypes, shapes, offsets); for a GGUF file, over its size
+    /// and everything before the tensor data (metadata, tokenizer, tensor infos); for presets,
+    /// over the config.
     pub fingerprint: String,
 }
 
@@ -83,17 +90,22 @@ impl ModelSpec {
         let mut hash = Sha256::new();
         match self {
             Self::Folder(dir) => {
-                loader::require_dir(dir)?;
+                folder::require_dir(dir)?;
                 for name in ["config.json", "tokenizer.json"] {
                     let path = dir.join(name);
                     hash.update(name.as_bytes());
                     hash.update(std::fs::read(&path).map_err(crate::files::io_error("read", &path))?);
                 }
-                for (name, size, header) in loader::weight_headers(dir)? {
+                for (name, size, header) in folder::weight_headers(dir)? {
                     hash.update(name.as_bytes());
                     hash.update(size.to_le_bytes());
                     hash.update(header);
                 }
+            }
+            Self::Gguf(path) => {
+                let file = GgufFile::open(path)?;
+                hash.update(file.size().to_le_bytes());
+                hash.update(file.header_bytes());
             }
             Self::Random { name, config } => {
                 hash.update(name.as_bytes());
@@ -121,7 +133,7 @@ impl LoadedModel {
     pub fn load(spec: &ModelSpec, runtime: &Runtime, seed: u64) -> Result<Self> {
         let (model, tokenizer, stop_ids) = match spec {
             ModelSpec::Folder(dir) => {
-                loader::require_dir(dir)?;
+                folder::require_dir(dir)?;
                 let config = LlamaConfig::from_file(&dir.join("config.json"))?;
                 let tokenizer = Tokenizer::from_file(&dir.join("tokenizer.json"))?;
                 let stop_ids = match config::generation_eos_ids(&dir.join("generation_config.json"))? {
@@ -130,6 +142,17 @@ impl LoadedModel {
                 };
                 check_memory(&config, runtime, &dir.display().to_string())?;
                 let mut source = Checkpoint::open(dir, runtime.device(), runtime.dtype())?;
+                (Llama::build(config, &mut source, runtime)?, tokenizer, stop_ids)
+            }
+            ModelSpec::Gguf(path) => {
+                let mut source = GgufCheckpoint::open(path, runtime.device(), runtime.dtype())?;
+                let config = gguf_llama::config_from(source.file())?;
+                let tokenizer = Tokenizer::HuggingFace(
+                    Box::new(gguf_llama::tokenizer_from(source.file())?),
+                    path.clone(),
+                );
+                let stop_ids = config.eos_token_ids();
+                check_memory(&config, runtime, &path.display().to_string())?;
                 (Llama::build(config, &mut source, runtime)?, tokenizer, stop_ids)
             }
             ModelSpec::Random { name, config } => {
@@ -176,21 +199,29 @@ fn check_memory(config: &LlamaConfig, runtime: &Runtime, what: &str) -> Result<(
         return Ok(());
     }
     match crate::files::available_memory_bytes() {
-        Some(available) => fits_in_memory(config, runtime.weight_dtype(), available, what),
+        Some(available) => fits_in_memory(
+            config,
+            runtime.weight_bytes_per_parameter(),
+            runtime.weight_name(),
+            available,
+            what,
+        ),
         None => Ok(()),
     }
 }
 
-fn fits_in_memory(config: &LlamaConfig, dtype: DType, available: u64, what: &str) -> Result<()> {
-    let needed = config.num_parameters() * dtype.size() as f64;
+fn fits_in_memory(
+    config: &LlamaConfig,
+    bytes_per_parameter: f64,
+    weights: &str,
+    available: u64,
+    what: &str,
+) -> Result<()> {
+    let needed = config.num_parameters() * bytes_per_parameter;
     let gib = |bytes: f64| bytes / (1u64 << 30) as f64;
     if needed > available as f64 {
         return Err(Error::InsufficientMemory {
-            what: format!(
-                "{what} ({:.2}B parameters in {})",
-                config.num_parameters() / 1e9,
-                crate::backend::dtype_name(dtype)
-            ),
+            what: format!("{what} ({:.2}B parameters in {})", config.num_parameters() / 1e9, weights),
             needed_gib: gib(needed),
             available_gib: gib(available as f64),
         });
@@ -206,6 +237,7 @@ mod tests {
     fn specs_parse_presets_folders_and_reject_unknown_presets() {
         assert!(matches!("random:llama3.1-8b".parse::<ModelSpec>().unwrap(), ModelSpec::Random { .. }));
         assert_eq!("models/x".parse::<ModelSpec>().unwrap(), ModelSpec::Folder("models/x".into()));
+        assert_eq!("m/x.Q4_0.gguf".parse::<ModelSpec>().unwrap(), ModelSpec::Gguf("m/x.Q4_0.gguf".into()));
         let custom = "random:custom,hidden=64,layers=1".parse::<ModelSpec>().unwrap();
         let ModelSpec::Random { config, .. } = custom else { panic!("not random") };
         assert_eq!((config.hidden_size, config.num_hidden_layers), (64, 1));
@@ -220,10 +252,11 @@ mod tests {
         // 8.03B × 4 bytes = 29.9 GiB.
         let gib = 1u64 << 30;
         let err =
-            fits_in_memory(&config, DType::F32, 24 * gib, "random:llama3.1-8b").unwrap_err().to_string();
+            fits_in_memory(&config, 4.0, "f32", 24 * gib, "random:llama3.1-8b").unwrap_err().to_string();
         assert!(err.contains("29.9 GiB") && err.contains("8.03B"), "{err}");
-        fits_in_memory(&config, DType::F32, 32 * gib, "random:llama3.1-8b").unwrap();
-        fits_in_memory(&config, DType::BF16, 24 * gib, "random:llama3.1-8b").unwrap();
+        fits_in_memory(&config, 4.0, "f32", 32 * gib, "random:llama3.1-8b").unwrap();
+        fits_in_memory(&config, 2.0, "bf16", 24 * gib, "random:llama3.1-8b").unwrap();
+        fits_in_memory(&config, 0.5625, "q4_0", 24 * gib, "random:llama3.1-8b").unwrap();
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! Linear projections and the embedding table, multiplied either by the backend or, on the CPU
-//! backends in f32, by specbench's host kernel (`matvec`), which streams the weights at memory
-//! bandwidth where Burn's CPU matmuls do not (see `matvec` for why).
+//! backends, by specbench's host kernels (`kernels::matvec` for float weights, `kernels::quant`
+//! for quantized blocks), which stream the weights at memory bandwidth where Burn's CPU matmuls
+//! do not (see `matvec` for why).
 
 use std::fmt;
 use std::str::FromStr;
@@ -10,9 +11,10 @@ use burn::tensor::{DType, Int, Tensor, TensorData};
 
 use crate::backend::{Backend, Runtime};
 use crate::error::{Error, Result};
+use crate::kernels::matvec::{WeightElement, multiply_rows_into, transpose_outputs};
+use crate::kernels::quant::{BlockFormat, QuantMatrix};
 use crate::model::config::LlamaConfig;
-use crate::model::matvec::{WeightElement, matmul_transposed};
-use crate::model::weights::{Weight, WeightSource};
+use crate::model::weights::{HostTensor, Weight, WeightSource};
 
 /// Who multiplies a model's linear layers and LM head.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -27,7 +29,7 @@ impl ProjectionKernel {
     /// The host kernel wherever it applies (a CPU backend running f32) and this CPU has its
     /// vector path; the backend elsewhere.
     pub fn default_for(backend: Backend, dtype: DType) -> Self {
-        if Self::host_applies(backend, dtype) && crate::model::matvec::vector_path_available() {
+        if Self::host_applies(backend, dtype) && crate::kernels::matvec::vector_path_available() {
             Self::Host
         } else {
             Self::Backend
@@ -75,25 +77,28 @@ impl FromStr for ProjectionKernel {
     }
 }
 
-/// Weights `[rows, cols]` = `[out, in]` in host memory, PyTorch's layout, in the run's dtype
-/// (f32, or bf16/f16 at half the bytes to stream), aligned to cache lines so that no vector load
-/// straddles two.
+/// Weights `[rows, cols]` = `[out, in]` in host memory, PyTorch's layout: one or more parts
+/// stacked along the output dimension, each in one storage (a GGUF file may keep, say, q and k
+/// in q4_k and v in q6_k; parts of one storage are merged into one).
 #[derive(Debug)]
 pub struct HostMatrix {
-    weights: HostWeights,
+    parts: Vec<HostWeights>,
     rows: usize,
     cols: usize,
 }
 
+/// One part's weights: f32, or bf16/f16 at half the bytes to stream, aligned to cache lines so
+/// that no vector load straddles two; or quantized blocks.
 #[derive(Debug)]
 enum HostWeights {
     F32(AVec<f32, ConstAlign<64>>),
     Bf16(AVec<half::bf16, ConstAlign<64>>),
     F16(AVec<half::f16, ConstAlign<64>>),
+    Blocks(QuantMatrix),
 }
 
 impl HostWeights {
-    fn collect(values: &[f32], dtype: DType) -> Self {
+    fn floats(values: &[f32], dtype: DType) -> Self {
         fn aligned<W: WeightElement>(values: &[f32]) -> AVec<W, ConstAlign<64>> {
             AVec::from_iter(64, values.iter().map(|&v| W::from_f32(v)))
         }
@@ -104,11 +109,31 @@ impl HostWeights {
         }
     }
 
-    fn multiply(&self, x: &[f32], m: usize, rows: usize, cols: usize) -> Vec<f32> {
+    fn rows(&self, cols: usize) -> usize {
         match self {
-            Self::F32(w) => matmul_transposed(x, m, w, rows, cols),
-            Self::Bf16(w) => matmul_transposed(x, m, w, rows, cols),
-            Self::F16(w) => matmul_transposed(x, m, w, rows, cols),
+            Self::F32(w) => w.len() / cols,
+            Self::Bf16(w) => w.len() / cols,
+            Self::F16(w) => w.len() / cols,
+            Self::Blocks(q) => q.rows(),
+        }
+    }
+
+    fn bytes(&self) -> usize {
+        match self {
+            Self::F32(w) => w.len() * 4,
+            Self::Bf16(w) => w.len() * 2,
+            Self::F16(w) => w.len() * 2,
+            Self::Blocks(q) => q.bytes(),
+        }
+    }
+
+    /// `out_t: [rows, m]` = these weights times each input row.
+    fn multiply_into(&self, x_rows: &[&[f32]], cols: usize, out_t: &mut [f32]) {
+        match self {
+            Self::F32(w) => multiply_rows_into(x_rows, w, cols, out_t),
+            Self::Bf16(w) => multiply_rows_into(x_rows, w, cols, out_t),
+            Self::F16(w) => multiply_rows_into(x_rows, w, cols, out_t),
+            Self::Blocks(q) => q.multiply_into(x_rows, out_t),
         }
     }
 
@@ -122,28 +147,76 @@ impl HostWeights {
             Self::F32(w) => out.extend_from_slice(&w[range]),
             Self::Bf16(w) => widen(&w[range], out),
             Self::F16(w) => widen(&w[range], out),
+            Self::Blocks(q) => q.extend_row(row, out),
         }
     }
 }
 
+/// Parts being gathered while loading: consecutive weights of one storage are concatenated.
+enum Pending {
+    Floats(Vec<f32>),
+    Blocks(BlockFormat, Vec<u8>),
+}
+
 impl HostMatrix {
-    /// `weights` stacked along the output dimension (one matrix when there is one weight), in
-    /// `dtype`.
+    /// `weights` stacked along the output dimension (one matrix when there is one weight). Float
+    /// weights are held in the runtime's weight dtype, or quantized on load when it asks for a
+    /// block format; a checkpoint's own quantized blocks are kept as they are.
     fn load(
         source: &mut impl WeightSource,
         weights: &[Weight],
         config: &LlamaConfig,
-        dtype: DType,
+        runtime: &Runtime,
     ) -> Result<Self> {
         let (mut rows, mut cols) = (0, 0);
-        let mut values = Vec::new();
+        let mut pending: Vec<Pending> = Vec::new();
         for &weight in weights {
             let [out, input]: [usize; 2] =
                 weight.hf_shape(config).try_into().expect("projections and embeddings are matrices");
-            values.extend_from_slice(&source.load_host(weight, config)?);
+            let tensor = match (source.load_host(weight, config)?, runtime.quantize()) {
+                (HostTensor::F32(values), Some(format)) => {
+                    let bytes = format.quantize(&values).ok_or_else(|| {
+                        Error::InvalidConfig(format!(
+                            "{} cannot be quantized to {format}: its rows of {input} do not fill blocks of {}",
+                            weight.hf_name(),
+                            format.block_len()
+                        ))
+                    })?;
+                    Pending::Blocks(format, bytes)
+                }
+                (HostTensor::F32(values), None) => Pending::Floats(values),
+                (HostTensor::Blocks { format, .. }, Some(wanted)) if format != wanted => {
+                    return Err(Error::InvalidConfig(format!(
+                        "{} is already quantized to {format}; quantizing it again to {wanted} would compound \
+                         the loss: run this checkpoint with dtype f32 (its own types)",
+                        weight.hf_name()
+                    )));
+                }
+                (HostTensor::Blocks { format, bytes, .. }, _) => Pending::Blocks(format, bytes),
+            };
+            match (pending.last_mut(), tensor) {
+                (Some(Pending::Floats(all)), Pending::Floats(values)) => all.extend(values),
+                (Some(Pending::Blocks(a, all)), Pending::Blocks(b, bytes)) if *a == b => all.extend(bytes),
+                (_, tensor) => pending.push(tensor),
+            }
             (rows, cols) = (rows + out, input);
         }
-        Ok(Self { weights: HostWeights::collect(&values, dtype), rows, cols })
+        let parts = pending
+            .into_iter()
+            .map(|part| match part {
+                Pending::Floats(values) => HostWeights::floats(&values, runtime.weight_dtype()),
+                Pending::Blocks(format, bytes) => {
+                    let part_rows = bytes.len() / format.bytes_for(cols).expect("whole blocks per row");
+                    HostWeights::Blocks(QuantMatrix::new(format, &bytes, part_rows, cols))
+                }
+            })
+            .collect();
+        Ok(Self { parts, rows, cols })
+    }
+
+    /// Bytes held in memory.
+    fn bytes(&self) -> usize {
+        self.parts.iter().map(HostWeights::bytes).sum()
     }
 
     /// `x: [.., cols]` to `[.., rows]`, in `x`'s dtype (products accumulate in f32).
@@ -152,9 +225,30 @@ impl HostMatrix {
         debug_assert_eq!(cols, self.cols);
         let (device, dtype) = (x.device(), x.dtype());
         let input = host_f32(x.into_data());
-        let out = self.weights.multiply(&input, batch * seq, self.rows, self.cols);
+        let m = batch * seq;
+        let x_rows: Vec<&[f32]> = input.chunks_exact(cols).collect();
+        let mut out_t = vec![0.0f32; self.rows * m];
+        let mut rest = out_t.as_mut_slice();
+        for part in &self.parts {
+            let (here, after) = rest.split_at_mut(part.rows(cols) * m);
+            part.multiply_into(&x_rows, cols, here);
+            rest = after;
+        }
+        let out = transpose_outputs(out_t, m, self.rows);
         let out = Tensor::<3>::from_data(TensorData::new(out, [batch, seq, self.rows]), &device);
         if dtype == DType::F32 { out } else { out.cast(dtype) }
+    }
+
+    /// Row `row`, appended to `out` as f32.
+    fn extend_row(&self, mut row: usize, out: &mut Vec<f32>) {
+        for part in &self.parts {
+            let rows = part.rows(self.cols);
+            if row < rows {
+                return part.extend_row(row, self.cols, out);
+            }
+            row -= rows;
+        }
+        panic!("row past the matrix");
     }
 }
 
@@ -181,15 +275,22 @@ impl Projection {
         config: &LlamaConfig,
         runtime: &Runtime,
     ) -> Result<Self> {
-        let dtype = runtime.weight_dtype();
         Ok(match runtime.kernel() {
             ProjectionKernel::Backend => {
                 let parts =
                     weights.iter().map(|&w| source.load(w, config)).collect::<Result<Vec<Tensor<2>>>>()?;
                 Self::Backend(Tensor::cat(parts, 1))
             }
-            ProjectionKernel::Host => Self::Host(HostMatrix::load(source, weights, config, dtype)?),
+            ProjectionKernel::Host => Self::Host(HostMatrix::load(source, weights, config, runtime)?),
         })
+    }
+
+    /// Bytes of weights held.
+    pub fn bytes(&self) -> usize {
+        match self {
+            Self::Backend(weight) => weight.shape().num_elements() * weight.dtype().size(),
+            Self::Host(matrix) => matrix.bytes(),
+        }
     }
 
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
@@ -213,11 +314,18 @@ impl Embedding {
     pub fn load(source: &mut impl WeightSource, config: &LlamaConfig, runtime: &Runtime) -> Result<Self> {
         Ok(match runtime.kernel() {
             ProjectionKernel::Backend => Self::Backend(source.load(Weight::Embed, config)?),
-            ProjectionKernel::Host => Self::Host(
-                HostMatrix::load(source, &[Weight::Embed], config, runtime.weight_dtype())?,
-                runtime.dtype(),
-            ),
+            ProjectionKernel::Host => {
+                Self::Host(HostMatrix::load(source, &[Weight::Embed], config, runtime)?, runtime.dtype())
+            }
         })
+    }
+
+    /// Bytes of the table held.
+    pub fn bytes(&self) -> usize {
+        match self {
+            Self::Backend(table) => table.shape().num_elements() * table.dtype().size(),
+            Self::Host(table, _) => table.bytes(),
+        }
     }
 
     /// The rows of `tokens: [batch, seq]`, as `[batch, seq, hidden]`.
@@ -234,7 +342,7 @@ impl Embedding {
                     .expect("token ids are integers");
                 let mut rows = Vec::with_capacity(ids.len() * table.cols);
                 for id in ids {
-                    table.weights.extend_row(id as usize, table.cols, &mut rows);
+                    table.extend_row(id as usize, &mut rows);
                 }
                 let rows = Tensor::<3>::from_data(TensorData::new(rows, [batch, seq, table.cols]), &device);
                 if *dtype == DType::F32 { rows } else { rows.cast(*dtype) }

@@ -2,9 +2,10 @@
 //! Face checkpoint or seeded random values. The model builder asks a source for each `Weight`;
 //! it never spells a tensor name itself.
 
-use burn::tensor::{DType, Device, Distribution, Tensor};
+use burn::tensor::{DType, Device, Distribution, Tensor, TensorData};
 
 use crate::error::Result;
+use crate::kernels::quant::BlockFormat;
 use crate::model::config::LlamaConfig;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -98,13 +99,64 @@ impl Weight {
     }
 }
 
+/// A weight in host memory, in `hf_shape`: f32 values, or the quantized blocks a GGUF file holds
+/// (rows of `cols` elements), which the host kernel multiplies without widening.
+#[derive(Debug)]
+pub enum HostTensor {
+    F32(Vec<f32>),
+    Blocks { format: BlockFormat, bytes: Vec<u8>, cols: usize },
+}
+
+impl HostTensor {
+    /// The values as f32, dequantized if need be (for the backend's own matmul).
+    pub fn into_f32(self) -> Vec<f32> {
+        match self {
+            Self::F32(values) => values,
+            Self::Blocks { format, bytes, cols } => {
+                let rows = bytes.len() / format.bytes_for(cols).expect("whole blocks per row");
+                let mut values = vec![0.0; rows * cols];
+                format.dequantize(&bytes, &mut values);
+                values
+            }
+        }
+    }
+}
+
+/// `values` in `hf_shape` as the device tensor `WeightSource::load` returns: linear weights
+/// transposed to `[in, out]`, cast to `dtype`.
+pub fn device_tensor<const D: usize>(
+    weight: Weight,
+    config: &LlamaConfig,
+    mut values: Vec<f32>,
+    device: &Device,
+    dtype: DType,
+) -> Tensor<D> {
+    if weight.is_linear() {
+        let hf_shape = weight.hf_shape(config);
+        values = transpose(&values, hf_shape[0], hf_shape[1]);
+    }
+    let shape: [usize; D] = weight.burn_shape(config).try_into().expect("weight rank is fixed by the table");
+    Tensor::<D>::from_data(TensorData::new(values, shape), device).cast(dtype)
+}
+
+/// `[rows, cols]` row-major to `[cols, rows]` row-major, on the host while loading.
+fn transpose(values: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    let mut out = vec![0.0; values.len()];
+    for (r, row) in values.chunks_exact(cols).enumerate() {
+        for (c, &v) in row.iter().enumerate() {
+            out[c * rows + r] = v;
+        }
+    }
+    out
+}
+
 /// Where parameters come from. Tensors are returned in `Weight::burn_shape` (linear weights
 /// `[in, out]`) and the run's float dtype.
 pub trait WeightSource {
     /// On the device, in the run's dtype and `burn_shape`.
     fn load<const D: usize>(&mut self, weight: Weight, config: &LlamaConfig) -> Result<Tensor<D>>;
-    /// In host memory as f32, in `hf_shape` (for the host projection kernel).
-    fn load_host(&mut self, weight: Weight, config: &LlamaConfig) -> Result<Vec<f32>>;
+    /// In host memory, in `hf_shape` (for the host projection kernel).
+    fn load_host(&mut self, weight: Weight, config: &LlamaConfig) -> Result<HostTensor>;
     /// Called once the model is built: a source may refuse parameters the config left unused.
     fn finish(&mut self, _config: &LlamaConfig) -> Result<()> {
         Ok(())
@@ -150,8 +202,18 @@ impl WeightSource for RandomWeights {
     }
 
     /// Drawn by the device's seeded generator in PyTorch's layout; only matrices come this way.
-    fn load_host(&mut self, weight: Weight, config: &LlamaConfig) -> Result<Vec<f32>> {
+    fn load_host(&mut self, weight: Weight, config: &LlamaConfig) -> Result<HostTensor> {
         let values = self.draw::<2>(weight, weight.hf_shape(config)).into_data().try_into_vec::<f32>();
-        Ok(values.expect("random weights are drawn in f32"))
+        Ok(HostTensor::F32(values.expect("random weights are drawn in f32")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn transpose_swaps_rows_and_columns() {
+        assert_eq!(transpose(&[1.0, 2.0, 3.0, 4.0, 5.0, 6.0], 2, 3), vec![1.0, 4.0, 2.0, 5.0, 3.0, 6.0]);
     }
 }

@@ -4,13 +4,13 @@
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
-use burn::tensor::{DType, Device, Tensor, TensorData};
+use burn::tensor::{DType, Device, Tensor};
 use memmap2::Mmap;
 use safetensors::{Dtype, SafeTensors};
 
 use crate::error::{Error, Result};
 use crate::model::config::LlamaConfig;
-use crate::model::weights::{Weight, WeightSource};
+use crate::model::weights::{HostTensor, Weight, WeightSource, device_tensor};
 
 const SINGLE_FILE: &str = "model.safetensors";
 const INDEX_FILE: &str = "model.safetensors.index.json";
@@ -156,23 +156,16 @@ impl Checkpoint {
 
 impl WeightSource for Checkpoint {
     fn load<const D: usize>(&mut self, weight: Weight, config: &LlamaConfig) -> Result<Tensor<D>> {
-        let mut values = self.load_host(weight, config)?;
-        if weight.is_linear() {
-            let hf_shape = weight.hf_shape(config);
-            values = transpose(&values, hf_shape[0], hf_shape[1]);
-        }
-        let shape: [usize; D] =
-            weight.burn_shape(config).try_into().expect("weight rank is fixed by the table");
-        let tensor = Tensor::<D>::from_data(TensorData::new(values, shape), &self.device);
-        Ok(tensor.cast(self.dtype))
+        let values = self.load_host(weight, config)?.into_f32();
+        Ok(device_tensor(weight, config, values, &self.device, self.dtype))
     }
 
-    fn load_host(&mut self, weight: Weight, config: &LlamaConfig) -> Result<Vec<f32>> {
+    fn load_host(&mut self, weight: Weight, config: &LlamaConfig) -> Result<HostTensor> {
         let name = weight.hf_name();
         let (dtype, bytes) = self.tensor_bytes(&name, &weight.hf_shape(config))?;
         let values = to_f32(&name, dtype, bytes)?;
         self.used.insert(name);
-        Ok(values)
+        Ok(HostTensor::F32(values))
     }
 
     /// Every tensor of the checkpoint must have been used: a file with more layers than the
@@ -216,17 +209,6 @@ impl WeightSource for Checkpoint {
     }
 }
 
-/// `[rows, cols]` row-major to `[cols, rows]` row-major, on the host while loading.
-fn transpose(values: &[f32], rows: usize, cols: usize) -> Vec<f32> {
-    let mut out = vec![0.0; values.len()];
-    for (r, row) in values.chunks_exact(cols).enumerate() {
-        for (c, &v) in row.iter().enumerate() {
-            out[c * rows + r] = v;
-        }
-    }
-    out
-}
-
 fn to_f32(name: &str, dtype: Dtype, bytes: &[u8]) -> Result<Vec<f32>> {
     let pairs = || bytes.chunks_exact(2).map(|b| u16::from_le_bytes([b[0], b[1]]));
     Ok(match dtype {
@@ -252,11 +234,6 @@ mod tests {
         let one_f16 = half::f16::from_f32(-0.25).to_bits().to_le_bytes();
         assert_eq!(to_f32("x", Dtype::BF16, &one_bf16).unwrap(), vec![1.5]);
         assert_eq!(to_f32("x", Dtype::F16, &one_f16).unwrap(), vec![-0.25]);
-    }
-
-    #[test]
-    fn transpose_swaps_rows_and_columns() {
-        assert_eq!(transpose(&[1.0, 2.0, 3.0, 4.0, 5.0, 6.0], 2, 3), vec![1.0, 4.0, 2.0, 5.0, 3.0, 6.0]);
     }
 
     #[test]

@@ -116,6 +116,11 @@ const ROWS_PER_TASK: usize = 16;
 /// (≥ 2048 × 2048) stay parallel.
 const PARALLEL_MIN_WEIGHTS: usize = 1 << 20;
 
+/// Whether a matrix of `weights` elements is worth the thread pool (see `PARALLEL_MIN_WEIGHTS`).
+pub fn worth_parallel(weights: usize) -> bool {
+    weights >= PARALLEL_MIN_WEIGHTS
+}
+
 /// `x: [m, cols]` times `weight: [rows, cols]` transposed, into `[m, rows]`.
 pub fn matmul_transposed<W: WeightElement>(
     x: &[f32],
@@ -130,18 +135,33 @@ pub fn matmul_transposed<W: WeightElement>(
         return Vec::new();
     }
     let x_rows: Vec<&[f32]> = x.chunks_exact(cols).collect();
-    // Each task writes its weight rows' outputs contiguously, [rows, m]; transposed at the end.
     let mut out_t = vec![0.0f32; rows * m];
+    multiply_rows_into(&x_rows, weight, cols, &mut out_t);
+    transpose_outputs(out_t, m, rows)
+}
+
+/// `out_t: [rows, m]` = `weight: [rows, cols]` times each of the `m` input rows: each task
+/// writes its weight rows' outputs contiguously.
+pub fn multiply_rows_into<W: WeightElement>(x_rows: &[&[f32]], weight: &[W], cols: usize, out_t: &mut [f32]) {
+    let m = x_rows.len();
+    if m == 0 || weight.is_empty() {
+        return;
+    }
+    debug_assert_eq!(out_t.len() / m * cols, weight.len());
     let task = |(block, out): (usize, &mut [f32])| {
         let rows_here = out.len() / m;
         let weight = &weight[block * ROWS_PER_TASK * cols..][..rows_here * cols];
-        multiply_block(weight, cols, &x_rows, out);
+        multiply_block(weight, cols, x_rows, out);
     };
-    if rows * cols >= PARALLEL_MIN_WEIGHTS {
+    if worth_parallel(weight.len()) {
         out_t.par_chunks_mut(ROWS_PER_TASK * m).enumerate().for_each(task);
     } else {
         out_t.chunks_mut(ROWS_PER_TASK * m).enumerate().for_each(task);
     }
+}
+
+/// `[rows, m]` to `[m, rows]` (nothing to move for one row).
+pub fn transpose_outputs(out_t: Vec<f32>, m: usize, rows: usize) -> Vec<f32> {
     if m == 1 {
         return out_t;
     }

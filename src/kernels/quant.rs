@@ -1,0 +1,588 @@
+//! ggml's block-quantized weight formats, as GGUF files store them: dequantization of every
+//! format a Llama `Q8_0` / `Q4_0` / `Q4_1` / `Q4_K_M` / `Q5_K_M` file holds, the reference
+//! quantizers for q8_0 and q4_0 (quantize-on-load), and products of a quantized matrix with a
+//! few f32 rows (`QuantMatrix::multiply_into`).
+//!
+//! The products follow llama.cpp: each input row is quantized once to 8-bit blocks of 32
+//! (`Q8_0`, or `Q8_1` with the block's sum for the formats with an offset), and each weight
+//! block meets its input block in integer arithmetic, scaled once per block. That is what lets a
+//! 4-bit matrix be streamed at 4.5–5 bits per weight rather than widened to 32 first. Formats
+//! without an integer kernel here (5-bit and K-quants) dequantize a block at a time and take an
+//! f32 dot product: correct, and slower.
+
+use half::f16;
+
+/// Elements per block of the 32-element formats (and of the 8-bit activation blocks).
+pub const QK: usize = 32;
+/// Elements per super-block of the K-quants.
+pub const QK_K: usize = 256;
+
+/// A ggml block format. The discriminants are ggml's type ids, as GGUF stores them.
+#[allow(non_camel_case_types)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum BlockFormat {
+    Q4_0 = 2,
+    Q4_1 = 3,
+    Q5_0 = 6,
+    Q5_1 = 7,
+    Q8_0 = 8,
+    Q4_K = 12,
+    Q5_K = 13,
+    Q6_K = 14,
+}
+
+impl BlockFormat {
+    pub const ALL: [BlockFormat; 8] =
+        [Self::Q4_0, Self::Q4_1, Self::Q5_0, Self::Q5_1, Self::Q8_0, Self::Q4_K, Self::Q5_K, Self::Q6_K];
+
+    pub fn from_ggml_type(id: u32) -> Option<Self> {
+        Self::ALL.into_iter().find(|f| *f as u32 == id)
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Q4_0 => "q4_0",
+            Self::Q4_1 => "q4_1",
+            Self::Q5_0 => "q5_0",
+            Self::Q5_1 => "q5_1",
+            Self::Q8_0 => "q8_0",
+            Self::Q4_K => "q4_k",
+            Self::Q5_K => "q5_k",
+            Self::Q6_K => "q6_k",
+        }
+    }
+
+    /// Elements per block.
+    pub fn block_len(self) -> usize {
+        match self {
+            Self::Q4_K | Self::Q5_K | Self::Q6_K => QK_K,
+            _ => QK,
+        }
+    }
+
+    /// Bytes per block (ggml's `type_size`).
+    pub fn block_bytes(self) -> usize {
+        match self {
+            Self::Q4_0 => 2 + QK / 2,
+            Self::Q4_1 => 4 + QK / 2,
+            Self::Q5_0 => 2 + 4 + QK / 2,
+            Self::Q5_1 => 4 + 4 + QK / 2,
+            Self::Q8_0 => 2 + QK,
+            Self::Q4_K => 4 + 12 + QK_K / 2,
+            Self::Q5_K => 4 + 12 + QK_K / 8 + QK_K / 2,
+            Self::Q6_K => QK_K / 2 + QK_K / 4 + QK_K / 16 + 2,
+        }
+    }
+
+    /// Bytes of `elements` values, or `None` when they do not fill whole blocks.
+    pub fn bytes_for(self, elements: usize) -> Option<usize> {
+        (elements % self.block_len() == 0).then(|| elements / self.block_len() * self.block_bytes())
+    }
+
+    /// Bits per weight, scales included.
+    pub fn bits_per_weight(self) -> f64 {
+        (self.block_bytes() * 8) as f64 / self.block_len() as f64
+    }
+
+    /// Dequantizes whole blocks: `out.len()` elements from `blocks`.
+    pub fn dequantize(self, blocks: &[u8], out: &mut [f32]) {
+        let (len, bytes) = (self.block_len(), self.block_bytes());
+        assert_eq!(blocks.len() / bytes * len, out.len(), "{} blocks and output disagree", self.name());
+        for (block, out) in blocks.chunks_exact(bytes).zip(out.chunks_exact_mut(len)) {
+            match self {
+                Self::Q4_0 => dequantize_q4_0(block, out),
+                Self::Q4_1 => dequantize_q4_1(block, out),
+                Self::Q5_0 => dequantize_q5(block, out, false),
+                Self::Q5_1 => dequantize_q5(block, out, true),
+                Self::Q8_0 => dequantize_q8_0(block, out),
+                Self::Q4_K => dequantize_q4_k(block, out),
+                Self::Q5_K => dequantize_q5_k(block, out),
+                Self::Q6_K => dequantize_q6_k(block, out),
+            }
+        }
+    }
+
+    /// ggml's reference quantizer, for the formats specbench quantizes on load.
+    pub fn quantize(self, values: &[f32]) -> Option<Vec<u8>> {
+        if values.len() % self.block_len() != 0 {
+            return None;
+        }
+        let blocks = values.chunks_exact(QK);
+        match self {
+            Self::Q8_0 => Some(blocks.flat_map(quantize_q8_0_block).collect()),
+            Self::Q4_0 => Some(blocks.flat_map(quantize_q4_0_block).collect()),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for BlockFormat {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+fn f16_at(bytes: &[u8], at: usize) -> f32 {
+    f16::from_le_bytes([bytes[at], bytes[at + 1]]).to_f32()
+}
+
+fn dequantize_q4_0(block: &[u8], out: &mut [f32]) {
+    let d = f16_at(block, 0);
+    for (j, &q) in block[2..18].iter().enumerate() {
+        out[j] = d * ((q & 0x0F) as i32 - 8) as f32;
+        out[j + 16] = d * ((q >> 4) as i32 - 8) as f32;
+    }
+}
+
+fn dequantize_q4_1(block: &[u8], out: &mut [f32]) {
+    let (d, m) = (f16_at(block, 0), f16_at(block, 2));
+    for (j, &q) in block[4..20].iter().enumerate() {
+        out[j] = d * (q & 0x0F) as f32 + m;
+        out[j + 16] = d * (q >> 4) as f32 + m;
+    }
+}
+
+/// Q5_0 (`d · (q − 16)`) and Q5_1 (`d · q + m`): a fifth bit per element in a 32-bit mask.
+fn dequantize_q5(block: &[u8], out: &mut [f32], with_min: bool) {
+    let d = f16_at(block, 0);
+    let (m, rest) = if with_min { (f16_at(block, 2), &block[4..]) } else { (0.0, &block[2..]) };
+    let qh = u32::from_le_bytes([rest[0], rest[1], rest[2], rest[3]]);
+    for (j, &q) in rest[4..20].iter().enumerate() {
+        let low = (q & 0x0F) as i32 | ((((qh >> j) & 1) << 4) as i32);
+        let high = (q >> 4) as i32 | ((((qh >> (j + 16)) & 1) << 4) as i32);
+        if with_min {
+            out[j] = d * low as f32 + m;
+            out[j + 16] = d * high as f32 + m;
+        } else {
+            out[j] = d * (low - 16) as f32;
+            out[j + 16] = d * (high - 16) as f32;
+        }
+    }
+}
+
+fn dequantize_q8_0(block: &[u8], out: &mut [f32]) {
+    let d = f16_at(block, 0);
+    for (o, &q) in out.iter_mut().zip(&block[2..34]) {
+        *o = d * q as i8 as f32;
+    }
+}
+
+/// The 6-bit scale and min of sub-block `j` (of 8) packed in the K-quants' 12 scale bytes.
+fn scale_min_k4(j: usize, scales: &[u8]) -> (u8, u8) {
+    if j < 4 {
+        (scales[j] & 63, scales[j + 4] & 63)
+    } else {
+        ((scales[j + 4] & 0x0F) | ((scales[j - 4] >> 6) << 4), (scales[j + 4] >> 4) | ((scales[j] >> 6) << 4))
+    }
+}
+
+fn dequantize_q4_k(block: &[u8], out: &mut [f32]) {
+    let (d, dmin) = (f16_at(block, 0), f16_at(block, 2));
+    let (scales, qs) = (&block[4..16], &block[16..144]);
+    for (chunk, (q, out)) in qs.chunks_exact(32).zip(out.chunks_exact_mut(64)).enumerate() {
+        let (sc1, m1) = scale_min_k4(2 * chunk, scales);
+        let (sc2, m2) = scale_min_k4(2 * chunk + 1, scales);
+        let (d1, min1, d2, min2) = (d * sc1 as f32, dmin * m1 as f32, d * sc2 as f32, dmin * m2 as f32);
+        for l in 0..32 {
+            out[l] = d1 * (q[l] & 0x0F) as f32 - min1;
+            out[l + 32] = d2 * (q[l] >> 4) as f32 - min2;
+        }
+    }
+}
+
+fn dequantize_q5_k(block: &[u8], out: &mut [f32]) {
+    let (d, dmin) = (f16_at(block, 0), f16_at(block, 2));
+    let (scales, qh, qs) = (&block[4..16], &block[16..48], &block[48..176]);
+    for (chunk, (q, out)) in qs.chunks_exact(32).zip(out.chunks_exact_mut(64)).enumerate() {
+        let (sc1, m1) = scale_min_k4(2 * chunk, scales);
+        let (sc2, m2) = scale_min_k4(2 * chunk + 1, scales);
+        let (d1, min1, d2, min2) = (d * sc1 as f32, dmin * m1 as f32, d * sc2 as f32, dmin * m2 as f32);
+        let (bit_low, bit_high) = (1u8 << (2 * chunk), 1u8 << (2 * chunk + 1));
+        for l in 0..32 {
+            let high_low = if qh[l] & bit_low != 0 { 16 } else { 0 };
+            let high_high = if qh[l] & bit_high != 0 { 16 } else { 0 };
+            out[l] = d1 * ((q[l] & 0x0F) + high_low) as f32 - min1;
+            out[l + 32] = d2 * ((q[l] >> 4) + high_high) as f32 - min2;
+        }
+    }
+}
+
+fn dequantize_q6_k(block: &[u8], out: &mut [f32]) {
+    let (ql, qh, scales) = (&block[..128], &block[128..192], &block[192..208]);
+    let d = f16_at(block, 208);
+    for half in 0..2 {
+        let (ql, qh, sc) = (&ql[64 * half..], &qh[32 * half..], &scales[8 * half..]);
+        let out = &mut out[128 * half..];
+        for l in 0..32 {
+            let is = l / 16;
+            let q1 = ((ql[l] & 0x0F) | ((qh[l] & 3) << 4)) as i32 - 32;
+            let q2 = ((ql[l + 32] & 0x0F) | (((qh[l] >> 2) & 3) << 4)) as i32 - 32;
+            let q3 = ((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4)) as i32 - 32;
+            let q4 = ((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4)) as i32 - 32;
+            out[l] = d * sc[is] as i8 as f32 * q1 as f32;
+            out[l + 32] = d * sc[is + 2] as i8 as f32 * q2 as f32;
+            out[l + 64] = d * sc[is + 4] as i8 as f32 * q3 as f32;
+            out[l + 96] = d * sc[is + 6] as i8 as f32 * q4 as f32;
+        }
+    }
+}
+
+/// `1 / d`, or 0 for an all-zero block, as ggml computes it (in f32).
+fn inverse(d: f32) -> f32 {
+    if d == 0.0 { 0.0 } else { 1.0 / d }
+}
+
+/// ggml's `quantize_row_q8_0_ref`: `d = max|x| / 127`, `q = round(x / d)` half away from zero.
+fn quantize_q8_0_block(x: &[f32]) -> Vec<u8> {
+    let amax = x.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+    let d = amax / 127.0;
+    let id = inverse(d);
+    let mut block = f16::from_f32(d).to_le_bytes().to_vec();
+    block.extend(x.iter().map(|&v| (v * id).round() as i8 as u8));
+    block
+}
+
+/// ggml's `quantize_row_q4_0_ref`: the value of largest magnitude (the first, on ties) maps
+/// to −8, `q = min(15, trunc(x / d + 8.5))`.
+fn quantize_q4_0_block(x: &[f32]) -> Vec<u8> {
+    let max = x.iter().fold(0.0f32, |m, &v| if v.abs() > m.abs() { v } else { m });
+    let d = max / -8.0;
+    let id = inverse(d);
+    let q = |v: f32| ((v * id + 8.5).trunc() as u8).min(15);
+    let mut block = f16::from_f32(d).to_le_bytes().to_vec();
+    block.extend((0..QK / 2).map(|j| q(x[j]) | (q(x[j + QK / 2]) << 4)));
+    block
+}
+
+/// An input row quantized to 8-bit blocks of 32, as llama.cpp quantizes activations: per block
+/// the scale `d` (rounded through f16, as ggml stores it) and `s = d · Σq` for the formats with
+/// an offset.
+#[derive(Debug, Default)]
+pub struct Q8Row {
+    d: Vec<f32>,
+    s: Vec<f32>,
+    qs: Vec<i8>,
+}
+
+impl Q8Row {
+    pub fn quantize(x: &[f32]) -> Self {
+        debug_assert_eq!(x.len() % QK, 0);
+        let mut row = Self {
+            d: Vec::with_capacity(x.len() / QK),
+            s: Vec::with_capacity(x.len() / QK),
+            qs: Vec::with_capacity(x.len()),
+        };
+        for block in x.chunks_exact(QK) {
+            let amax = block.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+            let d = amax / 127.0;
+            let id = inverse(d);
+            let start = row.qs.len();
+            row.qs.extend(block.iter().map(|&v| (v * id).round() as i8));
+            let sum: i32 = row.qs[start..].iter().map(|&q| q as i32).sum();
+            let d16 = f16::from_f32(d).to_f32();
+            row.d.push(d16);
+            row.s.push(f16::from_f32(sum as f32 * d).to_f32());
+        }
+        row
+    }
+}
+
+/// A matrix `[rows, cols]` of quantized blocks, each row `cols / block_len` blocks, in
+/// PyTorch's `[out, in]` layout.
+#[derive(Debug)]
+pub struct QuantMatrix {
+    format: BlockFormat,
+    blocks: aligned_vec::AVec<u8, aligned_vec::ConstAlign<64>>,
+    rows: usize,
+    cols: usize,
+}
+
+impl QuantMatrix {
+    /// `blocks` must hold exactly `rows` rows of `cols` elements.
+    pub fn new(format: BlockFormat, blocks: &[u8], rows: usize, cols: usize) -> Self {
+        assert_eq!(format.bytes_for(cols).map(|b| b * rows), Some(blocks.len()), "{format} [{rows}, {cols}]");
+        Self { format, blocks: aligned_vec::AVec::from_slice(64, blocks), rows, cols }
+    }
+
+    pub fn format(&self) -> BlockFormat {
+        self.format
+    }
+
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+
+    fn row_bytes(&self) -> usize {
+        self.blocks.len() / self.rows
+    }
+
+    /// Row `row`, dequantized and appended to `out`.
+    pub fn extend_row(&self, row: usize, out: &mut Vec<f32>) {
+        let start = out.len();
+        out.resize(start + self.cols, 0.0);
+        let bytes = self.row_bytes();
+        self.format.dequantize(&self.blocks[row * bytes..][..bytes], &mut out[start..]);
+    }
+
+    /// Bytes of blocks held.
+    pub fn bytes(&self) -> usize {
+        self.blocks.len()
+    }
+
+    /// `out_t: [rows, m]` (transposed) = this matrix times each of the `m` input rows, on the
+    /// thread pool when the matrix is large enough to be worth it.
+    pub fn multiply_into(&self, x_rows: &[&[f32]], out_t: &mut [f32]) {
+        self.multiply_on(x_rows, out_t, crate::kernels::matvec::worth_parallel(self.rows * self.cols));
+    }
+
+    fn multiply_on(&self, x_rows: &[&[f32]], out_t: &mut [f32], parallel: bool) {
+        use rayon::prelude::*;
+        let m = x_rows.len();
+        let inputs = Inputs::prepare(self.format, x_rows);
+        let bytes = self.row_bytes();
+        let task = |(row, out): (usize, &mut [f32])| {
+            let weights = &self.blocks[row * bytes..][..bytes];
+            for (j, o) in out.iter_mut().enumerate() {
+                *o = inputs.dot(self.format, weights, j);
+            }
+        };
+        if parallel {
+            out_t.par_chunks_mut(m).enumerate().with_min_len(16).for_each(task);
+        } else {
+            out_t.chunks_mut(m).enumerate().for_each(task);
+        }
+    }
+}
+
+/// The input rows in the form the weight format multiplies with.
+enum Inputs<'a> {
+    Q8(Vec<Q8Row>),
+    F32(&'a [&'a [f32]]),
+}
+
+impl<'a> Inputs<'a> {
+    fn prepare(format: BlockFormat, x_rows: &'a [&'a [f32]]) -> Self {
+        match format {
+            BlockFormat::Q4_0 | BlockFormat::Q4_1 | BlockFormat::Q8_0 => {
+                Self::Q8(x_rows.iter().map(|x| Q8Row::quantize(x)).collect())
+            }
+            _ => Self::F32(x_rows),
+        }
+    }
+
+    fn dot(&self, format: BlockFormat, weights: &[u8], j: usize) -> f32 {
+        match self {
+            Self::Q8(rows) => dot_q8(format, weights, &rows[j]),
+            Self::F32(rows) => dot_dequantized(format, weights, rows[j]),
+        }
+    }
+}
+
+/// A weight row in `format` against an f32 row, one dequantized block at a time.
+fn dot_dequantized(format: BlockFormat, weights: &[u8], x: &[f32]) -> f32 {
+    let mut buffer = [0.0f32; QK_K];
+    let len = format.block_len();
+    let mut sum = 0.0;
+    for (block, x) in weights.chunks_exact(format.block_bytes()).zip(x.chunks_exact(len)) {
+        format.dequantize(block, &mut buffer[..len]);
+        sum += buffer[..len].iter().zip(x).map(|(w, x)| w * x).sum::<f32>();
+    }
+    sum
+}
+
+/// A weight row in Q4_0, Q4_1 or Q8_0 against a quantized input row.
+fn dot_q8(format: BlockFormat, weights: &[u8], x: &Q8Row) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if crate::kernels::matvec::vector_path_available() {
+        // SAFETY: the CPU has AVX2 and FMA; `weights` holds one block per input block.
+        return unsafe { avx2::dot_q8(format, weights, x) };
+    }
+    dot_q8_scalar(format, weights, x)
+}
+
+/// The portable integer dot product, also the reference the vector path is tested against.
+fn dot_q8_scalar(format: BlockFormat, weights: &[u8], x: &Q8Row) -> f32 {
+    let blocks = weights.chunks_exact(format.block_bytes());
+    let mut sum = 0.0f32;
+    for (b, block) in blocks.enumerate() {
+        let xq = &x.qs[b * QK..][..QK];
+        sum += match format {
+            BlockFormat::Q8_0 => {
+                let dot: i32 = block[2..34].iter().zip(xq).map(|(&w, &q)| w as i8 as i32 * q as i32).sum();
+                f16_at(block, 0) * x.d[b] * dot as f32
+            }
+            BlockFormat::Q4_0 => {
+                let dot: i32 = nibble_dot(&block[2..18], xq, 8);
+                f16_at(block, 0) * x.d[b] * dot as f32
+            }
+            BlockFormat::Q4_1 => {
+                let dot: i32 = nibble_dot(&block[4..20], xq, 0);
+                f16_at(block, 0) * x.d[b] * dot as f32 + f16_at(block, 2) * x.s[b]
+            }
+            _ => unreachable!("only 8-bit-input formats reach dot_q8"),
+        };
+    }
+    sum
+}
+
+/// Σ (nibble − offset) · q over a block: low nibbles are elements 0..16, high ones 16..32.
+fn nibble_dot(qs: &[u8], xq: &[i8], offset: i32) -> i32 {
+    qs.iter()
+        .enumerate()
+        .map(|(j, &q)| {
+            ((q & 0x0F) as i32 - offset) * xq[j] as i32 + ((q >> 4) as i32 - offset) * xq[j + 16] as i32
+        })
+        .sum()
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use std::arch::x86_64::*;
+
+    use super::{BlockFormat, Q8Row, QK, f16_at};
+
+    /// Thirty-two nibbles as bytes: the low nibbles of 16 bytes, then the high ones.
+    #[inline(always)]
+    unsafe fn nibbles(qs: *const u8) -> __m256i {
+        unsafe {
+            let packed = _mm_loadu_si128(qs as *const __m128i);
+            let both = _mm256_set_m128i(_mm_srli_epi16::<4>(packed), packed);
+            _mm256_and_si256(both, _mm256_set1_epi8(0x0F))
+        }
+    }
+
+    /// Σ u·s over 32 unsigned × signed bytes, as eight i32 lanes converted to f32.
+    #[inline(always)]
+    unsafe fn dot_unsigned(u: __m256i, s: __m256i) -> __m256 {
+        unsafe {
+            let pairs = _mm256_maddubs_epi16(u, s);
+            _mm256_cvtepi32_ps(_mm256_madd_epi16(pairs, _mm256_set1_epi16(1)))
+        }
+    }
+
+    /// Σ a·b over 32 signed bytes: `maddubs` takes one unsigned operand, so the sign of `a`
+    /// moves onto `b`.
+    #[inline(always)]
+    unsafe fn dot_signed(a: __m256i, b: __m256i) -> __m256 {
+        unsafe { dot_unsigned(_mm256_sign_epi8(a, a), _mm256_sign_epi8(b, a)) }
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) unsafe fn dot_q8(format: BlockFormat, weights: &[u8], x: &Q8Row) -> f32 {
+        let bytes = format.block_bytes();
+        let mut acc = _mm256_setzero_ps();
+        let mut offsets = 0.0f32;
+        for (b, block) in weights.chunks_exact(bytes).enumerate() {
+            let w = block.as_ptr();
+            let scale = _mm256_set1_ps(f16_at(block, 0) * x.d[b]);
+            // SAFETY: every block has `bytes` bytes; the input row has QK quants per block.
+            unsafe {
+                let xq = _mm256_loadu_si256(x.qs.as_ptr().add(b * QK) as *const __m256i);
+                let products = match format {
+                    BlockFormat::Q8_0 => dot_signed(_mm256_loadu_si256(w.add(2) as *const __m256i), xq),
+                    BlockFormat::Q4_0 => {
+                        dot_signed(_mm256_sub_epi8(nibbles(w.add(2)), _mm256_set1_epi8(8)), xq)
+                    }
+                    BlockFormat::Q4_1 => {
+                        offsets += f16_at(block, 2) * x.s[b];
+                        dot_unsigned(nibbles(w.add(4)), xq)
+                    }
+                    _ => unreachable!("only 8-bit-input formats reach dot_q8"),
+                };
+                acc = _mm256_fmadd_ps(scale, products, acc);
+            }
+        }
+        let mut lanes = [0.0f32; 8];
+        // SAFETY: `lanes` holds eight floats.
+        unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), acc) };
+        lanes.iter().sum::<f32>() + offsets
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn values(n: usize, seed: u32) -> Vec<f32> {
+        (0..n).map(|i| (((i as u32).wrapping_mul(2654435761) ^ seed) % 2001) as f32 / 1000.0 - 1.0).collect()
+    }
+
+    #[test]
+    fn block_sizes_are_ggmls() {
+        let sizes: Vec<usize> = BlockFormat::ALL.iter().map(|f| f.block_bytes()).collect();
+        assert_eq!(sizes, [18, 20, 22, 24, 34, 144, 176, 210]);
+        assert_eq!(BlockFormat::from_ggml_type(12), Some(BlockFormat::Q4_K));
+        assert_eq!(BlockFormat::from_ggml_type(10), None, "Q2_K is not supported");
+    }
+
+    #[test]
+    fn quantizing_then_dequantizing_stays_within_a_step() {
+        let x = values(4 * QK, 3);
+        for format in [BlockFormat::Q8_0, BlockFormat::Q4_0] {
+            let blocks = format.quantize(&x).unwrap();
+            let mut back = vec![0.0; x.len()];
+            format.dequantize(&blocks, &mut back);
+            // q8_0 rounds to half a step of max/127; q4_0's top value clips to 7 steps of max/8
+            // where the other extreme would need 8, a whole step.
+            let bound = if format == BlockFormat::Q8_0 { 0.51 / 127.0 } else { 1.0 / 8.0 };
+            for (a, b) in x.iter().zip(&back) {
+                assert!((a - b).abs() <= bound + 1e-3, "{format}: {a} vs {b}");
+            }
+        }
+    }
+
+    #[test]
+    fn the_vector_dot_agrees_with_the_scalar_one_and_with_dequantized_weights() {
+        let cols = 8 * QK;
+        let x = values(cols, 11);
+        let row = Q8Row::quantize(&x);
+        let mut q4_1 = Vec::new();
+        for block in values(cols, 5).chunks_exact(QK) {
+            // A Q4_1 block made by hand: scale, minimum and nibbles in any pattern.
+            q4_1.extend(f16::from_f32(0.01).to_le_bytes());
+            q4_1.extend(f16::from_f32(-0.07).to_le_bytes());
+            q4_1.extend(block[..16].iter().map(|v| ((v + 1.0) * 127.0) as u8));
+        }
+        let cases = [
+            (BlockFormat::Q8_0, BlockFormat::Q8_0.quantize(&values(cols, 5)).unwrap()),
+            (BlockFormat::Q4_0, BlockFormat::Q4_0.quantize(&values(cols, 5)).unwrap()),
+            (BlockFormat::Q4_1, q4_1),
+        ];
+        for (format, weights) in cases {
+            let scalar = dot_q8_scalar(format, &weights, &row);
+            let vector = dot_q8(format, &weights, &row);
+            let exact = dot_dequantized(format, &weights, &x);
+            assert!((scalar - vector).abs() < 1e-4, "{format}: {scalar} vs {vector}");
+            // Quantizing the input costs at most half a step of 1/127 of each block's maximum.
+            assert!((scalar - exact).abs() < 0.05, "{format}: {scalar} vs {exact}");
+        }
+    }
+
+    #[test]
+    fn a_matrix_product_matches_row_by_row_dots_serial_and_parallel() {
+        let (rows, cols) = (37, 4 * QK);
+        let weights = BlockFormat::Q4_0.quantize(&values(rows * cols, 9)).unwrap();
+        let matrix = QuantMatrix::new(BlockFormat::Q4_0, &weights, rows, cols);
+        let xs: Vec<Vec<f32>> = (0..3).map(|j| values(cols, j)).collect();
+        let x_rows: Vec<&[f32]> = xs.iter().map(Vec::as_slice).collect();
+        let (mut serial, mut parallel) = (vec![0.0; rows * 3], vec![0.0; rows * 3]);
+        matrix.multiply_on(&x_rows, &mut serial, false);
+        matrix.multiply_on(&x_rows, &mut parallel, true);
+        assert_eq!(serial, parallel);
+        let row_bytes = weights.len() / rows;
+        for r in 0..rows {
+            for j in 0..3 {
+                let want = dot_q8(
+                    BlockFormat::Q4_0,
+                    &weights[r * row_bytes..][..row_bytes],
+                    &Q8Row::quantize(&xs[j]),
+                );
+                assert_eq!(serial[r * 3 + j], want);
+            }
+        }
+    }
+}
