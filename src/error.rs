@@ -34,7 +34,7 @@ pub enum Error {
     Gguf { path: PathBuf, message: String },
     #[error("tensor `{name}` is missing from the checkpoint in {dir}")]
     MissingTensor { name: String, dir: PathBuf },
-    #[error("tensor `{name}` has shape {found:?}, expected {expected:?} from config.json")]
+    #[error("tensor `{name}` has shape {found:?}, expected {expected:?} from the model's config")]
     ShapeMismatch { name: String, expected: Vec<usize>, found: Vec<usize> },
     #[error(
         "checkpoint {dir} holds tensors the model does not use ({count}: {list}): {why}",

@@ -365,3 +365,70 @@ fn pad_rows(file: &Path, name: &str, extra: usize) {
         .collect();
     std::fs::write(file, safetensors::serialize(views, &None).unwrap()).unwrap();
 }
+
+/// A GGUF file rewritten with `edit` applied to its bytes, in a scratch folder.
+fn damaged_gguf(edit: impl FnOnce(&mut Vec<u8>)) -> (tempfile::TempDir, String) {
+    let mut bytes = std::fs::read(common::fixture_dir("tiny-gguf/target-q8_0.gguf")).unwrap();
+    edit(&mut bytes);
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("damaged.gguf");
+    std::fs::write(&file, bytes).unwrap();
+    let file = file.to_str().unwrap().to_string();
+    (dir, file)
+}
+
+#[test]
+fn gguf_truncated_bad_magic_and_bad_version() {
+    let (_dir, file) = damaged_gguf(|b| b.truncate(b.len() - 1000));
+    assert_clean_failure(&file, &[], &["damaged.gguf", "past the end of the file", "truncated"]);
+    let (_dir, file) = damaged_gguf(|b| b[..4].copy_from_slice(b"GGML"));
+    assert_clean_failure(&file, &[], &["damaged.gguf", "not a GGUF file"]);
+    let (_dir, file) = damaged_gguf(|b| b[4] = 7);
+    assert_clean_failure(&file, &[], &["damaged.gguf", "version 7"]);
+    assert_clean_failure("no/such/model.gguf", &[], &["no/such/model.gguf"]);
+}
+
+/// Rewrites a metadata key's value in place (same length), found by its name.
+fn replace_after(bytes: &mut [u8], key: &str, old: &[u8], new: &[u8]) {
+    let at = bytes.windows(key.len()).position(|w| w == key.as_bytes()).unwrap() + key.len();
+    let offset = bytes[at..].windows(old.len()).position(|w| w == old).unwrap() + at;
+    bytes[offset..offset + new.len()].copy_from_slice(new);
+}
+
+#[test]
+fn gguf_of_another_architecture_is_refused_by_name() {
+    // The `gemma3` files other PyPI packages ship: same container, another architecture.
+    let (_dir, file) = damaged_gguf(|b| replace_after(b, "general.architecture", b"llama", b"gemma"));
+    assert_clean_failure(&file, &[], &["damaged.gguf", "`general.architecture` is `gemma`", "llama"]);
+}
+
+#[test]
+fn gguf_whose_metadata_and_tensors_disagree() {
+    // One layer more in the metadata than the file has tensors for.
+    let (_dir, file) =
+        damaged_gguf(|b| replace_after(b, "llama.block_count", &6u32.to_le_bytes(), &7u32.to_le_bytes()));
+    assert_clean_failure(&file, &[], &["damaged.gguf", "blk.6.attn_norm.weight", "missing"]);
+    // Fewer layers than tensors.
+    let (_dir, file) =
+        damaged_gguf(|b| replace_after(b, "llama.block_count", &6u32.to_le_bytes(), &5u32.to_le_bytes()));
+    assert_clean_failure(&file, &[], &["damaged.gguf", "blk.5.", "does not use"]);
+    // A tensor type id that is no ggml type specbench reads (Q2_K = 10).
+    let (_dir, file) = damaged_gguf(|b| {
+        let name = b"blk.0.attn_q.weight";
+        let at = b.windows(name.len()).position(|w| w == name).unwrap() + name.len();
+        // n_dims (4 bytes), two dims (16 bytes), then the type.
+        let type_at = at + 4 + 16;
+        b[type_at..type_at + 4].copy_from_slice(&10u32.to_le_bytes());
+    });
+    assert_clean_failure(&file, &[], &["damaged.gguf", "blk.0.attn_q.weight", "type 10 is not supported"]);
+}
+
+#[test]
+fn requantizing_a_quantized_gguf_is_refused() {
+    let file = common::fixture_dir("tiny-gguf/target-q8_0.gguf");
+    assert_clean_failure(
+        file.to_str().unwrap(),
+        &["--dtype", "q4_0", "--backend", "flex"],
+        &["already quantized to q8_0"],
+    );
+}

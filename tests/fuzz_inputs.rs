@@ -1,5 +1,5 @@
-//! Mutation fuzzing of everything specbench reads from disk: safetensors headers, config.json,
-//! experiment TOML, runs.csv and baseline files. Each input is damaged at random (seeded) and
+//! Mutation fuzzing of everything specbench reads from disk: safetensors headers, GGUF headers,
+//! config.json, experiment TOML, runs.csv and baseline files. Each input is damaged at random (seeded) and
 //! fed to the real reader; any result is fine except a panic. Bounded in iterations and time so
 //! that CI runs it every time.
 //!
@@ -104,6 +104,23 @@ fn fuzz_safetensors_headers() {
         damaged.extend_from_slice(&bytes[header_end..]);
         write(&file, &damaged);
         load(dir.path(), &runtime);
+    });
+}
+
+/// The header of a GGUF file made by llama.cpp (metadata, the tokenizer's vocabulary and merges,
+/// tensor infos), damaged and loaded as a whole model with its data section after it.
+#[test]
+fn fuzz_gguf_headers() {
+    let bytes = std::fs::read(common::fixture_dir("tiny-gguf/target-q4_0.gguf")).unwrap();
+    let header_end = specbench::checkpoint::gguf::parse(&bytes).unwrap().data_start;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("model.gguf");
+    let runtime = Runtime::new(Backend::Ndarray, "f32").unwrap();
+    fuzz("GGUF header", 6, &bytes[..header_end], |header| {
+        let mut damaged = header.to_vec();
+        damaged.extend_from_slice(&bytes[header_end..]);
+        write(&file, &damaged);
+        let _ = LoadedModel::load(&ModelSpec::Gguf(file.clone()), &runtime, 0);
     });
 }
 

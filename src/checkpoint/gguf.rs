@@ -110,7 +110,7 @@ impl TensorType {
             Self::F16 | Self::Bf16 => elements.checked_mul(2),
             Self::Blocks(format) => {
                 let len = format.block_len() as u64;
-                (elements % len == 0).then(|| elements / len * format.block_bytes() as u64)
+                elements.is_multiple_of(len).then(|| elements / len * format.block_bytes() as u64)
             }
         }
     }
@@ -266,10 +266,19 @@ fn locate(
         format!("ggml tensor type {kind} is not supported (f32, f16, bf16, q4_0, q4_1, q5_0, q5_1, q8_0, q4_k, q5_k, q6_k are)")
     })?;
     let elements = dims.iter().try_fold(1u64, |n, &d| n.checked_mul(d)).ok_or("its dimensions overflow")?;
+    if let TensorType::Blocks(format) = kind
+        && !dims[0].is_multiple_of(format.block_len() as u64)
+    {
+        return Err(format!(
+            "rows of {} elements do not fill whole {format} blocks of {}",
+            dims[0],
+            format.block_len()
+        ));
+    }
     let len = kind
         .bytes_for(elements)
         .ok_or_else(|| format!("{elements} elements do not fill whole {} blocks", kind.name()))?;
-    if offset % alignment != 0 {
+    if !offset.is_multiple_of(alignment) {
         return Err(format!("offset {offset} is not aligned to {alignment}"));
     }
     let start = data_start.checked_add(offset).ok_or("offset overflows")?;
@@ -356,7 +365,7 @@ impl<'a> Cursor<'a> {
                 let min_bytes = match item_kind {
                     0 | 1 | 7 => 1,
                     2 | 3 => 2,
-                    4 | 5 | 6 => 4,
+                    4..=6 => 4,
                     _ => 8,
                 };
                 let n = self.count("array length", min_bytes)?;

@@ -76,7 +76,7 @@ impl BlockFormat {
 
     /// Bytes of `elements` values, or `None` when they do not fill whole blocks.
     pub fn bytes_for(self, elements: usize) -> Option<usize> {
-        (elements % self.block_len() == 0).then(|| elements / self.block_len() * self.block_bytes())
+        elements.is_multiple_of(self.block_len()).then(|| elements / self.block_len() * self.block_bytes())
     }
 
     /// Bits per weight, scales included.
@@ -104,7 +104,7 @@ impl BlockFormat {
 
     /// ggml's reference quantizer, for the formats specbench quantizes on load.
     pub fn quantize(self, values: &[f32]) -> Option<Vec<u8>> {
-        if values.len() % self.block_len() != 0 {
+        if !values.len().is_multiple_of(self.block_len()) {
             return None;
         }
         let blocks = values.chunks_exact(QK);
@@ -254,9 +254,11 @@ fn quantize_q4_0_block(x: &[f32]) -> Vec<u8> {
     block
 }
 
-/// An input row quantized to 8-bit blocks of 32, as llama.cpp quantizes activations: per block
-/// the scale `d` (rounded through f16, as ggml stores it) and `s = d · Σq` for the formats with
-/// an offset.
+/// An input row quantized to 8-bit blocks of 32, as llama.cpp's vector code quantizes
+/// activations (`quantize_row_q8_0/q8_1` on AVX: `q = x · 127/max|x|` rounded half to even;
+/// the reference quantizer's `x · (1/d)` rounded half away differs in the last bit now and then,
+/// and a 30-layer model amplifies that to 0.1 in the logits): per block the scale `d` (rounded
+/// through f16, as ggml stores it) and `s = d · Σq` for the formats with an offset.
 #[derive(Debug, Default)]
 pub struct Q8Row {
     d: Vec<f32>,
@@ -275,9 +277,9 @@ impl Q8Row {
         for block in x.chunks_exact(QK) {
             let amax = block.iter().fold(0.0f32, |m, v| m.max(v.abs()));
             let d = amax / 127.0;
-            let id = inverse(d);
+            let id = if amax == 0.0 { 0.0 } else { 127.0 / amax };
             let start = row.qs.len();
-            row.qs.extend(block.iter().map(|&v| (v * id).round() as i8));
+            row.qs.extend(block.iter().map(|&v| (v * id).round_ties_even() as i8));
             let sum: i32 = row.qs[start..].iter().map(|&q| q as i32).sum();
             let d16 = f16::from_f32(d).to_f32();
             row.d.push(d16);

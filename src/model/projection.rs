@@ -175,14 +175,14 @@ impl HostMatrix {
                 weight.hf_shape(config).try_into().expect("projections and embeddings are matrices");
             let tensor = match (source.load_host(weight, config)?, runtime.quantize()) {
                 (HostTensor::F32(values), Some(format)) => {
-                    let bytes = format.quantize(&values).ok_or_else(|| {
-                        Error::InvalidConfig(format!(
+                    if !input.is_multiple_of(format.block_len()) {
+                        return Err(Error::InvalidConfig(format!(
                             "{} cannot be quantized to {format}: its rows of {input} do not fill blocks of {}",
                             weight.hf_name(),
                             format.block_len()
-                        ))
-                    })?;
-                    Pending::Blocks(format, bytes)
+                        )));
+                    }
+                    Pending::Blocks(format, format.quantize(&values).expect("whole blocks per row"))
                 }
                 (HostTensor::F32(values), None) => Pending::Floats(values),
                 (HostTensor::Blocks { format, .. }, Some(wanted)) if format != wanted => {

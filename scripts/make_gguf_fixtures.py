@@ -1,0 +1,186 @@
+#!/usr/bin/env python3
+"""Makes the GGUF fixtures and the references no one here wrote, for issue 10's tests.
+
+1. tests/fixtures/quant/: for each ggml block format, blocks and their dequantized values from
+   the `gguf` package (llama.cpp's gguf-py); for q8_0/q4_0/q4_1/q5_0/q5_1 also the f32 input
+   its `quantize` turned into those blocks.
+2. tests/fixtures/tiny-gguf/: models/tiny/target converted by llama.cpp's convert_hf_to_gguf.py
+   (bf16: the checkpoint's own precision, so lossless) and quantized by llama-quantize to q8_0,
+   q4_0, q4_1 and q4_k_m; with llama.cpp's last-position logits and greedy continuations of a few
+   prompts for each, computed through llama-cpp-python.
+3. tests/fixtures/smollm2/reference.json: llama.cpp's tokenization, greedy continuation and the
+   two top logits per step of SmolLM2-135M-Instruct.Q4_1.gguf (scripts/fetch_smollm2.sh) on
+   five prompts.
+
+Needs: scripts/build_llamacpp.sh run first (.llamacpp/src and .llamacpp/bin), and a Python with
+numpy, torch, transformers, gguf and llama-cpp-python 0.3.36 (built from the same sdist:
+`pip install .llamacpp/sdist/...` or `pip install --no-binary llama-cpp-python
+llama-cpp-python==0.3.36`). Output is committed, so CI needs none of this.
+"""
+
+import json
+import os
+import runpy
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+LLAMACPP = ROOT / ".llamacpp"
+QUANT_DIR = ROOT / "tests/fixtures/quant"
+TINY_DIR = ROOT / "tests/fixtures/tiny-gguf"
+SMOL_DIR = ROOT / "tests/fixtures/smollm2"
+SMOL_GGUF = ROOT / "models/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+
+TINY_PROMPTS = [
+    "Once upon a time",
+    "The little dog ran to the",
+    "She said, \"Let's go home",
+]
+SMOL_PROMPTS = {
+    "code": "def fibonacci(n):\n    \"\"\"Return the n-th Fibonacci number.\"\"\"\n",
+    "prose": "The history of the printing press begins in",
+    "facts": "The capital of France is",
+    "list": "Three tips for staying healthy are:\n1.",
+    "chat": None,  # rendered with the file's own chat template below
+}
+SMOL_CHAT_QUESTION = "What is the boiling point of water at sea level?"
+NEW_TOKENS = 32
+
+
+def block_fixtures():
+    from gguf import GGMLQuantizationType as T
+    from gguf import quants
+
+    QUANT_DIR.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(20261125)
+    for name in ["Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1"]:
+        kind = T[name]
+        x = rng.standard_normal(8 * 256).astype(np.float32)
+        x[:32] = 0.0  # an all-zero block: scale 0
+        x[32:64] = np.linspace(-1, 1, 32, dtype=np.float32)  # ties at the extremes
+        blocks = quants.quantize(x.reshape(8, 256), kind)
+        values = quants.dequantize(blocks, kind).astype(np.float32)
+        stem = QUANT_DIR / name.lower()
+        x.tofile(f"{stem}.input.f32")
+        blocks.tofile(f"{stem}.blocks")
+        values.tofile(f"{stem}.dequantized.f32")
+    for name in ["Q4_K", "Q5_K", "Q6_K"]:
+        kind = T[name]
+        block_bytes = {"Q4_K": 144, "Q5_K": 176, "Q6_K": 210}[name]
+        blocks = rng.integers(0, 256, size=(8, block_bytes), dtype=np.uint8)
+        # Sane f16 scales (random bytes would make infinities and NaNs).
+        scales = rng.uniform(0.001, 0.05, size=(8, 2)).astype(np.float16).view(np.uint8)
+        if name == "Q6_K":
+            blocks[:, 208:210] = scales[:, :2]
+        else:
+            blocks[:, 0:4] = scales
+        values = quants.dequantize(blocks, kind).astype(np.float32)
+        stem = QUANT_DIR / name.lower()
+        blocks.tofile(f"{stem}.blocks")
+        values.tofile(f"{stem}.dequantized.f32")
+
+
+def convert_tiny_target():
+    """convert_hf_to_gguf.py refuses tokenizers whose pre-tokenizer hash it does not know; the
+    tiny pair's is GPT-2's byte-level split, so the check is answered with `gpt-2`."""
+    TINY_DIR.mkdir(parents=True, exist_ok=True)
+    src = LLAMACPP / "src"
+    out = TINY_DIR / "target-bf16.gguf"
+    code = (
+        "import sys, runpy\n"
+        f"sys.path.insert(0, {str(src)!r}); sys.path.insert(1, {str(src / 'gguf-py')!r})\n"
+        "import conversion.base as base\n"
+        "base.TextModel.get_vocab_base_pre = lambda self, tokenizer: 'gpt-2'\n"
+        f"sys.argv = ['convert_hf_to_gguf.py', {str(ROOT / 'models/tiny/target')!r}, '--outtype', 'bf16', '--outfile', {str(out)!r}]\n"
+        f"runpy.run_path({str(src / 'convert_hf_to_gguf.py')!r}, run_name='__main__')\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, env={**os.environ, "NO_LOCAL_GGUF": ""})
+    for kind in ["q8_0", "q4_0", "q4_1", "q4_k_m"]:
+        subprocess.run(
+            [str(LLAMACPP / "bin/llama-quantize"), str(out), str(TINY_DIR / f"target-{kind}.gguf"), kind.upper()],
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
+
+
+def llama(path):
+    """llama.cpp with an f32 KV cache, as specbench keeps it: its default f16 cache rounds every
+    key and value, which moved one SmolLM2 logit by 0.4 and flipped a greedy step that the f32
+    cache agrees with us on (type_k = type_v = 0 is GGML_TYPE_F32)."""
+    from llama_cpp import Llama
+
+    return Llama(
+        model_path=str(path), n_ctx=512, n_threads=2, n_batch=512, logits_all=True, verbose=False, seed=0,
+        type_k=0, type_v=0,
+    )
+
+
+def greedy(model, ids, n):
+    """llama.cpp's greedy continuation: argmax of each step's logits, with the two largest."""
+    model.reset()
+    model.eval(ids)
+    out, tops = [], []
+    for _ in range(n):
+        logits = np.array(model.scores[model.n_tokens - 1], dtype=np.float32)
+        order = np.argsort(-logits, kind="stable")[:2]
+        tops.append({"ids": [int(i) for i in order], "values": [float(logits[i]) for i in order]})
+        token = int(order[0])
+        out.append(token)
+        model.eval([token])
+    return out, tops
+
+
+def tiny_references():
+    references = {}
+    for kind in ["bf16", "q8_0", "q4_0", "q4_1", "q4_k_m"]:
+        path = TINY_DIR / f"target-{kind}.gguf"
+        model = llama(path)
+        cases = []
+        for prompt in TINY_PROMPTS:
+            ids = model.tokenize(prompt.encode(), add_bos=True, special=True)
+            model.reset()
+            model.eval(ids)
+            last = [float(v) for v in np.array(model.scores[len(ids) - 1], dtype=np.float32)]
+            tokens, tops = greedy(model, ids, NEW_TOKENS)
+            cases.append({"prompt": prompt, "prompt_ids": ids, "last_logits": last, "greedy": tokens, "top2": tops})
+        references[kind] = cases
+    (TINY_DIR / "reference.json").write_text(json.dumps(references) + "\n")
+
+
+def smol_references():
+    from jinja2 import Template
+
+    model = llama(SMOL_GGUF)
+    template = model.metadata["tokenizer.chat_template"]
+    chat = Template(template).render(
+        messages=[{"role": "user", "content": SMOL_CHAT_QUESTION}], add_generation_prompt=True
+    )
+    cases = []
+    for category, prompt in SMOL_PROMPTS.items():
+        text = chat if prompt is None else prompt
+        ids = model.tokenize(text.encode(), add_bos=False, special=True)
+        tokens, tops = greedy(model, ids, NEW_TOKENS)
+        cases.append({"category": category, "prompt": text, "prompt_ids": ids, "greedy": tokens, "top2": tops})
+    SMOL_DIR.mkdir(parents=True, exist_ok=True)
+    meta = {
+        "model": SMOL_GGUF.name,
+        "sha256": "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+        "engine": "llama.cpp 0c1e57098bba via llama-cpp-python 0.3.36, 2 threads, f32 KV cache, greedy",
+        "cases": cases,
+    }
+    (SMOL_DIR / "reference.json").write_text(json.dumps(meta, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    steps = sys.argv[1:] or ["blocks", "tiny", "tiny-ref", "smol-ref"]
+    if "blocks" in steps:
+        block_fixtures()
+    if "tiny" in steps:
+        convert_tiny_target()
+    if "tiny-ref" in steps:
+        tiny_references()
+    if "smol-ref" in steps and SMOL_GGUF.exists():
+        smol_references()
