@@ -3,6 +3,7 @@
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use specbench::kernels::matvec::matmul_transposed;
+use specbench::kernels::quant::{BlockFormat, QuantMatrix};
 
 fn matvec(c: &mut Criterion) {
     let mut group = c.benchmark_group("host matvec, f32");
@@ -25,5 +26,40 @@ fn matvec(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, matvec);
+/// The quantized kernel on SmolLM2-135M's shapes (its q4_1 MLP and its q8_0 tied head), in
+/// weight bytes read per second.
+fn quantized(c: &mut Criterion) {
+    let mut group = c.benchmark_group("host quantized matvec");
+    let shapes = [
+        ("q4_1 mlp up 1536x576", BlockFormat::Q4_1, 1536, 576),
+        ("q4_0 mlp up 8192x2048", BlockFormat::Q4_0, 8192, 2048),
+        ("q8_0 lm head 49152x576", BlockFormat::Q8_0, 49152, 576),
+    ];
+    for (name, format, rows, cols) in shapes {
+        let values: Vec<f32> = (0..rows * cols).map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0).collect();
+        // q4_1 blocks are made from q4_0's: any bytes are valid blocks.
+        let blocks = match format {
+            BlockFormat::Q4_1 => BlockFormat::Q4_0
+                .quantize(&values)
+                .unwrap()
+                .chunks(18)
+                .flat_map(|b| [b, &b[..2]].concat())
+                .collect(),
+            _ => format.quantize(&values).unwrap(),
+        };
+        let matrix = QuantMatrix::new(format, &blocks, rows, cols);
+        group.throughput(Throughput::Bytes(blocks.len() as u64));
+        for m in [1, 5] {
+            let x: Vec<f32> = (0..m * cols).map(|i| (i % 13) as f32 * 0.1).collect();
+            let x_rows: Vec<&[f32]> = x.chunks(cols).collect();
+            let mut out = vec![0.0; rows * m];
+            group.bench_function(BenchmarkId::new(name, format!("{m} rows")), |b| {
+                b.iter(|| matrix.multiply_into(&x_rows, &mut out))
+            });
+        }
+    }
+    group.finish();
+}
+
+criterion_group!(benches, matvec, quantized);
 criterion_main!(benches);

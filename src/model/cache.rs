@@ -8,17 +8,19 @@ use burn::tensor::{Tensor, s};
 /// Storage rows allocated at the first append: enough for short generations without a regrow.
 const INITIAL_CAPACITY: usize = 128;
 
-/// Keys and values per layer, each `[batch, kv_heads, capacity, head_dim]`, of which the first
-/// `len` positions hold data.
+/// Keys and values per layer, of which the first `len` positions hold data: on the device as
+/// `[batch, kv_heads, capacity, head_dim]` for Burn's forward, or in host memory as
+/// `[positions, kv_heads · head_dim]` for the host forward (a model uses one of the two).
 #[derive(Debug, Clone, Default)]
 pub struct KvCache {
     layers: Vec<Option<(Tensor<4>, Tensor<4>)>>,
+    host: Vec<(Vec<f32>, Vec<f32>)>,
     len: usize,
 }
 
 impl KvCache {
     pub fn new(num_layers: usize) -> Self {
-        Self { layers: vec![None; num_layers], len: 0 }
+        Self { layers: vec![None; num_layers], host: vec![Default::default(); num_layers], len: 0 }
     }
 
     /// Number of positions held.
@@ -65,6 +67,24 @@ impl KvCache {
         let views = (k_store.clone().slice(filled), v_store.clone().slice(filled));
         self.layers[layer] = Some((k_store, v_store));
         views
+    }
+
+    /// The host forward's `append`: this forward's keys and values `[seq, width]` for `layer`
+    /// written after the cached positions; returns the whole history. The vectors grow
+    /// geometrically, so a token costs its own copy and, rarely, a regrow.
+    pub(crate) fn append_host(
+        &mut self,
+        layer: usize,
+        k: &[f32],
+        v: &[f32],
+        width: usize,
+    ) -> (&[f32], &[f32]) {
+        let (keys, values) = &mut self.host[layer];
+        for (store, new) in [(&mut *keys, k), (&mut *values, v)] {
+            store.truncate(self.len * width);
+            store.extend_from_slice(new);
+        }
+        (keys, values)
     }
 
     pub(crate) fn advance(&mut self, n: usize) {

@@ -10,20 +10,36 @@ use crate::backend::Runtime;
 use crate::error::{Error, Result};
 use crate::model::cache::KvCache;
 use crate::model::config::LlamaConfig;
-use crate::model::projection::{Embedding, Projection};
+use crate::model::host::HostLlama;
+use crate::model::projection::{Embedding, Projection, ProjectionKernel};
 use crate::model::rope::{Rope, apply_rotary};
 use crate::model::weights::{LayerWeight, Weight, WeightSource};
 
 #[derive(Debug)]
 pub struct Llama {
+    engine: Engine,
+    config: LlamaConfig,
+    runtime: Runtime,
+}
+
+/// Who runs the forward pass: Burn's tensor ops (the GPU, half-precision compute, and the
+/// reference on the CPU with `--projections backend`), or the host path (`host`) wherever the
+/// host kernels multiply and the compute is f32.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug)]
+enum Engine {
+    Burn(BurnLlama),
+    Host(HostLlama),
+}
+
+#[derive(Debug)]
+struct BurnLlama {
     embed: Embedding,
     layers: Vec<DecoderLayer>,
     norm: RmsNorm,
     /// `None` when the output projection is tied to the embedding.
     lm_head: Option<Projection>,
-    config: LlamaConfig,
     rope: Rope,
-    runtime: Runtime,
 }
 
 #[derive(Debug)]
@@ -61,18 +77,13 @@ impl Llama {
     /// runtime's kernel.
     pub fn build(config: LlamaConfig, source: &mut impl WeightSource, runtime: &Runtime) -> Result<Self> {
         config.validate()?;
-        let layers = (0..config.num_hidden_layers)
-            .map(|i| DecoderLayer::build(&config, i, source, runtime))
-            .collect::<Result<Vec<_>>>()?;
-        let lm_head = if config.tie_word_embeddings {
-            None
+        let engine = if runtime.kernel() == ProjectionKernel::Host && runtime.dtype() == DType::F32 {
+            Engine::Host(HostLlama::build(&config, source, runtime)?)
         } else {
-            Some(Projection::load(source, &[Weight::LmHead], &config, runtime)?)
+            Engine::Burn(BurnLlama::build(&config, source, runtime)?)
         };
-        let embed = Embedding::load(source, &config, runtime)?;
-        let norm = rms_norm(source, Weight::FinalNorm, &config)?;
         source.finish(&config)?;
-        Ok(Self { embed, layers, norm, lm_head, rope: Rope::new(&config)?, config, runtime: runtime.clone() })
+        Ok(Self { engine, config, runtime: runtime.clone() })
     }
 
     pub fn config(&self) -> &LlamaConfig {
@@ -82,17 +93,10 @@ impl Llama {
     /// Bytes of projection and embedding weights held (norms are negligible and not counted):
     /// what one decoded token streams from memory.
     pub fn weight_bytes(&self) -> usize {
-        let layers: usize = self
-            .layers
-            .iter()
-            .map(|l| {
-                l.attention.qkv.bytes()
-                    + l.attention.output.bytes()
-                    + l.mlp.gate_up.bytes()
-                    + l.mlp.down.bytes()
-            })
-            .sum();
-        layers + self.embed.bytes() + self.lm_head.as_ref().map_or(0, Projection::bytes)
+        match &self.engine {
+            Engine::Burn(burn) => burn.weight_bytes(),
+            Engine::Host(host) => host.weight_bytes(),
+        }
     }
 
     pub fn runtime(&self) -> &Runtime {
@@ -107,20 +111,71 @@ impl Llama {
         KvCache::new(self.config.num_hidden_layers)
     }
 
+    /// Token ids in (batch 1, each checked against the vocabulary), logits `[seq, vocab]` out,
+    /// for positions that follow those held in `cache`.
+    pub fn forward_ids(&self, ids: &[u32], cache: &mut KvCache) -> Result<Tensor<2>> {
+        if ids.is_empty() {
+            return Err(Error::EmptyPrompt);
+        }
+        let vocab_size = self.config.vocab_size;
+        if let Some(&id) = ids.iter().find(|&&id| id as usize >= vocab_size) {
+            return Err(Error::TokenOutOfRange { id, vocab_size });
+        }
+        let end = cache.len() + ids.len();
+        if end > self.config.max_position_embeddings {
+            return Err(Error::ContextOverflow { end, max: self.config.max_position_embeddings });
+        }
+        let device = self.device();
+        Ok(match &self.engine {
+            Engine::Burn(burn) => {
+                let data = TensorData::new(ids.iter().map(|&t| t as i64).collect::<Vec<_>>(), [1, ids.len()]);
+                burn.forward(Tensor::<2, Int>::from_data(data, &device), cache).squeeze_dim(0)
+            }
+            Engine::Host(host) => {
+                let logits = host.forward(ids, cache);
+                Tensor::from_data(TensorData::new(logits, [ids.len(), vocab_size]), &device)
+            }
+        })
+    }
+}
+
+impl BurnLlama {
+    fn build(config: &LlamaConfig, source: &mut impl WeightSource, runtime: &Runtime) -> Result<Self> {
+        let layers = (0..config.num_hidden_layers)
+            .map(|i| DecoderLayer::build(config, i, source, runtime))
+            .collect::<Result<Vec<_>>>()?;
+        let lm_head = if config.tie_word_embeddings {
+            None
+        } else {
+            Some(Projection::load(source, &[Weight::LmHead], config, runtime)?)
+        };
+        let embed = Embedding::load(source, config, runtime)?;
+        let norm = rms_norm(source, Weight::FinalNorm, config)?;
+        Ok(Self { embed, layers, norm, lm_head, rope: Rope::new(config)? })
+    }
+
+    fn weight_bytes(&self) -> usize {
+        let layers: usize = self
+            .layers
+            .iter()
+            .map(|l| {
+                l.attention.qkv.bytes()
+                    + l.attention.output.bytes()
+                    + l.mlp.gate_up.bytes()
+                    + l.mlp.down.bytes()
+            })
+            .sum();
+        layers + self.embed.bytes() + self.lm_head.as_ref().map_or(0, Projection::bytes)
+    }
+
     /// Logits `[batch, seq, vocab]` (f32) for every position of `tokens: [batch, seq]`, which
-    /// follow the positions held in `cache`. Private: `forward_ids` checks the ids first.
-    fn forward(&self, tokens: Tensor<2, Int>, cache: &mut KvCache) -> Result<Tensor<3>> {
+    /// follow the positions held in `cache`.
+    fn forward(&self, tokens: Tensor<2, Int>, cache: &mut KvCache) -> Tensor<3> {
         let [_, seq] = tokens.dims();
         let start_pos = cache.len();
-        if start_pos + seq > self.config.max_position_embeddings {
-            return Err(Error::ContextOverflow {
-                end: start_pos + seq,
-                max: self.config.max_position_embeddings,
-            });
-        }
         let device = tokens.device();
         let (cos, sin) = self.rope.cos_sin(start_pos, seq, &device);
-        let mask = (seq > 1).then(|| self.causal_mask(start_pos, seq, &device));
+        let mask = (seq > 1).then(|| causal_mask(start_pos, seq, &device));
         let mut x = self.embed.lookup(tokens);
         for (i, layer) in self.layers.iter().enumerate() {
             x = layer.forward(x, i, cache, &cos, &sin, mask.as_ref());
@@ -131,30 +186,16 @@ impl Llama {
             Some(head) => head.forward(x),
             None => self.embed.logits(x),
         };
-        Ok(logits.cast(DType::F32))
+        logits.cast(DType::F32)
     }
+}
 
-    /// Token ids in (batch 1, each checked against the vocabulary), logits `[seq, vocab]` out.
-    pub fn forward_ids(&self, ids: &[u32], cache: &mut KvCache) -> Result<Tensor<2>> {
-        if ids.is_empty() {
-            return Err(Error::EmptyPrompt);
-        }
-        let vocab_size = self.config.vocab_size;
-        if let Some(&id) = ids.iter().find(|&&id| id as usize >= vocab_size) {
-            return Err(Error::TokenOutOfRange { id, vocab_size });
-        }
-        let data = TensorData::new(ids.iter().map(|&t| t as i64).collect::<Vec<_>>(), [1, ids.len()]);
-        let tokens = Tensor::<2, Int>::from_data(data, &self.device());
-        Ok(self.forward(tokens, cache)?.squeeze_dim(0))
-    }
-
-    /// The rectangular causal mask `[seq, start + seq]` (true = hidden): query `i` sits at
-    /// position `start + i` and sees every key up to it, cached ones included.
-    fn causal_mask(&self, start: usize, seq: usize, device: &Device) -> Tensor<2, Bool> {
-        let total = start + seq;
-        let hidden: Vec<bool> = (0..seq).flat_map(|i| (0..total).map(move |j| j > start + i)).collect();
-        Tensor::from_data(TensorData::new(hidden, [seq, total]), device)
-    }
+/// The rectangular causal mask `[seq, start + seq]` (true = hidden): query `i` sits at
+/// position `start + i` and sees every key up to it, cached ones included.
+fn causal_mask(start: usize, seq: usize, device: &Device) -> Tensor<2, Bool> {
+    let total = start + seq;
+    let hidden: Vec<bool> = (0..seq).flat_map(|i| (0..total).map(move |j| j > start + i)).collect();
+    Tensor::from_data(TensorData::new(hidden, [seq, total]), device)
 }
 
 impl DecoderLayer {

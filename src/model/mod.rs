@@ -2,6 +2,7 @@
 
 pub mod cache;
 pub mod config;
+pub mod host;
 pub mod llama;
 pub mod projection;
 pub mod rope;

@@ -162,7 +162,7 @@ impl HostMatrix {
     /// `weights` stacked along the output dimension (one matrix when there is one weight). Float
     /// weights are held in the runtime's weight dtype, or quantized on load when it asks for a
     /// block format; a checkpoint's own quantized blocks are kept as they are.
-    fn load(
+    pub(crate) fn load(
         source: &mut impl WeightSource,
         weights: &[Weight],
         config: &LlamaConfig,
@@ -215,8 +215,22 @@ impl HostMatrix {
     }
 
     /// Bytes held in memory.
-    fn bytes(&self) -> usize {
+    pub(crate) fn bytes(&self) -> usize {
         self.parts.iter().map(HostWeights::bytes).sum()
+    }
+
+    /// `x: [m, cols]` to `[m, rows]` (products accumulate in f32).
+    pub(crate) fn multiply(&self, x: &[f32], m: usize) -> Vec<f32> {
+        debug_assert_eq!(x.len(), m * self.cols);
+        let x_rows: Vec<&[f32]> = x.chunks_exact(self.cols).collect();
+        let mut out_t = vec![0.0f32; self.rows * m];
+        let mut rest = out_t.as_mut_slice();
+        for part in &self.parts {
+            let (here, after) = rest.split_at_mut(part.rows(self.cols) * m);
+            part.multiply_into(&x_rows, self.cols, here);
+            rest = after;
+        }
+        transpose_outputs(out_t, m, self.rows)
     }
 
     /// `x: [.., cols]` to `[.., rows]`, in `x`'s dtype (products accumulate in f32).
@@ -224,23 +238,13 @@ impl HostMatrix {
         let [batch, seq, cols] = x.dims();
         debug_assert_eq!(cols, self.cols);
         let (device, dtype) = (x.device(), x.dtype());
-        let input = host_f32(x.into_data());
-        let m = batch * seq;
-        let x_rows: Vec<&[f32]> = input.chunks_exact(cols).collect();
-        let mut out_t = vec![0.0f32; self.rows * m];
-        let mut rest = out_t.as_mut_slice();
-        for part in &self.parts {
-            let (here, after) = rest.split_at_mut(part.rows(cols) * m);
-            part.multiply_into(&x_rows, cols, here);
-            rest = after;
-        }
-        let out = transpose_outputs(out_t, m, self.rows);
+        let out = self.multiply(&host_f32(x.into_data()), batch * seq);
         let out = Tensor::<3>::from_data(TensorData::new(out, [batch, seq, self.rows]), &device);
         if dtype == DType::F32 { out } else { out.cast(dtype) }
     }
 
     /// Row `row`, appended to `out` as f32.
-    fn extend_row(&self, mut row: usize, out: &mut Vec<f32>) {
+    pub(crate) fn extend_row(&self, mut row: usize, out: &mut Vec<f32>) {
         for part in &self.parts {
             let rows = part.rows(self.cols);
             if row < rows {

@@ -114,6 +114,14 @@ impl Rope {
         Ok(Self { inv_freq })
     }
 
+    /// Cos and sin `[len, head_dim / 2]` of each frequency at positions `start..start + len`,
+    /// for the host path, which rotates the two halves of each head itself.
+    pub fn host_cos_sin(&self, start: usize, len: usize) -> (Vec<f32>, Vec<f32>) {
+        let angles =
+            (start..start + len).flat_map(|pos| self.inv_freq.iter().map(move |freq| pos as f64 * freq));
+        angles.map(|angle| (angle.cos() as f32, angle.sin() as f32)).unzip()
+    }
+
     /// Cos and sin of shape `[1, 1, len, head_dim]` for positions `start..start + len`.
     pub fn cos_sin(&self, start: usize, len: usize, device: &Device) -> (Tensor<4>, Tensor<4>) {
         let half = self.inv_freq.len();
@@ -134,6 +142,18 @@ impl Rope {
             Tensor::from_data(TensorData::new(cos, shape), device),
             Tensor::from_data(TensorData::new(sin, shape), device),
         )
+    }
+}
+
+/// `x * cos + rotate_half(x) * sin` on one head vector, with `cos`/`sin` of its position
+/// `[head_dim / 2]` (Hugging Face's layout: the first half pairs with the second).
+pub fn rotate_host(x: &mut [f32], cos: &[f32], sin: &[f32]) {
+    let half = x.len() / 2;
+    let (x1, x2) = x.split_at_mut(half);
+    for i in 0..half {
+        let (a, b) = (x1[i], x2[i]);
+        x1[i] = a * cos[i] - b * sin[i];
+        x2[i] = b * cos[i] + a * sin[i];
     }
 }
 

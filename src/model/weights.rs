@@ -201,10 +201,14 @@ impl WeightSource for RandomWeights {
         Ok(self.draw::<D>(weight, weight.burn_shape(config)).cast(self.dtype))
     }
 
-    /// Drawn by the device's seeded generator in PyTorch's layout; only matrices come this way.
+    /// Drawn by the device's seeded generator in PyTorch's layout.
     fn load_host(&mut self, weight: Weight, config: &LlamaConfig) -> Result<HostTensor> {
-        let values = self.draw::<2>(weight, weight.hf_shape(config)).into_data().try_into_vec::<f32>();
-        Ok(HostTensor::F32(values.expect("random weights are drawn in f32")))
+        let shape = weight.hf_shape(config);
+        let data = match shape.len() {
+            1 => self.draw::<1>(weight, shape).into_data(),
+            _ => self.draw::<2>(weight, shape).into_data(),
+        };
+        Ok(HostTensor::F32(data.try_into_vec::<f32>().expect("random weights are drawn in f32")))
     }
 }
 
