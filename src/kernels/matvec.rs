@@ -11,8 +11,6 @@
 
 use std::sync::OnceLock;
 
-use rayon::prelude::*;
-
 /// Whether this CPU runs the vector path (AVX2, FMA and F16C), detected once per process.
 /// Without it the portable path is correct but slow, so `ProjectionKernel::default_for` leaves
 /// the projections to the backend there.
@@ -114,7 +112,7 @@ const ROWS_PER_TASK: usize = 16;
 /// faster on flex (733-775 vs 528-566 tokens/s, results/decode-cpu/2026-11-25-host-threshold) and
 /// no faster beyond noise on ndarray; 2^22 was no better. The 1B shape's matrices
 /// (≥ 2048 × 2048) stay parallel.
-const PARALLEL_MIN_WEIGHTS: usize = 1 << 20;
+const PARALLEL_MIN_WEIGHTS: usize = 1 << 16;
 
 /// Whether a matrix of `weights` elements is worth the thread pool (see `PARALLEL_MIN_WEIGHTS`).
 pub fn worth_parallel(weights: usize) -> bool {
@@ -154,7 +152,8 @@ pub fn multiply_rows_into<W: WeightElement>(x_rows: &[&[f32]], weight: &[W], col
         multiply_block(weight, cols, x_rows, out);
     };
     if worth_parallel(weight.len()) {
-        out_t.par_chunks_mut(ROWS_PER_TASK * m).enumerate().for_each(task);
+        crate::kernels::pool::Pool::global()
+            .for_each_chunk(out_t, ROWS_PER_TASK * m, |i, out| task((i, out)));
     } else {
         out_t.chunks_mut(ROWS_PER_TASK * m).enumerate().for_each(task);
     }

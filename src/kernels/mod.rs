@@ -2,4 +2,5 @@
 //! half-precision rows (`matvec`) and ggml's quantized blocks (`quant`).
 
 pub mod matvec;
+pub mod pool;
 pub mod quant;

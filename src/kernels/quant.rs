@@ -338,28 +338,26 @@ impl QuantMatrix {
     /// `out_t: [rows, m]` (transposed) = this matrix times each of the `m` input rows, on the
     /// thread pool when the matrix is large enough to be worth it.
     pub fn multiply_into(&self, x_rows: &[&[f32]], out_t: &mut [f32]) {
-        self.multiply_on(x_rows, out_t, self.rows * self.cols >= 1 << 18);
+        self.multiply_on(x_rows, out_t, crate::kernels::matvec::worth_parallel(self.rows * self.cols));
     }
 
     fn multiply_on(&self, x_rows: &[&[f32]], out_t: &mut [f32], parallel: bool) {
-        use rayon::prelude::*;
         let m = x_rows.len();
         let inputs = Inputs::prepare(self.format, x_rows);
         let bytes = self.row_bytes();
-        // A few tasks per thread: enough to balance, few enough that waking and stealing
-        // (a sixth of decode time with 16-row tasks) stay small.
-        let rows_per_task =
-            if parallel { self.rows.div_ceil(4 * rayon::current_num_threads()).max(16) } else { self.rows };
-        let task = |(chunk, out): (usize, &mut [f32])| {
+        let pool = crate::kernels::pool::Pool::global();
+        // A few tasks per thread, to balance the threads' shares.
+        let rows_per_task = if parallel { self.rows.div_ceil(4 * pool.threads()).max(8) } else { self.rows };
+        let task = |chunk: usize, out: &mut [f32]| {
             for (i, out) in out.chunks_mut(m).enumerate() {
                 let row = chunk * rows_per_task + i;
                 inputs.multiply_row(self.format, &self.blocks[row * bytes..][..bytes], out);
             }
         };
         if parallel {
-            out_t.par_chunks_mut(rows_per_task * m).enumerate().for_each(task);
+            pool.for_each_chunk(out_t, rows_per_task * m, task);
         } else {
-            out_t.chunks_mut(rows_per_task * m).enumerate().for_each(task);
+            task(0, out_t);
         }
     }
 }
@@ -465,25 +463,59 @@ mod avx2 {
     const Q4_1: u8 = 1;
     const Q8_0: u8 = 2;
 
+    /// Whether this CPU has AVX-VNNI, whose `vpdpbusd` does in one instruction what AVX2 does
+    /// in two (`vpmaddubsw` + `vpmaddwd`), as llama.cpp uses it; detected once.
+    fn vnni_available() -> bool {
+        static AVAILABLE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        *AVAILABLE.get_or_init(|| std::arch::is_x86_feature_detected!("avxvnni"))
+    }
+
     /// One weight row in `format` against every quantized input row, `TILE` rows per pass.
-    #[target_feature(enable = "avx2,fma,f16c")]
+    ///
+    /// # Safety
+    /// The CPU has AVX2, FMA and F16C; every input row has one block per weight block.
     pub(super) unsafe fn multiply_row(format: BlockFormat, weights: &[u8], rows: &[Q8Row], out: &mut [f32]) {
+        // SAFETY: the caller's contract, and AVX-VNNI where it is used.
+        unsafe {
+            if vnni_available() {
+                multiply_row_vnni(format, weights, rows, out)
+            } else {
+                multiply_row_avx2(format, weights, rows, out)
+            }
+        }
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn multiply_row_avx2(format: BlockFormat, weights: &[u8], rows: &[Q8Row], out: &mut [f32]) {
+        // SAFETY: the caller's contract.
+        unsafe { tiles::<false>(format, weights, rows, out) }
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c,avxvnni")]
+    unsafe fn multiply_row_vnni(format: BlockFormat, weights: &[u8], rows: &[Q8Row], out: &mut [f32]) {
+        // SAFETY: the caller's contract.
+        unsafe { tiles::<true>(format, weights, rows, out) }
+    }
+
+    /// Inlined into each entry point above, so that it is compiled with that one's features.
+    #[inline(always)]
+    unsafe fn tiles<const VNNI: bool>(format: BlockFormat, weights: &[u8], rows: &[Q8Row], out: &mut [f32]) {
         for (xs, out) in rows.chunks(TILE).zip(out.chunks_mut(TILE)) {
             // SAFETY: the caller's contract.
             unsafe {
                 match (format, xs.len()) {
-                    (BlockFormat::Q4_0, 1) => tile::<Q4_0, 1>(weights, xs, out),
-                    (BlockFormat::Q4_0, 2) => tile::<Q4_0, 2>(weights, xs, out),
-                    (BlockFormat::Q4_0, 3) => tile::<Q4_0, 3>(weights, xs, out),
-                    (BlockFormat::Q4_0, _) => tile::<Q4_0, 4>(weights, xs, out),
-                    (BlockFormat::Q4_1, 1) => tile::<Q4_1, 1>(weights, xs, out),
-                    (BlockFormat::Q4_1, 2) => tile::<Q4_1, 2>(weights, xs, out),
-                    (BlockFormat::Q4_1, 3) => tile::<Q4_1, 3>(weights, xs, out),
-                    (BlockFormat::Q4_1, _) => tile::<Q4_1, 4>(weights, xs, out),
-                    (BlockFormat::Q8_0, 1) => tile::<Q8_0, 1>(weights, xs, out),
-                    (BlockFormat::Q8_0, 2) => tile::<Q8_0, 2>(weights, xs, out),
-                    (BlockFormat::Q8_0, 3) => tile::<Q8_0, 3>(weights, xs, out),
-                    (BlockFormat::Q8_0, _) => tile::<Q8_0, 4>(weights, xs, out),
+                    (BlockFormat::Q4_0, 1) => tile::<Q4_0, 1, VNNI>(weights, xs, out),
+                    (BlockFormat::Q4_0, 2) => tile::<Q4_0, 2, VNNI>(weights, xs, out),
+                    (BlockFormat::Q4_0, 3) => tile::<Q4_0, 3, VNNI>(weights, xs, out),
+                    (BlockFormat::Q4_0, _) => tile::<Q4_0, 4, VNNI>(weights, xs, out),
+                    (BlockFormat::Q4_1, 1) => tile::<Q4_1, 1, VNNI>(weights, xs, out),
+                    (BlockFormat::Q4_1, 2) => tile::<Q4_1, 2, VNNI>(weights, xs, out),
+                    (BlockFormat::Q4_1, 3) => tile::<Q4_1, 3, VNNI>(weights, xs, out),
+                    (BlockFormat::Q4_1, _) => tile::<Q4_1, 4, VNNI>(weights, xs, out),
+                    (BlockFormat::Q8_0, 1) => tile::<Q8_0, 1, VNNI>(weights, xs, out),
+                    (BlockFormat::Q8_0, 2) => tile::<Q8_0, 2, VNNI>(weights, xs, out),
+                    (BlockFormat::Q8_0, 3) => tile::<Q8_0, 3, VNNI>(weights, xs, out),
+                    (BlockFormat::Q8_0, _) => tile::<Q8_0, 4, VNNI>(weights, xs, out),
                     _ => unreachable!("only 8-bit-input formats have integer kernels"),
                 }
             }
@@ -513,24 +545,32 @@ mod avx2 {
 
     /// Σ u·s over 32 unsigned × signed bytes, as eight i32 lanes converted to f32.
     #[inline(always)]
-    unsafe fn dot_unsigned(u: __m256i, s: __m256i) -> __m256 {
+    unsafe fn dot_unsigned<const VNNI: bool>(u: __m256i, s: __m256i) -> __m256 {
         unsafe {
-            let pairs = _mm256_maddubs_epi16(u, s);
-            _mm256_cvtepi32_ps(_mm256_madd_epi16(pairs, _mm256_set1_epi16(1)))
+            let sums = if VNNI {
+                _mm256_dpbusd_avx_epi32(_mm256_setzero_si256(), u, s)
+            } else {
+                _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1))
+            };
+            _mm256_cvtepi32_ps(sums)
         }
     }
 
     /// `TILE` or fewer input rows (`R`) against one weight row of format `KIND`.
-    #[target_feature(enable = "avx2,fma,f16c")]
-    #[inline]
-    unsafe fn tile<const KIND: u8, const R: usize>(weights: &[u8], xs: &[Q8Row], out: &mut [f32]) {
+    #[inline(always)]
+    unsafe fn tile<const KIND: u8, const R: usize, const VNNI: bool>(
+        weights: &[u8],
+        xs: &[Q8Row],
+        out: &mut [f32],
+    ) {
         let bytes = match KIND {
             Q4_0 => 18,
             Q4_1 => 20,
             _ => 34,
         };
         let blocks = weights.len() / bytes;
-        let mut acc = [_mm256_setzero_ps(); R];
+        // SAFETY: inlined only into functions with AVX2.
+        let mut acc = [unsafe { _mm256_setzero_ps() }; R];
         let mut offsets = [0.0f32; R];
         let xs: [&Q8Row; R] = std::array::from_fn(|j| &xs[j]);
         let w = weights.as_ptr();
@@ -563,9 +603,9 @@ mod avx2 {
                     let xq = _mm256_loadu_si256(x.qs.as_ptr().add(b * QK) as *const __m256i);
                     let products = if KIND == Q4_1 {
                         offsets[j] += min * *x.s.get_unchecked(b);
-                        dot_unsigned(wv, xq)
+                        dot_unsigned::<VNNI>(wv, xq)
                     } else {
-                        dot_unsigned(magnitude, _mm256_sign_epi8(xq, wv))
+                        dot_unsigned::<VNNI>(magnitude, _mm256_sign_epi8(xq, wv))
                     };
                     let scale = _mm256_set1_ps(d * *x.d.get_unchecked(b));
                     acc[j] = _mm256_fmadd_ps(scale, products, acc[j]);
@@ -577,6 +617,55 @@ mod avx2 {
             // SAFETY: `lanes` holds eight floats.
             unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), acc[j]) };
             out[j] = lanes.iter().sum::<f32>() + offsets[j];
+        }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::super::{BlockFormat, Q8Row, QK, dot_q8_scalar};
+        use super::*;
+
+        /// Both vector variants (whichever this CPU runs) against the portable integer dot, for
+        /// every format and tile size.
+        #[test]
+        fn avx2_and_vnni_kernels_agree_with_the_scalar_dot() {
+            if !crate::kernels::matvec::vector_path_available() {
+                return;
+            }
+            let cols = 6 * QK;
+            let values = |seed: u32| -> Vec<f32> {
+                (0..cols)
+                    .map(|i| (((i as u32).wrapping_mul(2654435761) ^ seed) % 2001) as f32 / 1000.0 - 1.0)
+                    .collect()
+            };
+            let rows: Vec<Q8Row> = (0..7).map(|j| Q8Row::quantize(&values(j))).collect();
+            for format in [BlockFormat::Q4_0, BlockFormat::Q4_1, BlockFormat::Q8_0] {
+                // Any bytes are valid q4_1 blocks; q4_0's serve, with two bytes more for the minimum.
+                let weights: Vec<u8> = match format {
+                    BlockFormat::Q4_1 => BlockFormat::Q4_0
+                        .quantize(&values(99))
+                        .unwrap()
+                        .chunks(18)
+                        .flat_map(|b| [&b[..2], b].concat())
+                        .collect(),
+                    _ => format.quantize(&values(99)).unwrap(),
+                };
+                let want: Vec<f32> = rows.iter().map(|x| dot_q8_scalar(format, &weights, x)).collect();
+                let mut variants = vec![("avx2", [0.0f32; 7])];
+                // SAFETY: vector_path_available() checked AVX2, FMA and F16C.
+                unsafe { multiply_row_avx2(format, &weights, &rows, &mut variants[0].1) };
+                if vnni_available() {
+                    let mut out = [0.0f32; 7];
+                    // SAFETY: and AVX-VNNI here.
+                    unsafe { multiply_row_vnni(format, &weights, &rows, &mut out) };
+                    variants.push(("vnni", out));
+                }
+                for (name, got) in variants {
+                    for (g, w) in got.iter().zip(&want) {
+                        assert!((g - w).abs() < 1e-4, "{format} {name}: {g} vs {w}");
+                    }
+                }
+            }
         }
     }
 }
