@@ -57,8 +57,8 @@ impl CausalLm for Llama {
         rows: usize,
         vocab: usize,
     ) -> Result<Vec<Vec<f32>>> {
-        let logits = self.forward_ids(tokens, cache)?;
-        Ok(logits_rows(logits, tokens.len() - rows, tokens.len(), vocab))
+        let logits = self.forward_last(tokens, cache, rows)?;
+        Ok(logits_rows(logits, 0, rows, vocab))
     }
 
     fn sync(&self) -> Result<()> {

@@ -393,22 +393,27 @@ impl<'a> Inputs<'a> {
                 }
             }
             Self::F32(rows) => {
+                // The row dequantized once, for every input.
+                let mut row = vec![0.0f32; rows[0].len()];
+                format.dequantize(weights, &mut row);
                 for (o, x) in out.iter_mut().zip(rows.iter()) {
-                    *o = dot_dequantized(format, weights, x);
+                    *o = crate::kernels::dot(&row, x);
                 }
             }
         }
     }
 }
 
-/// A weight row in `format` against an f32 row, one dequantized block at a time.
+/// A weight row in `format` against an f32 row, one dequantized block at a time: the exact
+/// product the integer kernels are tested against.
+#[cfg(test)]
 fn dot_dequantized(format: BlockFormat, weights: &[u8], x: &[f32]) -> f32 {
     let mut buffer = [0.0f32; QK_K];
     let len = format.block_len();
     let mut sum = 0.0;
     for (block, x) in weights.chunks_exact(format.block_bytes()).zip(x.chunks_exact(len)) {
         format.dequantize(block, &mut buffer[..len]);
-        sum += buffer[..len].iter().zip(x).map(|(w, x)| w * x).sum::<f32>();
+        sum += crate::kernels::dot(&buffer[..len], x);
     }
     sum
 }

@@ -15,6 +15,7 @@ use rayon::prelude::*;
 
 use crate::backend::Runtime;
 use crate::error::Result;
+use crate::kernels::dot;
 use crate::model::cache::KvCache;
 use crate::model::config::LlamaConfig;
 use crate::model::projection::HostMatrix;
@@ -115,9 +116,9 @@ impl HostLlama {
         layers + self.embed.bytes() + self.lm_head.as_ref().map_or(0, HostMatrix::bytes)
     }
 
-    /// Logits `[ids.len(), vocab]` of `ids` (checked by the caller), which follow the positions
-    /// held in `cache`.
-    pub fn forward(&self, ids: &[u32], cache: &mut KvCache) -> Vec<f32> {
+    /// Logits `[rows, vocab]` of the last `rows` of `ids` (checked by the caller), which follow
+    /// the positions held in `cache`.
+    pub fn forward(&self, ids: &[u32], cache: &mut KvCache, rows: usize) -> Vec<f32> {
         let (seq, start, d) = (ids.len(), cache.len(), self.dims);
         let mut x = Vec::with_capacity(seq * d.hidden);
         for &id in ids {
@@ -135,8 +136,10 @@ impl HostLlama {
             add(&mut x, &layer.down.multiply(activated, seq));
         }
         cache.advance(seq);
-        rms_norm(&x, &self.norm, d.eps, &mut normed);
-        self.lm_head.as_ref().unwrap_or(&self.embed).multiply(&normed, seq)
+        let last = &x[(seq - rows) * d.hidden..];
+        let normed = &mut normed[..last.len()];
+        rms_norm(last, &self.norm, d.eps, normed);
+        self.lm_head.as_ref().unwrap_or(&self.embed).multiply(normed, rows)
     }
 }
 
@@ -211,20 +214,6 @@ fn rms_norm(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
 
 fn add(x: &mut [f32], y: &[f32]) {
     x.iter_mut().zip(y).for_each(|(a, b)| *a += b);
-}
-
-/// In eight independent lanes, which the compiler keeps in one vector register (a plain sum is
-/// one serial chain it may not reorder).
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut lanes = [0.0f32; 8];
-    let (a8, b8) = (a.chunks_exact(8), b.chunks_exact(8));
-    let tail: f32 = a8.remainder().iter().zip(b8.remainder()).map(|(x, y)| x * y).sum();
-    for (x, y) in a8.zip(b8) {
-        for i in 0..8 {
-            lanes[i] += x[i] * y[i];
-        }
-    }
-    lanes.iter().sum::<f32>() + tail
 }
 
 fn softmax(scores: &mut [f32]) {

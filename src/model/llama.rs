@@ -4,7 +4,7 @@
 use burn::module::Param;
 use burn::nn::RmsNorm;
 use burn::tensor::activation::{silu, softmax};
-use burn::tensor::{Bool, DType, Device, Int, Tensor, TensorData};
+use burn::tensor::{Bool, DType, Device, Int, Tensor, TensorData, s};
 
 use crate::backend::Runtime;
 use crate::error::{Error, Result};
@@ -114,6 +114,12 @@ impl Llama {
     /// Token ids in (batch 1, each checked against the vocabulary), logits `[seq, vocab]` out,
     /// for positions that follow those held in `cache`.
     pub fn forward_ids(&self, ids: &[u32], cache: &mut KvCache) -> Result<Tensor<2>> {
+        self.forward_last(ids, cache, ids.len())
+    }
+
+    /// As `forward_ids`, but logits `[rows, vocab]` of the last `rows` positions only (at most
+    /// `ids.len()`): a prompt needs one row, and the LM head is the largest product of a step.
+    pub fn forward_last(&self, ids: &[u32], cache: &mut KvCache, rows: usize) -> Result<Tensor<2>> {
         if ids.is_empty() {
             return Err(Error::EmptyPrompt);
         }
@@ -125,15 +131,18 @@ impl Llama {
         if end > self.config.max_position_embeddings {
             return Err(Error::ContextOverflow { end, max: self.config.max_position_embeddings });
         }
+        let rows = rows.min(ids.len());
         let device = self.device();
         Ok(match &self.engine {
             Engine::Burn(burn) => {
                 let data = TensorData::new(ids.iter().map(|&t| t as i64).collect::<Vec<_>>(), [1, ids.len()]);
-                burn.forward(Tensor::<2, Int>::from_data(data, &device), cache).squeeze_dim(0)
+                let logits =
+                    burn.forward(Tensor::<2, Int>::from_data(data, &device), cache).squeeze_dim::<2>(0);
+                logits.slice(s![ids.len() - rows..ids.len(), ..])
             }
             Engine::Host(host) => {
-                let logits = host.forward(ids, cache);
-                Tensor::from_data(TensorData::new(logits, [ids.len(), vocab_size]), &device)
+                let logits = host.forward(ids, cache, rows);
+                Tensor::from_data(TensorData::new(logits, [rows, vocab_size]), &device)
             }
         })
     }

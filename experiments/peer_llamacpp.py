@@ -1,0 +1,149 @@
+#!/usr/bin/env python3
+"""Decode and prefill speed of specbench and llama.cpp on the same GGUF files, same sitting.
+
+For each file, `repeats` rounds alternate one llama-bench run (pp64 and tg128, 2 threads) with
+one specbench run (`generate --ignore-eos`: a 64-token prompt, then 128 new tokens, flex
+backend, 2 threads), so drift of the machine hits both alike. Writes DIR/decode.csv (one row per
+engine, file and test, with the median and range over the rounds), DIR/machine.json and
+DIR/summary.md. Run on an idle machine: llama.cpp collapses under CPU contention.
+
+The files: the embedded target as f32/bf16/q8_0/q4_0 GGUF (tests/fixtures/tiny-gguf, plus an
+f32 copy made by llama-quantize) and SmolLM2-135M-Instruct as shipped (q4_1) and requantized by
+llama-quantize to q8_0, q4_0 and f32 (from the q4_1 weights: the same speed as the original
+precision, not the same quality). llama.cpp comes from scripts/build_llamacpp.sh, SmolLM2 from
+scripts/fetch_smollm2.sh.
+
+    python3 experiments/peer_llamacpp.py --out results/decode-llamacpp/$(date +%F) [--repeats 5]
+"""
+
+import argparse
+import csv
+import json
+import os
+import platform
+import statistics
+import subprocess
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = ROOT / ".llamacpp/bin"
+SPECBENCH = ROOT / "target/release/specbench"
+# Copies made by llama-quantize: git-ignored, remade when absent.
+DERIVED = ROOT / "models/derived"
+SMOL = ROOT / "models/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+TINY = ROOT / "tests/fixtures/tiny-gguf"
+THREADS = 2
+NEW_TOKENS = 128
+PROMPT_TOKENS = 64
+# About 64 tokens for either tokenizer; specbench's prefill rate is computed from its own count.
+PROMPT = (
+    "The history of the printing press begins in the fifteenth century, when Johannes Gutenberg "
+    "combined movable metal type, oil-based ink and a wooden press adapted from those used for "
+    "wine. Within fifty years, presses in more than two hundred cities had printed millions of "
+    "books, and the price of a book fell"
+)
+
+
+def quantize(source, target, kind):
+    if not target.exists():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        subprocess.run(
+            [str(BIN / "llama-quantize"), "--allow-requantize", str(source), str(target), kind],
+            check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+    return target
+
+
+def files():
+    out = [
+        ("tiny", "f32", quantize(TINY / "target-bf16.gguf", DERIVED / "tiny-f32.gguf", "F32")),
+        ("tiny", "bf16", TINY / "target-bf16.gguf"),
+        ("tiny", "q8_0", TINY / "target-q8_0.gguf"),
+        ("tiny", "q4_0", TINY / "target-q4_0.gguf"),
+    ]
+    if SMOL.exists():
+        out += [
+            ("smollm2-135m", "f32", quantize(SMOL, DERIVED / "smollm2-f32.gguf", "F32")),
+            ("smollm2-135m", "q8_0", quantize(SMOL, DERIVED / "smollm2-q8_0.gguf", "Q8_0")),
+            ("smollm2-135m", "q4_0", quantize(SMOL, DERIVED / "smollm2-q4_0.gguf", "Q4_0")),
+            ("smollm2-135m", "q4_1", SMOL),
+        ]
+    return out
+
+
+def llama_bench(path):
+    """One round: tokens/s of pp64 and tg128."""
+    out = subprocess.run(
+        [str(BIN / "llama-bench"), "-m", str(path), "-t", str(THREADS), "-p", str(PROMPT_TOKENS),
+         "-n", str(NEW_TOKENS), "-r", "1", "-o", "json"],
+        check=True, capture_output=True, text=True,
+    ).stdout
+    rows = json.loads(out)
+    result = {}
+    for row in rows:
+        test = "prefill" if row["n_prompt"] > 0 else "decode"
+        result[test] = row["avg_ts"]
+    return result
+
+
+def specbench(path):
+    out = subprocess.run(
+        [str(SPECBENCH), "generate", "--model", str(path), "--prompt", PROMPT, "--max-new-tokens",
+         str(NEW_TOKENS), "--ignore-eos", "--backend", "flex", "--json"],
+        check=True, capture_output=True, text=True, env={**os.environ, "RAYON_NUM_THREADS": str(THREADS)},
+    ).stdout
+    report = json.loads(out)
+    return {
+        "prefill": len(report["prompt_ids"]) / report["timings"]["prefill"],
+        "decode": report["decode_tokens_per_s"],
+    }
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for model, dtype, path in files():
+        samples = {"llama.cpp": {"prefill": [], "decode": []}, "specbench": {"prefill": [], "decode": []}}
+        for _ in range(args.repeats):
+            for engine, run in [("llama.cpp", llama_bench), ("specbench", specbench)]:
+                for test, value in run(path).items():
+                    samples[engine][test].append(value)
+        for engine, tests in samples.items():
+            for test, values in tests.items():
+                rows.append({
+                    "engine": engine, "model": model, "dtype": dtype, "file": str(path.relative_to(ROOT)),
+                    "threads": THREADS, "test": test,
+                    "tokens": NEW_TOKENS if test == "decode" else PROMPT_TOKENS,
+                    "tokens_per_s": round(statistics.median(values), 2),
+                    "min": round(min(values), 2), "max": round(max(values), 2), "repeats": len(values),
+                })
+        print(model, dtype, {e: round(statistics.median(t["decode"]), 1) for e, t in samples.items()}, flush=True)
+    with open(args.out / "decode.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "")
+    machine = {"cpu": cpu, "cores": os.cpu_count(), "platform": platform.platform(), "threads": THREADS,
+               "llama.cpp": "0c1e57098bba (llama-cpp-python 0.3.36 sdist), GGML_NATIVE=OFF + AVX2/AVX-512/VNNI",
+               "specbench": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout.strip()}
+    (args.out / "machine.json").write_text(json.dumps(machine, indent=1) + "\n")
+    lines = [f"# specbench vs llama.cpp, {THREADS} threads, same sitting ({cpu})", "",
+             "| model | weights | test | llama.cpp tok/s | specbench tok/s | ratio |", "|---|---|---|---|---|---|"]
+    index = {(r["engine"], r["model"], r["dtype"], r["test"]): r for r in rows}
+    for model, dtype, _ in files():
+        for test in ["decode", "prefill"]:
+            peer, ours = index[("llama.cpp", model, dtype, test)], index[("specbench", model, dtype, test)]
+            lines.append(
+                f"| {model} | {dtype} | {test} | {peer['tokens_per_s']} ({peer['min']}–{peer['max']}) | "
+                f"{ours['tokens_per_s']} ({ours['min']}–{ours['max']}) | {ours['tokens_per_s'] / peer['tokens_per_s']:.2f}× |"
+            )
+    (args.out / "summary.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
