@@ -123,11 +123,11 @@ fn check_greedy(
 }
 
 /// Largest difference between our last-position logits and llama.cpp's, measured: bf16 0.013,
-/// q8_0 0.043, q4_0 0.049, q4_1 0.03, q4_k_m 0.11. llama.cpp rounds the inputs of bf16 products
-/// to bf16 and quantizes those of q4_k to q8_k, where we keep f32; its q8_0/q4_0/q4_1 products
-/// quantize inputs as ours do.
+/// q8_0 0.047, q4_0 0.043, q4_1 0.017, q4_k_m 0.016. llama.cpp rounds the inputs of bf16
+/// products to bf16, where we keep f32; its q8_0/q4_0/q4_1 products quantize inputs to q8_0/q8_1
+/// and its k-quant products to q8_k, as ours do.
 const TINY_LOGIT_TOLERANCE: [(&str, f32); 5] =
-    [("bf16", 0.03), ("q8_0", 0.08), ("q4_0", 0.08), ("q4_1", 0.08), ("q4_k_m", 0.2)];
+    [("bf16", 0.03), ("q8_0", 0.08), ("q4_0", 0.08), ("q4_1", 0.05), ("q4_k_m", 0.05)];
 
 /// A tie to three decimals: where llama.cpp's two top logits are this close, no engine that sums
 /// in another order can be held to its choice.
@@ -155,6 +155,7 @@ fn tiny_gguf_files_match_llama_cpp_logits_tokens_and_greedy_output() {
                     .zip(floats_of(&case["last_logits"]))
                     .map(|(a, b)| (a - b).abs())
                     .fold(0.0, f32::max);
+                eprintln!("{label}: last-position logits within {worst} of llama.cpp's");
                 assert!(worst < tolerance, "{label}: logits differ by {worst}");
                 let near_tie = if matches!(kind, "bf16" | "q8_0") { EXACT_TIE } else { tolerance };
                 if let Agreement::NearTie { step, gap } =

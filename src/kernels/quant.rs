@@ -6,11 +6,13 @@
 //! The products follow llama.cpp: each input row is quantized once to 8-bit blocks of 32
 //! (`Q8_0`, or `Q8_1` with the block's sum for the formats with an offset), and each weight
 //! block meets its input block in integer arithmetic, scaled once per block. That is what lets a
-//! 4-bit matrix be streamed at 4.5–5 bits per weight rather than widened to 32 first. Formats
-//! without an integer kernel here (5-bit and K-quants) dequantize a block at a time and take an
-//! f32 dot product: correct, and slower.
+//! 4-bit matrix be streamed at 4.5–5 bits per weight rather than widened to 32 first. The
+//! K-quants meet 8-bit super-blocks of 256 (`kernels::kquant`); q5_0 and q5_1, rare in Llama
+//! files, dequantize a row at a time and take an f32 dot product: correct, and slower.
 
 use half::f16;
+
+use crate::kernels::kquant::Q8KRow;
 
 /// Elements per block of the 32-element formats (and of the 8-bit activation blocks).
 pub const QK: usize = 32;
@@ -365,6 +367,7 @@ impl QuantMatrix {
 /// The input rows in the form the weight format multiplies with.
 enum Inputs<'a> {
     Q8(Vec<Q8Row>),
+    Q8K(Vec<Q8KRow>),
     F32(&'a [&'a [f32]]),
 }
 
@@ -374,7 +377,10 @@ impl<'a> Inputs<'a> {
             BlockFormat::Q4_0 | BlockFormat::Q4_1 | BlockFormat::Q8_0 => {
                 Self::Q8(x_rows.iter().map(|x| Q8Row::quantize(x)).collect())
             }
-            _ => Self::F32(x_rows),
+            BlockFormat::Q4_K | BlockFormat::Q5_K | BlockFormat::Q6_K => {
+                Self::Q8K(x_rows.iter().map(|x| Q8KRow::quantize(x)).collect())
+            }
+            BlockFormat::Q5_0 | BlockFormat::Q5_1 => Self::F32(x_rows),
         }
     }
 
@@ -392,6 +398,7 @@ impl<'a> Inputs<'a> {
                     *o = dot_q8_scalar(format, weights, x);
                 }
             }
+            Self::Q8K(rows) => crate::kernels::kquant::multiply_row(format, weights, rows, out),
             Self::F32(rows) => {
                 // The row dequantized once, for every input.
                 let mut row = vec![0.0f32; rows[0].len()];
