@@ -126,6 +126,10 @@ struct GenerateArgs {
     k: usize,
     #[arg(long)]
     prompt: String,
+    /// Wrap --prompt as one user turn of the model's chat template (tokenizer_config.json,
+    /// chat_template.jinja, or the GGUF file's `tokenizer.chat_template`).
+    #[arg(long)]
+    chat: bool,
     #[arg(long, default_value_t = 64)]
     max_new_tokens: usize,
     /// Keep going past end-of-sequence tokens: every run makes exactly --max-new-tokens (for timing).
@@ -315,7 +319,11 @@ fn generate(args: GenerateArgs) -> Result<()> {
     let target = load(&args.model, args.seed)?;
     // A different seed keeps a random draft from being a copy of a random target.
     let draft = args.draft.as_deref().map(|d| load(d, args.seed.wrapping_add(1))).transpose()?;
-    let prompt = target.tokenizer.encode(&args.prompt)?;
+    let prompt = if args.chat {
+        target.tokenizer.encode_chat(&args.prompt)?
+    } else {
+        target.tokenizer.encode(&args.prompt)?
+    };
     let k = if draft.is_some() { args.k } else { 0 };
     let what =
         format!("the prompt ({} tokens) + --max-new-tokens {} + k {k}", prompt.len(), args.max_new_tokens);

@@ -1,4 +1,5 @@
-//! Text in and out. Checkpoints bring a Hugging Face `tokenizer.json`; random-weight presets
+//! Text in and out. Checkpoints bring a Hugging Face tokenizer (tokenizer.json, or one rebuilt
+//! from a GGUF file's `tokenizer.ggml.*`) and usually a chat template; random-weight presets
 //! have none and use raw bytes as token ids, so a prompt still means something.
 
 use std::path::{Path, PathBuf};
@@ -6,36 +7,97 @@ use std::path::{Path, PathBuf};
 use crate::error::{Error, Result};
 
 pub enum Tokenizer {
-    /// With the file it came from, which its errors name.
-    HuggingFace(Box<tokenizers::Tokenizer>, PathBuf),
+    HuggingFace {
+        inner: Box<tokenizers::Tokenizer>,
+        /// The file it came from, which its errors name.
+        path: PathBuf,
+        chat: Option<ChatTemplate>,
+    },
     /// Token id = byte value; `bos` is prepended when the model has one.
     Bytes { bos: Option<u32> },
 }
 
+/// A Jinja chat template with the special tokens it may refer to.
+#[derive(Debug, Clone)]
+pub struct ChatTemplate {
+    pub source: String,
+    pub bos_token: String,
+    pub eos_token: String,
+}
+
+impl ChatTemplate {
+    /// The prompt for one user message, rendered as transformers' `apply_chat_template(...,
+    /// add_generation_prompt=True)` renders it (minijinja, as TGI and mistral.rs use).
+    pub fn render_user(&self, message: &str) -> std::result::Result<String, String> {
+        let mut env = minijinja::Environment::new();
+        // Templates call HF's `raise_exception` to reject conversations they do not support.
+        env.add_function(
+            "raise_exception",
+            |message: String| -> std::result::Result<String, minijinja::Error> {
+                Err(minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, message))
+            },
+        );
+        let template = env.template_from_str(&self.source).map_err(|e| e.to_string())?;
+        template
+            .render(minijinja::context! {
+                messages => vec![minijinja::context! { role => "user", content => message }],
+                add_generation_prompt => true,
+                bos_token => &self.bos_token,
+                eos_token => &self.eos_token,
+            })
+            .map_err(|e| e.to_string())
+    }
+}
+
 impl Tokenizer {
+    /// tokenizer.json, with the chat template of the folder's tokenizer_config.json (or
+    /// chat_template.jinja, as transformers 5 saves it) when there is one.
     pub fn from_file(path: &Path) -> Result<Self> {
         if !path.is_file() {
             return Err(Error::MissingFile { path: path.to_path_buf(), what: "tokenizer.json" });
         }
         let inner = tokenizers::Tokenizer::from_file(path)
             .map_err(|e| Error::Tokenizer { path: path.to_path_buf(), message: e.to_string() })?;
-        Ok(Self::HuggingFace(Box::new(inner), path.to_path_buf()))
+        let chat = folder_chat_template(path.parent().unwrap_or(Path::new(".")))?;
+        Ok(Self::HuggingFace { inner: Box::new(inner), path: path.to_path_buf(), chat })
     }
 
     /// Encodes with the tokenizer's own special tokens (BOS for Llama 3).
     pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
+        self.encode_with(text, true)
+    }
+
+    fn encode_with(&self, text: &str, special: bool) -> Result<Vec<u32>> {
         match self {
-            Self::HuggingFace(t, path) => t
-                .encode(text, true)
+            Self::HuggingFace { inner, path, .. } => inner
+                .encode(text, special)
                 .map(|e| e.get_ids().to_vec())
                 .map_err(|e| Error::Tokenizer { path: path.clone(), message: e.to_string() }),
             Self::Bytes { bos } => Ok(bos.iter().copied().chain(text.bytes().map(u32::from)).collect()),
         }
     }
 
+    /// `message` as one user turn of the model's chat template, tokenized. The template writes
+    /// any BOS itself, so none is added (as `apply_chat_template(tokenize=True)` does).
+    pub fn encode_chat(&self, message: &str) -> Result<Vec<u32>> {
+        let Self::HuggingFace { path, chat, .. } = self else {
+            return Err(Error::Usage("random presets have no chat template".into()));
+        };
+        let template = chat.as_ref().ok_or_else(|| Error::Tokenizer {
+            path: path.clone(),
+            message: "the model has no chat template (tokenizer_config.json `chat_template`, \
+                      chat_template.jinja or GGUF `tokenizer.chat_template`)"
+                .into(),
+        })?;
+        let text = template
+            .render_user(message)
+            .map_err(|e| Error::Tokenizer { path: path.clone(), message: format!("chat template: {e}") })?;
+        self.encode_with(&text, false)
+    }
+
     pub fn decode(&self, ids: &[u32]) -> String {
         match self {
-            Self::HuggingFace(t, _) => t.decode(ids, true).unwrap_or_else(|_| format!("{ids:?}")),
+            Self::HuggingFace { inner, .. } => inner.decode(ids, true).unwrap_or_else(|_| format!("{ids:?}")),
             Self::Bytes { .. } => {
                 let bytes: Vec<u8> = ids.iter().filter_map(|&id| u8::try_from(id).ok()).collect();
                 String::from_utf8_lossy(&bytes).into_owned()
@@ -46,15 +108,78 @@ impl Tokenizer {
     /// The string of token `id`, or `None` past the tokenizer's vocabulary.
     pub fn token(&self, id: u32) -> Option<String> {
         match self {
-            Self::HuggingFace(t, _) => t.id_to_token(id),
+            Self::HuggingFace { inner, .. } => inner.id_to_token(id),
             Self::Bytes { .. } => u8::try_from(id).ok().map(|b| format!("<0x{b:02X}>")),
         }
     }
 
     pub fn vocab_size(&self) -> usize {
         match self {
-            Self::HuggingFace(t, _) => t.get_vocab_size(true),
+            Self::HuggingFace { inner, .. } => inner.get_vocab_size(true),
             Self::Bytes { .. } => 256,
         }
+    }
+}
+
+/// The chat template of a Hugging Face folder: chat_template.jinja, else tokenizer_config.json's
+/// `chat_template` (a string, or a list of named templates of which `default` is taken).
+fn folder_chat_template(dir: &Path) -> Result<Option<ChatTemplate>> {
+    let config_path = dir.join("tokenizer_config.json");
+    let config: serde_json::Value = if config_path.is_file() {
+        serde_json::from_str(&crate::files::read_text(&config_path)?)
+            .map_err(|e| Error::MalformedFile { path: config_path.clone(), message: e.to_string() })?
+    } else {
+        serde_json::Value::Null
+    };
+    let jinja = dir.join("chat_template.jinja");
+    let source = if jinja.is_file() {
+        Some(crate::files::read_text(&jinja)?)
+    } else {
+        match &config["chat_template"] {
+            serde_json::Value::String(s) => Some(s.clone()),
+            serde_json::Value::Array(named) => named
+                .iter()
+                .find(|t| t["name"] == "default")
+                .and_then(|t| t["template"].as_str())
+                .map(str::to_string),
+            _ => None,
+        }
+    };
+    // Special tokens are a string or an AddedToken object with `content`.
+    let token = |key: &str| match &config[key] {
+        serde_json::Value::String(s) => s.clone(),
+        other => other["content"].as_str().unwrap_or_default().to_string(),
+    };
+    Ok(source.map(|source| ChatTemplate {
+        source,
+        bos_token: token("bos_token"),
+        eos_token: token("eos_token"),
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_chat_template_renders_one_user_turn_with_the_generation_prompt() {
+        let template = ChatTemplate {
+            source: "{{ bos_token }}{% for m in messages %}<|{{ m.role }}|>{{ m.content }}{{ eos_token }}{% endfor %}\
+                     {% if add_generation_prompt %}<|assistant|>{% endif %}"
+                .into(),
+            bos_token: "<s>".into(),
+            eos_token: "</s>".into(),
+        };
+        assert_eq!(template.render_user("Hi?").unwrap(), "<s><|user|>Hi?</s><|assistant|>");
+    }
+
+    #[test]
+    fn templates_that_raise_report_the_message() {
+        let template = ChatTemplate {
+            source: "{{ raise_exception('only user turns') }}".into(),
+            bos_token: String::new(),
+            eos_token: String::new(),
+        };
+        assert!(template.render_user("x").unwrap_err().contains("only user turns"));
     }
 }

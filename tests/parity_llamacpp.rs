@@ -192,6 +192,13 @@ fn smollm2_gguf_greedy_output_matches_llama_cpp() {
     }
     let references = reference(&common::fixture_dir("smollm2/reference.json"));
     let model = load(path, Backend::Flex);
+    // The chat case's prompt is the file's own template rendered by Python's jinja2.
+    let chat = references["cases"].as_array().unwrap().iter().find(|c| c["category"] == "chat").unwrap();
+    assert_eq!(
+        model.tokenizer.encode_chat("What is the boiling point of water at sea level?").unwrap(),
+        ids(&chat["prompt_ids"]),
+        "the GGUF's chat template, rendered"
+    );
     for case in references["cases"].as_array().unwrap() {
         let label = format!("SmolLM2 {}", case["category"].as_str().unwrap());
         if let Agreement::NearTie { step, gap } =

@@ -12,6 +12,7 @@ use crate::checkpoint::gguf::{GgufFile, TensorInfo, TensorType, Value};
 use crate::error::{Error, Result};
 use crate::model::config::{LlamaConfig, RopeParameters, TokenIds};
 use crate::model::weights::{HostTensor, LayerWeight, Weight, WeightSource, device_tensor};
+use crate::tokenizer::ChatTemplate;
 
 /// A GGUF Llama checkpoint, its tensors handed out by our weight names.
 pub struct GgufCheckpoint {
@@ -340,9 +341,20 @@ pub fn tokenizer_from(file: &GgufFile) -> Result<tokenizers::Tokenizer> {
 /// Llama 3's pre-tokenizer split (llama.cpp's `llama-bpe`).
 const LLAMA3_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 
-/// The chat template the file carries, if any.
-pub fn chat_template(file: &GgufFile) -> Option<String> {
-    file.metadata.get("tokenizer.chat_template").and_then(Value::as_str).map(str::to_string)
+/// The chat template the file carries, if any, with its BOS and EOS token strings.
+pub fn chat_template(file: &GgufFile) -> Option<ChatTemplate> {
+    let meta = &file.metadata;
+    let source = meta.get("tokenizer.chat_template").and_then(Value::as_str)?.to_string();
+    let tokens = meta.get("tokenizer.ggml.tokens").and_then(Value::as_array);
+    let token = |key: &str| {
+        let id = meta.get(key).and_then(Value::as_u64)? as usize;
+        tokens?.get(id)?.as_str().map(str::to_string)
+    };
+    Some(ChatTemplate {
+        source,
+        bos_token: token("tokenizer.ggml.bos_token_id").unwrap_or_default(),
+        eos_token: token("tokenizer.ggml.eos_token_id").unwrap_or_default(),
+    })
 }
 
 #[cfg(test)]

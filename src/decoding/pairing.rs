@@ -19,7 +19,7 @@ pub fn shared_vocab(target: &LoadedModel, draft: &LoadedModel) -> Result<usize> 
             }
             t_rows
         }
-        (Tokenizer::HuggingFace(..), Tokenizer::HuggingFace(..)) => {
+        (Tokenizer::HuggingFace { .. }, Tokenizer::HuggingFace { .. }) => {
             compare_tokenizers(&target.tokenizer, &draft.tokenizer)?
         }
         _ => {

@@ -105,6 +105,9 @@ pub struct Prompts {
     /// Use only the first `limit` prompts.
     #[serde(default)]
     pub limit: Option<usize>,
+    /// Wrap each prompt as one user turn of the target's chat template.
+    #[serde(default)]
+    pub chat: bool,
 }
 
 /// One cell of the sweep. `k = 0` is the target-only baseline.

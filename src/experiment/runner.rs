@@ -413,7 +413,12 @@ impl<'a> BackendSweep<'a> {
             .prompts
             .iter()
             .map(|p| {
-                target.tokenizer.encode(&p.prompt).map_err(|e| in_context(format!("prompt `{}`", p.id), e))
+                let ids = if plan.config().prompts.chat {
+                    target.tokenizer.encode_chat(&p.prompt)
+                } else {
+                    target.tokenizer.encode(&p.prompt)
+                };
+                ids.map_err(|e| in_context(format!("prompt `{}`", p.id), e))
             })
             .collect::<Result<Vec<_>>>()?;
         let stop_ids = target.stop_ids(&plan.config().experiment.stop_token_ids);

@@ -148,10 +148,11 @@ impl LoadedModel {
             ModelSpec::Gguf(path) => {
                 let mut source = GgufCheckpoint::open(path, runtime.device(), runtime.dtype())?;
                 let config = gguf_llama::config_from(source.file())?;
-                let tokenizer = Tokenizer::HuggingFace(
-                    Box::new(gguf_llama::tokenizer_from(source.file())?),
-                    path.clone(),
-                );
+                let tokenizer = Tokenizer::HuggingFace {
+                    inner: Box::new(gguf_llama::tokenizer_from(source.file())?),
+                    path: path.clone(),
+                    chat: gguf_llama::chat_template(source.file()),
+                };
                 let stop_ids = config.eos_token_ids();
                 check_memory(&config, runtime, &path.display().to_string())?;
                 (Llama::build(config, &mut source, runtime)?, tokenizer, stop_ids)
