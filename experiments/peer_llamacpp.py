@@ -7,6 +7,10 @@ backend, 2 threads), so drift of the machine hits both alike. Writes DIR/decode.
 engine, file and test, with the median and range over the rounds), DIR/machine.json and
 DIR/summary.md. Run on an idle machine: llama.cpp collapses under CPU contention.
 
+With --presets, also the shapes of `random:PRESET` in q8_0 and q4_0: llama.cpp runs a GGUF of
+random weights with those shapes (made here, every tensor in the one type), specbench the preset
+itself quantized on load (same shapes and types, other random values: the same work).
+
 The files: the embedded target as f32/bf16/q8_0/q4_0 GGUF (tests/fixtures/tiny-gguf, plus an
 f32 copy made by llama-quantize) and SmolLM2-135M-Instruct as shipped (q4_1) and requantized by
 llama-quantize to q8_0, q4_0 and f32 (from the q4_1 weights: the same speed as the original
@@ -54,7 +58,8 @@ def quantize(source, target, kind):
     return target
 
 
-def files():
+def files(presets):
+    """(model, weights, llama.cpp's file, what specbench runs, specbench's --dtype)."""
     out = [
         ("tiny", "f32", quantize(TINY / "target-bf16.gguf", DERIVED / "tiny-f32.gguf", "F32")),
         ("tiny", "bf16", TINY / "target-bf16.gguf"),
@@ -68,7 +73,65 @@ def files():
             ("smollm2-135m", "q4_0", quantize(SMOL, DERIVED / "smollm2-q4_0.gguf", "Q4_0")),
             ("smollm2-135m", "q4_1", SMOL),
         ]
+    out = [(model, dtype, path, path, "f32") for model, dtype, path in out]
+    for preset in presets:
+        for kind in ["q8_0", "q4_0"]:
+            out.append((f"random:{preset}", kind, random_gguf(preset, kind), f"random:{preset}", kind))
     return out
+
+
+# Shapes of `random:PRESET` (src/model/config.rs), for llama.cpp: random f16 weights (normal, std
+# 0.02; norms 1) in a GGUF with no vocabulary, then llama-quantize --pure, so that every tensor,
+# the tied embedding included, is in the one type, as `specbench --dtype` quantizes them.
+PRESETS = {
+    "llama3.2-1b": dict(hidden=2048, layers=16, heads=32, kv_heads=8, ffn=8192, vocab=128256, tied=True),
+}
+
+
+def random_gguf(preset, kind):
+    import numpy as np
+    from gguf import GGUFWriter
+
+    target = DERIVED / f"random-{preset}-{kind}.gguf"
+    if target.exists():
+        return target
+    dims = PRESETS[preset]
+    f16 = DERIVED / f"random-{preset}-f16.gguf"
+    if not f16.exists():
+        DERIVED.mkdir(parents=True, exist_ok=True)
+        rng = np.random.default_rng(0)
+        writer = GGUFWriter(str(f16), "llama")
+        h, d = dims["hidden"], dims["hidden"] // dims["heads"]
+        writer.add_block_count(dims["layers"])
+        writer.add_context_length(8192)
+        writer.add_embedding_length(h)
+        writer.add_feed_forward_length(dims["ffn"])
+        writer.add_head_count(dims["heads"])
+        writer.add_head_count_kv(dims["kv_heads"])
+        writer.add_rope_freq_base(500000.0)
+        writer.add_layer_norm_rms_eps(1e-5)
+        writer.add_vocab_size(dims["vocab"])
+        writer.add_tokenizer_model("none")
+        normal = lambda *shape: (rng.standard_normal(shape, dtype=np.float32) * 0.02).astype(np.float16)
+        writer.add_tensor("token_embd.weight", normal(dims["vocab"], h))
+        writer.add_tensor("output_norm.weight", np.ones(h, dtype=np.float32))
+        for i in range(dims["layers"]):
+            kv = dims["kv_heads"] * d
+            for name, shape in [("attn_q", (h, h)), ("attn_k", (kv, h)), ("attn_v", (kv, h)), ("attn_output", (h, h)),
+                                ("ffn_gate", (dims["ffn"], h)), ("ffn_up", (dims["ffn"], h)), ("ffn_down", (h, dims["ffn"]))]:
+                writer.add_tensor(f"blk.{i}.{name}.weight", normal(*shape))
+            for name in ["attn_norm", "ffn_norm"]:
+                writer.add_tensor(f"blk.{i}.{name}.weight", np.ones(h, dtype=np.float32))
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_tensors_to_file()
+        writer.close()
+    subprocess.run(
+        [str(BIN / "llama-quantize"), "--pure", "--output-tensor-type", kind, "--token-embedding-type", kind,
+         str(f16), str(target), kind.upper()],
+        check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    return target
 
 
 def llama_bench(path):
@@ -86,10 +149,10 @@ def llama_bench(path):
     return result
 
 
-def specbench(path):
+def specbench(path, dtype="f32"):
     out = subprocess.run(
         [str(SPECBENCH), "generate", "--model", str(path), "--prompt", PROMPT, "--max-new-tokens",
-         str(NEW_TOKENS), "--ignore-eos", "--backend", "flex", "--json"],
+         str(NEW_TOKENS), "--ignore-eos", "--backend", "flex", "--dtype", dtype, "--json"],
         check=True, capture_output=True, text=True, env={**os.environ, "RAYON_NUM_THREADS": str(THREADS)},
     ).stdout
     report = json.loads(out)
@@ -103,19 +166,23 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--presets", default="", help="comma-separated random presets to add, e.g. llama3.2-1b")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
+    presets = [p for p in args.presets.split(",") if p]
+    models = files(presets)
     rows = []
-    for model, dtype, path in files():
+    for model, dtype, path, ours, our_dtype in models:
         samples = {"llama.cpp": {"prefill": [], "decode": []}, "specbench": {"prefill": [], "decode": []}}
         for _ in range(args.repeats):
-            for engine, run in [("llama.cpp", llama_bench), ("specbench", specbench)]:
-                for test, value in run(path).items():
+            for engine, run in [("llama.cpp", lambda: llama_bench(path)), ("specbench", lambda: specbench(ours, our_dtype))]:
+                for test, value in run().items():
                     samples[engine][test].append(value)
         for engine, tests in samples.items():
             for test, values in tests.items():
                 rows.append({
-                    "engine": engine, "model": model, "dtype": dtype, "file": str(path.relative_to(ROOT)),
+                    "engine": engine, "model": model, "dtype": dtype,
+                    "file": str(path.relative_to(ROOT)) if engine == "llama.cpp" else str(ours).replace(str(ROOT) + "/", ""),
                     "threads": THREADS, "test": test,
                     "tokens": NEW_TOKENS if test == "decode" else PROMPT_TOKENS,
                     "tokens_per_s": round(statistics.median(values), 2),
@@ -134,7 +201,7 @@ def main():
     lines = [f"# specbench vs llama.cpp, {THREADS} threads, same sitting ({cpu})", "",
              "| model | weights | test | llama.cpp tok/s | specbench tok/s | ratio |", "|---|---|---|---|---|---|"]
     index = {(r["engine"], r["model"], r["dtype"], r["test"]): r for r in rows}
-    for model, dtype, _ in files():
+    for model, dtype, *_ in models:
         for test in ["decode", "prefill"]:
             peer, ours = index[("llama.cpp", model, dtype, test)], index[("specbench", model, dtype, test)]
             lines.append(

@@ -369,9 +369,18 @@ fn generate(args: GenerateArgs) -> Result<()> {
         anyhow::bail!("--top-logits goes with --json");
     }
     println!("{}{}", args.prompt, target.tokenizer.decode(&generation.tokens));
+    let weights = |model: &LoadedModel| model.model.weight_formats().join(" + ");
     let label = match &draft {
-        None => format!("{} on {}", target.spec, runtime.describe()),
-        Some(d) => format!("{} + draft {} (k = {}) on {}", target.spec, d.spec, args.k, runtime.describe()),
+        None => format!("{} ({} weights) on {}", target.spec, weights(&target), runtime.describe()),
+        Some(d) => format!(
+            "{} ({} weights) + draft {} ({} weights, k = {}) on {}",
+            target.spec,
+            weights(&target),
+            d.spec,
+            weights(d),
+            args.k,
+            runtime.describe()
+        ),
     };
     eprintln!("\n{}", describe(&label, &generation, draft.is_some()));
     Ok(())

@@ -68,9 +68,13 @@ impl SamplingConfig {
             p[argmax(logits) as usize] = 1.0;
             return Ok(p);
         }
-        let scaled: Vec<f64> = logits.iter().map(|&x| x as f64 / self.temperature).collect();
-        let max = scaled.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
-        let mut p: Vec<f64> = scaled.iter().map(|&x| (x - max).exp()).collect();
+        // exp in f32 (the logits' own precision; a relative error of ~1e-7 in each weight),
+        // summed and normalised in f64: the f64 exp of every vocabulary entry was a third of the
+        // speculative step's own time at T = 1 (on the embedded pair, the harness's share of wall
+        // time fell from 6.0–8.4% to 4.0–6.3% at k = 1..4).
+        let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let inverse_t = (1.0 / self.temperature) as f32;
+        let mut p: Vec<f64> = logits.iter().map(|&x| ((x - max) * inverse_t).exp() as f64).collect();
         normalize(&mut p);
         if self.top_k > 0 && self.top_k < n {
             keep_top(&mut p, self.top_k);

@@ -116,6 +116,12 @@ impl HostLlama {
         layers + self.embed.bytes() + self.lm_head.as_ref().map_or(0, HostMatrix::bytes)
     }
 
+    /// The storage of every projection and of the embedding.
+    pub fn weight_formats(&self) -> std::collections::BTreeSet<&'static str> {
+        let layers = self.layers.iter().flat_map(|l| [&l.qkv, &l.output, &l.gate_up, &l.down]);
+        layers.chain([&self.embed]).chain(self.lm_head.as_ref()).flat_map(HostMatrix::formats).collect()
+    }
+
     /// Logits `[rows, vocab]` of the last `rows` of `ids` (checked by the caller), which follow
     /// the positions held in `cache`.
     pub fn forward(&self, ids: &[u32], cache: &mut KvCache, rows: usize) -> Vec<f32> {

@@ -99,6 +99,23 @@ impl Llama {
         }
     }
 
+    /// How the projection weights are stored, each kind once (`["q4_1", "q8_0"]` for a GGUF
+    /// whose layers are q4_1 and whose embedding is q8_0).
+    pub fn weight_formats(&self) -> Vec<&'static str> {
+        match &self.engine {
+            Engine::Burn(burn) => {
+                let layers = burn
+                    .layers
+                    .iter()
+                    .flat_map(|l| [&l.attention.qkv, &l.attention.output, &l.mlp.gate_up, &l.mlp.down]);
+                let formats: std::collections::BTreeSet<_> =
+                    layers.chain(burn.lm_head.as_ref()).flat_map(Projection::formats).collect();
+                formats.into_iter().collect()
+            }
+            Engine::Host(host) => host.weight_formats().into_iter().collect(),
+        }
+    }
+
     pub fn runtime(&self) -> &Runtime {
         &self.runtime
     }

@@ -118,6 +118,15 @@ impl HostWeights {
         }
     }
 
+    fn name(&self) -> &'static str {
+        match self {
+            Self::F32(_) => "f32",
+            Self::Bf16(_) => "bf16",
+            Self::F16(_) => "f16",
+            Self::Blocks(q) => q.format().name(),
+        }
+    }
+
     fn bytes(&self) -> usize {
         match self {
             Self::F32(w) => w.len() * 4,
@@ -219,6 +228,11 @@ impl HostMatrix {
         self.parts.iter().map(HostWeights::bytes).sum()
     }
 
+    /// The storage of each part: `f32`, `bf16`, `q4_k`, ...
+    pub(crate) fn formats(&self) -> impl Iterator<Item = &'static str> + '_ {
+        self.parts.iter().map(HostWeights::name)
+    }
+
     /// `x: [m, cols]` to `[m, rows]` (products accumulate in f32).
     pub(crate) fn multiply(&self, x: &[f32], m: usize) -> Vec<f32> {
         debug_assert_eq!(x.len(), m * self.cols);
@@ -294,6 +308,14 @@ impl Projection {
         match self {
             Self::Backend(weight) => weight.shape().num_elements() * weight.dtype().size(),
             Self::Host(matrix) => matrix.bytes(),
+        }
+    }
+
+    /// How the weights are stored.
+    pub fn formats(&self) -> Vec<&'static str> {
+        match self {
+            Self::Backend(weight) => vec![crate::backend::dtype_name(weight.dtype())],
+            Self::Host(matrix) => matrix.formats().collect(),
         }
     }
 
