@@ -134,31 +134,38 @@ def random_gguf(preset, kind):
     return target
 
 
+def measured(command, env=None):
+    """Runs `command` under /usr/bin/time: its stdout and peak resident memory in MB."""
+    done = subprocess.run(["/usr/bin/time", "-f", "MAXRSS %M", *command], check=True, capture_output=True,
+                          text=True, env=env)
+    rss_kb = next(int(line.split()[1]) for line in reversed(done.stderr.splitlines()) if line.startswith("MAXRSS"))
+    return done.stdout, rss_kb / 1024
+
+
 def llama_bench(path):
-    """One round: tokens/s of pp64 and tg128."""
-    out = subprocess.run(
+    """One round: tokens/s of pp64 and tg128, and peak resident MB."""
+    out, rss = measured(
         [str(BIN / "llama-bench"), "-m", str(path), "-t", str(THREADS), "-p", str(PROMPT_TOKENS),
          "-n", str(NEW_TOKENS), "-r", "1", "-o", "json"],
-        check=True, capture_output=True, text=True,
-    ).stdout
-    rows = json.loads(out)
-    result = {}
-    for row in rows:
+    )
+    result = {"rss_mb": rss}
+    for row in json.loads(out):
         test = "prefill" if row["n_prompt"] > 0 else "decode"
         result[test] = row["avg_ts"]
     return result
 
 
 def specbench(path, dtype="f32"):
-    out = subprocess.run(
+    out, rss = measured(
         [str(SPECBENCH), "generate", "--model", str(path), "--prompt", PROMPT, "--max-new-tokens",
          str(NEW_TOKENS), "--ignore-eos", "--backend", "flex", "--dtype", dtype, "--json"],
-        check=True, capture_output=True, text=True, env={**os.environ, "RAYON_NUM_THREADS": str(THREADS)},
-    ).stdout
+        env={**os.environ, "RAYON_NUM_THREADS": str(THREADS)},
+    )
     report = json.loads(out)
     return {
         "prefill": len(report["prompt_ids"]) / report["timings"]["prefill"],
         "decode": report["decode_tokens_per_s"],
+        "rss_mb": rss,
     }
 
 
@@ -173,12 +180,13 @@ def main():
     models = files(presets)
     rows = []
     for model, dtype, path, ours, our_dtype in models:
-        samples = {"llama.cpp": {"prefill": [], "decode": []}, "specbench": {"prefill": [], "decode": []}}
+        samples = {e: {"prefill": [], "decode": [], "rss_mb": []} for e in ["llama.cpp", "specbench"]}
         for _ in range(args.repeats):
             for engine, run in [("llama.cpp", lambda: llama_bench(path)), ("specbench", lambda: specbench(ours, our_dtype))]:
                 for test, value in run().items():
                     samples[engine][test].append(value)
         for engine, tests in samples.items():
+            rss = round(statistics.median(tests.pop("rss_mb")))
             for test, values in tests.items():
                 rows.append({
                     "engine": engine, "model": model, "dtype": dtype,
@@ -187,6 +195,7 @@ def main():
                     "tokens": NEW_TOKENS if test == "decode" else PROMPT_TOKENS,
                     "tokens_per_s": round(statistics.median(values), 2),
                     "min": round(min(values), 2), "max": round(max(values), 2), "repeats": len(values),
+                    "max_rss_mb": rss,
                 })
         print(model, dtype, {e: round(statistics.median(t["decode"]), 1) for e, t in samples.items()}, flush=True)
     with open(args.out / "decode.csv", "w", newline="") as f:
@@ -199,14 +208,16 @@ def main():
                "specbench": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout.strip()}
     (args.out / "machine.json").write_text(json.dumps(machine, indent=1) + "\n")
     lines = [f"# specbench vs llama.cpp, {THREADS} threads, same sitting ({cpu})", "",
-             "| model | weights | test | llama.cpp tok/s | specbench tok/s | ratio |", "|---|---|---|---|---|---|"]
+             "| model | weights | test | llama.cpp tok/s | specbench tok/s | ratio | peak RSS MB (llama.cpp / specbench) |",
+             "|---|---|---|---|---|---|---|"]
     index = {(r["engine"], r["model"], r["dtype"], r["test"]): r for r in rows}
     for model, dtype, *_ in models:
         for test in ["decode", "prefill"]:
             peer, ours = index[("llama.cpp", model, dtype, test)], index[("specbench", model, dtype, test)]
             lines.append(
                 f"| {model} | {dtype} | {test} | {peer['tokens_per_s']} ({peer['min']}–{peer['max']}) | "
-                f"{ours['tokens_per_s']} ({ours['min']}–{ours['max']}) | {ours['tokens_per_s'] / peer['tokens_per_s']:.2f}× |"
+                f"{ours['tokens_per_s']} ({ours['min']}–{ours['max']}) | {ours['tokens_per_s'] / peer['tokens_per_s']:.2f}× | "
+                f"{peer['max_rss_mb']} / {ours['max_rss_mb']} |"
             )
     (args.out / "summary.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
