@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """Where a decode or speculative step spends its time, by kind of operation: `perf record` on
 `specbench generate`, self time per symbol, grouped by the patterns below into projections (the
-host kernel), Burn's matmuls (attention), element-wise ops (norms, RoPE, SiLU, softmax),
-copies, allocation, thread wake-ups and idle spinning, sampling, and the rest. Standard library
+host kernels), the host forward path's own loops, the kernel pool's hand-offs and spinning (its
+worker spins between products: idle time, sampled), Burn's matmuls (attention), element-wise ops
+(norms, RoPE, SiLU, softmax), copies, allocation, thread wake-ups, sampling, and the rest. Standard library
 only; needs `perf` (linux-tools).
 
     python3 experiments/profile_ops.py --model models/tiny/target --backend flex \
@@ -18,7 +19,10 @@ import subprocess
 import tempfile
 
 KINDS = [
-    ("projections (host kernel)", r"specbench::model::matvec"),
+    ("input quantization (q8 rows)", r"Q8Row|Q8KRow|rintf|roundeven"),
+    ("projections (host kernels)", r"specbench::kernels::(matvec|quant|kquant)|specbench::model::matvec"),
+    ("pool hand-off and idle spinning", r"specbench::kernels::pool|clock_gettime|Instant|vdso"),
+    ("host forward (attention, norms, RoPE, SwiGLU)", r"specbench::model::host|specbench::kernels::dot"),
     ("Burn matmul (attention; projections on the backend)", r"gemm|matrixmultiply|linalg|matmul"),
     ("thread wake-ups and idle spinning", r"sched_yield|futex|rayon_core|try_to_wake_up|finish_task_switch|"
                                           r"raw_spin|__schedule|Condvar|do_syscall|syscall_exit|rseq|"
