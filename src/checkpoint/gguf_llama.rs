@@ -117,12 +117,20 @@ impl WeightSource for GgufCheckpoint {
             TensorType::F32 => HostTensor::F32(
                 data.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect(),
             ),
-            TensorType::F16 => HostTensor::F32(
-                data.chunks_exact(2).map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
-            ),
-            TensorType::Bf16 => HostTensor::F32(
-                data.chunks_exact(2).map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
-            ),
+            TensorType::F16 => HostTensor::Half {
+                values: data
+                    .chunks_exact(2)
+                    .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
+                    .collect(),
+                dtype: DType::F16,
+            },
+            TensorType::Bf16 => HostTensor::Half {
+                values: data
+                    .chunks_exact(2)
+                    .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
+                    .collect(),
+                dtype: DType::BF16,
+            },
             TensorType::Blocks(format) => {
                 HostTensor::Blocks { format, bytes: data, cols: info.torch_shape()[1] }
             }

@@ -270,21 +270,39 @@ pub struct Q8Row {
 
 impl Q8Row {
     pub fn quantize(x: &[f32]) -> Self {
+        #[cfg(target_arch = "x86_64")]
+        if crate::kernels::matvec::vector_path_available() {
+            // SAFETY: the CPU has AVX2, FMA and F16C.
+            return unsafe { Self::quantize_avx2(x) };
+        }
+        Self::quantize_portable(x)
+    }
+
+    /// The same loops compiled with AVX2, where rounding is one instruction (`vroundps`) rather
+    /// than a libm call per value (4–5% of SmolLM2's decode before).
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn quantize_avx2(x: &[f32]) -> Self {
+        Self::quantize_portable(x)
+    }
+
+    #[inline(always)]
+    fn quantize_portable(x: &[f32]) -> Self {
         debug_assert_eq!(x.len() % QK, 0);
         let mut row = Self {
             d: Vec::with_capacity(x.len() / QK),
             s: Vec::with_capacity(x.len() / QK),
-            qs: Vec::with_capacity(x.len()),
+            qs: vec![0; x.len()],
         };
-        for block in x.chunks_exact(QK) {
+        for (block, qs) in x.chunks_exact(QK).zip(row.qs.chunks_exact_mut(QK)) {
             let amax = block.iter().fold(0.0f32, |m, v| m.max(v.abs()));
             let d = amax / 127.0;
             let id = if amax == 0.0 { 0.0 } else { 127.0 / amax };
-            let start = row.qs.len();
-            row.qs.extend(block.iter().map(|&v| (v * id).round_ties_even() as i8));
-            let sum: i32 = row.qs[start..].iter().map(|&q| q as i32).sum();
-            let d16 = f16::from_f32(d).to_f32();
-            row.d.push(d16);
+            for (q, &v) in qs.iter_mut().zip(block) {
+                *q = (v * id).round_ties_even() as i8;
+            }
+            let sum: i32 = qs.iter().map(|&q| q as i32).sum();
+            row.d.push(f16::from_f32(d).to_f32());
             row.s.push(f16::from_f32(sum as f32 * d).to_f32());
         }
         row

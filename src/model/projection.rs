@@ -163,14 +163,15 @@ impl HostWeights {
 
 /// Parts being gathered while loading: consecutive weights of one storage are concatenated.
 enum Pending {
-    Floats(Vec<f32>),
+    Floats(Vec<f32>, DType),
     Blocks(BlockFormat, Vec<u8>),
 }
 
 impl HostMatrix {
     /// `weights` stacked along the output dimension (one matrix when there is one weight). Float
-    /// weights are held in the runtime's weight dtype, or quantized on load when it asks for a
-    /// block format; a checkpoint's own quantized blocks are kept as they are.
+    /// weights are held in the runtime's weight dtype (a file's f16/bf16 in its own, under an f32
+    /// run), or quantized on load when it asks for a block format; a checkpoint's own quantized
+    /// blocks are kept as they are.
     pub(crate) fn load(
         source: &mut impl WeightSource,
         weights: &[Weight],
@@ -183,7 +184,7 @@ impl HostMatrix {
             let [out, input]: [usize; 2] =
                 weight.hf_shape(config).try_into().expect("projections and embeddings are matrices");
             let tensor = match (source.load_host(weight, config)?, runtime.quantize()) {
-                (HostTensor::F32(values), Some(format)) => {
+                (HostTensor::F32(values) | HostTensor::Half { values, .. }, Some(format)) => {
                     if !input.is_multiple_of(format.block_len()) {
                         return Err(Error::InvalidConfig(format!(
                             "{} cannot be quantized to {format}: its rows of {input} do not fill blocks of {}",
@@ -193,7 +194,12 @@ impl HostMatrix {
                     }
                     Pending::Blocks(format, format.quantize(&values).expect("whole blocks per row"))
                 }
-                (HostTensor::F32(values), None) => Pending::Floats(values),
+                (HostTensor::F32(values), None) => Pending::Floats(values, runtime.weight_dtype()),
+                // A file's f16/bf16 stays as stored unless the run asks for another half type.
+                (HostTensor::Half { values, dtype }, None) => {
+                    let wanted = runtime.weight_dtype();
+                    Pending::Floats(values, if wanted == DType::F32 { dtype } else { wanted })
+                }
                 (HostTensor::Blocks { format, .. }, Some(wanted)) if format != wanted => {
                     return Err(Error::InvalidConfig(format!(
                         "{} is already quantized to {format}; quantizing it again to {wanted} would compound \
@@ -204,7 +210,7 @@ impl HostMatrix {
                 (HostTensor::Blocks { format, bytes, .. }, _) => Pending::Blocks(format, bytes),
             };
             match (pending.last_mut(), tensor) {
-                (Some(Pending::Floats(all)), Pending::Floats(values)) => all.extend(values),
+                (Some(Pending::Floats(all, a)), Pending::Floats(values, b)) if *a == b => all.extend(values),
                 (Some(Pending::Blocks(a, all)), Pending::Blocks(b, bytes)) if *a == b => all.extend(bytes),
                 (_, tensor) => pending.push(tensor),
             }
@@ -213,7 +219,7 @@ impl HostMatrix {
         let parts = pending
             .into_iter()
             .map(|part| match part {
-                Pending::Floats(values) => HostWeights::floats(&values, runtime.weight_dtype()),
+                Pending::Floats(values, dtype) => HostWeights::floats(&values, dtype),
                 Pending::Blocks(format, bytes) => {
                     let part_rows = bytes.len() / format.bytes_for(cols).expect("whole blocks per row");
                     HostWeights::Blocks(QuantMatrix::new(format, &bytes, part_rows, cols))

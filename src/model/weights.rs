@@ -104,14 +104,24 @@ impl Weight {
 #[derive(Debug)]
 pub enum HostTensor {
     F32(Vec<f32>),
-    Blocks { format: BlockFormat, bytes: Vec<u8>, cols: usize },
+    /// Values a file stores in f16 or bf16 (`dtype`), widened exactly: the host kernel keeps
+    /// them in that precision rather than at twice the bytes.
+    Half {
+        values: Vec<f32>,
+        dtype: DType,
+    },
+    Blocks {
+        format: BlockFormat,
+        bytes: Vec<u8>,
+        cols: usize,
+    },
 }
 
 impl HostTensor {
     /// The values as f32, dequantized if need be (for the backend's own matmul).
     pub fn into_f32(self) -> Vec<f32> {
         match self {
-            Self::F32(values) => values,
+            Self::F32(values) | Self::Half { values, .. } => values,
             Self::Blocks { format, bytes, cols } => {
                 let rows = bytes.len() / format.bytes_for(cols).expect("whole blocks per row");
                 let mut values = vec![0.0; rows * cols];
