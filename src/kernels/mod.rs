@@ -8,6 +8,7 @@ pub mod quant;
 
 /// `a · b` in eight independent lanes, which the compiler keeps in one vector register (a plain
 /// sum is one serial chain it may not reorder).
+#[inline(always)]
 pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     let mut lanes = [0.0f32; 8];
     let (a8, b8) = (a.chunks_exact(8), b.chunks_exact(8));

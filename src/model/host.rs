@@ -125,6 +125,24 @@ impl HostLlama {
     /// Logits `[rows, vocab]` of the last `rows` of `ids` (checked by the caller), which follow
     /// the positions held in `cache`.
     pub fn forward(&self, ids: &[u32], cache: &mut KvCache, rows: usize) -> Vec<f32> {
+        #[cfg(target_arch = "x86_64")]
+        if crate::kernels::matvec::vector_path_available() {
+            // SAFETY: the CPU has AVX2 and FMA.
+            return unsafe { self.forward_avx2(ids, cache, rows) };
+        }
+        self.forward_portable(ids, cache, rows)
+    }
+
+    /// The same step compiled with AVX2 and FMA, so that the loops around the products (norms,
+    /// attention's dot products and weighted sums, residual adds) run eight lanes wide.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn forward_avx2(&self, ids: &[u32], cache: &mut KvCache, rows: usize) -> Vec<f32> {
+        self.forward_portable(ids, cache, rows)
+    }
+
+    #[inline(always)]
+    fn forward_portable(&self, ids: &[u32], cache: &mut KvCache, rows: usize) -> Vec<f32> {
         let (seq, start, d) = (ids.len(), cache.len(), self.dims);
         let mut x = Vec::with_capacity(seq * d.hidden);
         for &id in ids {
@@ -154,6 +172,7 @@ impl HostLayer {
     /// write, and grouped-query attention over every cached position up to each row's own.
     /// Returns `[seq, heads · head_dim]`, before the output projection.
     #[allow(clippy::too_many_arguments)]
+    #[inline(always)]
     fn attend(
         &self,
         normed: &[f32],
@@ -208,6 +227,7 @@ impl HostLayer {
 }
 
 /// Hugging Face's `LlamaRMSNorm`: `x / sqrt(mean(x²) + eps) · weight`, row by row, in f32.
+#[inline(always)]
 fn rms_norm(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
     for (row, out) in x.chunks_exact(weight.len()).zip(out.chunks_exact_mut(weight.len())) {
         let mean_square = row.iter().map(|v| v * v).sum::<f32>() / row.len() as f32;
@@ -218,10 +238,12 @@ fn rms_norm(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
     }
 }
 
+#[inline(always)]
 fn add(x: &mut [f32], y: &[f32]) {
     x.iter_mut().zip(y).for_each(|(a, b)| *a += b);
 }
 
+#[inline(always)]
 fn softmax(scores: &mut [f32]) {
     let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     let mut total = 0.0;
@@ -234,6 +256,7 @@ fn softmax(scores: &mut [f32]) {
 
 /// `silu(gate) · up` for rows `[gate | up]` of `2 · intermediate`, written over each row's gate
 /// half and returned compacted as `[seq, intermediate]`.
+#[inline(always)]
 fn swiglu(gate_up: &mut Vec<f32>, intermediate: usize) -> &[f32] {
     let rows = gate_up.len() / (2 * intermediate);
     for r in 0..rows {
