@@ -13,7 +13,7 @@ itself quantized on load (same shapes and types, other random values: the same w
 
 The files: the embedded target as f32/bf16/q8_0/q4_0 GGUF (tests/fixtures/tiny-gguf, plus an
 f32 copy made by llama-quantize) and SmolLM2-135M-Instruct as shipped (q4_1) and requantized by
-llama-quantize to q8_0, q4_0 and f32 (from the q4_1 weights: the same speed as the original
+llama-quantize to q8_0, q4_0, f16 and f32 (from the q4_1 weights: the same speed as the original
 precision, not the same quality). llama.cpp comes from scripts/build_llamacpp.sh, SmolLM2 from
 scripts/fetch_smollm2.sh.
 
@@ -69,6 +69,7 @@ def files(presets):
     if SMOL.exists():
         out += [
             ("smollm2-135m", "f32", quantize(SMOL, DERIVED / "smollm2-f32.gguf", "F32")),
+            ("smollm2-135m", "f16", quantize(SMOL, DERIVED / "smollm2-f16.gguf", "F16")),
             ("smollm2-135m", "q8_0", quantize(SMOL, DERIVED / "smollm2-q8_0.gguf", "Q8_0")),
             ("smollm2-135m", "q4_0", quantize(SMOL, DERIVED / "smollm2-q4_0.gguf", "Q4_0")),
             ("smollm2-135m", "q4_1", SMOL),
