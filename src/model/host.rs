@@ -199,30 +199,59 @@ impl HostLayer {
         }
         let (keys, values) = cache.append_host(index, &k, &v, kv_width);
         let mut out = vec![0.0f32; seq * q_width];
-        let scale = 1.0 / (d.head_dim as f32).sqrt();
-        let group = d.heads / d.kv_heads;
-        let head_task = |(slot, out): (usize, &mut [f32])| {
-            let (i, h) = (slot / d.heads, slot % d.heads);
-            let query = &q[i * q_width + h * d.head_dim..][..d.head_dim];
-            let offset = (h / group) * d.head_dim;
-            // Causal: row i sits at position start + i and sees every position up to it.
-            let visible = start + i + 1;
-            let mut scores: Vec<f32> = (0..visible)
-                .map(|p| dot(query, &keys[p * kv_width + offset..][..d.head_dim]) * scale)
-                .collect();
-            softmax(&mut scores);
-            for (p, &weight) in scores.iter().enumerate() {
-                let value = &values[p * kv_width + offset..][..d.head_dim];
-                out.iter_mut().zip(value).for_each(|(o, v)| *o += weight * v);
-            }
-        };
-        // Long prompts are worth the threads; a decode step's few heads are not.
+        let heads = Heads { q: &q, keys, values, start, kv_width, group: d.heads / d.kv_heads, d };
+        // Long prompts are worth the threads; a decode step's few heads are not. The serial loop
+        // is a plain `for` so that it inlines into (and is compiled with the features of) the
+        // AVX2 forward; iterator adapters left out-of-line ran at SSE2 width (a tenth of a long
+        // sampled run).
         if seq * (start + seq) * d.heads * d.head_dim >= 1 << 20 {
-            out.par_chunks_mut(d.head_dim).enumerate().for_each(head_task);
+            out.par_chunks_mut(d.head_dim)
+                .enumerate()
+                .for_each(|(slot, out)| heads.attend(slot, out, &mut Vec::new()));
         } else {
-            out.chunks_mut(d.head_dim).enumerate().for_each(head_task);
+            let mut scores = Vec::with_capacity(start + seq);
+            for (slot, out) in out.chunks_mut(d.head_dim).enumerate() {
+                heads.attend(slot, out, &mut scores);
+            }
         }
         out
+    }
+}
+
+/// What one head's attention reads: the rotated queries, the cached keys and values.
+struct Heads<'a> {
+    q: &'a [f32],
+    keys: &'a [f32],
+    values: &'a [f32],
+    start: usize,
+    kv_width: usize,
+    group: usize,
+    d: Dims,
+}
+
+impl Heads<'_> {
+    /// Head `slot` (row `slot / heads`, head `slot % heads`) into `out: [head_dim]`; `scores` is
+    /// scratch reused across heads.
+    #[inline(always)]
+    fn attend(&self, slot: usize, out: &mut [f32], scores: &mut Vec<f32>) {
+        let d = self.d;
+        let (i, h) = (slot / d.heads, slot % d.heads);
+        let query = &self.q[i * d.heads * d.head_dim + h * d.head_dim..][..d.head_dim];
+        let offset = (h / self.group) * d.head_dim;
+        let scale = 1.0 / (d.head_dim as f32).sqrt();
+        // Causal: row i sits at position start + i and sees every position up to it.
+        let visible = self.start + i + 1;
+        scores.clear();
+        for p in 0..visible {
+            scores.push(dot(query, &self.keys[p * self.kv_width + offset..][..d.head_dim]) * scale);
+        }
+        softmax(scores);
+        for (p, &weight) in scores.iter().enumerate() {
+            let value = &self.values[p * self.kv_width + offset..][..d.head_dim];
+            for (o, v) in out.iter_mut().zip(value) {
+                *o += weight * v;
+            }
+        }
     }
 }
 
