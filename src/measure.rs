@@ -18,9 +18,14 @@ use crate::model::LoadedModel;
 /// small.)
 const BANDWIDTH_COLUMNS: usize = 4096;
 
-/// The read bandwidth of `runtime`'s device in GB/s: the best of `repeats` row sums over a
-/// buffer of about `bytes` f32 ones, each result checked.
+/// The read bandwidth in GB/s that `runtime`'s projections see: the best of `repeats` row sums
+/// over a buffer of about `bytes` f32 ones, each result checked. On the host kernels that is a
+/// sum in host memory on the kernels' own thread pool (a Burn reduction on flex read 13.5 GB/s
+/// where the kernels stream 20: no floor for them); elsewhere a sum on the device.
 pub fn read_bandwidth(runtime: &Runtime, bytes: usize, repeats: usize) -> Result<f64> {
+    if runtime.kernel() == crate::model::ProjectionKernel::Host {
+        return Ok(host_read_bandwidth(bytes, repeats));
+    }
     let rows = (bytes / 4 / BANDWIDTH_COLUMNS).max(1);
     let buffer = Tensor::<2>::ones([rows, BANDWIDTH_COLUMNS], runtime.device());
     let unavailable =
@@ -47,6 +52,34 @@ pub fn read_bandwidth(runtime: &Runtime, bytes: usize, repeats: usize) -> Result
     }
     Ok((rows * BANDWIDTH_COLUMNS * 4) as f64 / best.as_secs_f64() / 1e9)
 }
+
+fn host_read_bandwidth(bytes: usize, repeats: usize) -> f64 {
+    let rows = (bytes / 4 / BANDWIDTH_COLUMNS).max(1);
+    let buffer = vec![1.0f32; rows * BANDWIDTH_COLUMNS];
+    let pool = crate::kernels::pool::Pool::global();
+    let mut sums = vec![0.0f32; rows];
+    let rows_per_task = rows.div_ceil(4 * pool.threads());
+    let mut best = Duration::MAX;
+    // One untimed pass faults the pages in.
+    for pass in 0..=repeats.max(1) {
+        let start = Instant::now();
+        pool.for_each_chunk(&mut sums, rows_per_task, |task, sums| {
+            let rows = &buffer[task * rows_per_task * BANDWIDTH_COLUMNS..][..sums.len() * BANDWIDTH_COLUMNS];
+            for (sum, row) in sums.iter_mut().zip(rows.chunks_exact(BANDWIDTH_COLUMNS)) {
+                *sum = crate::kernels::dot(row, &ONES);
+            }
+        });
+        if pass > 0 {
+            best = best.min(start.elapsed());
+        }
+        assert!(sums.iter().all(|&s| s == BANDWIDTH_COLUMNS as f32), "a row sum of ones went wrong");
+    }
+    (rows * BANDWIDTH_COLUMNS * 4) as f64 / best.as_secs_f64() / 1e9
+}
+
+/// The other operand of the host sums: a dot product with ones reads the buffer once, in the
+/// eight-lane loop the kernels use.
+static ONES: [f32; BANDWIDTH_COLUMNS] = [1.0; BANDWIDTH_COLUMNS];
 
 /// One row of `forward.csv`: a forward of `tokens` tokens after `cache_len` cached ones.
 #[derive(Debug, Clone, Serialize)]
