@@ -30,21 +30,11 @@ THREADS = "2"
 
 
 def convert(model_dir, out):
-    """The embedded checkpoints as f32 GGUF; the tiny pair's pre-tokenizer hash is GPT-2's."""
-    if out.exists():
-        return out
-    src = LLAMACPP_SRC = ROOT / ".llamacpp/src"
-    code = (
-        "import sys, runpy\n"
-        f"sys.path.insert(0, {str(src)!r}); sys.path.insert(1, {str(src / 'gguf-py')!r})\n"
-        "import conversion.base as base\n"
-        "base.TextModel.get_vocab_base_pre = lambda self, tokenizer: 'gpt-2'\n"
-        f"sys.argv = ['convert', {str(model_dir)!r}, '--outtype', 'f32', '--outfile', {str(out)!r}]\n"
-        f"runpy.run_path({str(LLAMACPP_SRC / 'convert_hf_to_gguf.py')!r}, run_name='__main__')\n"
-    )
-    out.parent.mkdir(parents=True, exist_ok=True)
-    subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
-    return out
+    """The embedded checkpoints as f32 GGUF, made once."""
+    sys.path.insert(0, str(ROOT / "scripts"))
+    from make_gguf_fixtures import convert_embedded
+
+    return out if out.exists() else convert_embedded(model_dir, "f32", out)
 
 
 def llama_cpp(target, draft, prompt, k):

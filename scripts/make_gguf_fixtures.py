@@ -83,21 +83,26 @@ def block_fixtures():
         values.tofile(f"{stem}.dequantized.f32")
 
 
-def convert_tiny_target():
-    """convert_hf_to_gguf.py refuses tokenizers whose pre-tokenizer hash it does not know; the
-    tiny pair's is GPT-2's byte-level split, so the check is answered with `gpt-2`."""
-    TINY_DIR.mkdir(parents=True, exist_ok=True)
+def convert_embedded(model_dir, outtype, out):
+    """`model_dir` (one of the embedded checkpoints) as a GGUF by llama.cpp's convert_hf_to_gguf.py.
+    The converter refuses tokenizers whose pre-tokenizer hash it does not know; the tiny pair's
+    is GPT-2's byte-level split, so the check is answered with `gpt-2`."""
     src = LLAMACPP / "src"
-    out = TINY_DIR / "target-bf16.gguf"
     code = (
         "import sys, runpy\n"
         f"sys.path.insert(0, {str(src)!r}); sys.path.insert(1, {str(src / 'gguf-py')!r})\n"
         "import conversion.base as base\n"
         "base.TextModel.get_vocab_base_pre = lambda self, tokenizer: 'gpt-2'\n"
-        f"sys.argv = ['convert_hf_to_gguf.py', {str(ROOT / 'models/tiny/target')!r}, '--outtype', 'bf16', '--outfile', {str(out)!r}]\n"
+        f"sys.argv = ['convert_hf_to_gguf.py', {str(model_dir)!r}, '--outtype', {outtype!r}, '--outfile', {str(out)!r}]\n"
         f"runpy.run_path({str(src / 'convert_hf_to_gguf.py')!r}, run_name='__main__')\n"
     )
-    subprocess.run([sys.executable, "-c", code], check=True, env={**os.environ, "NO_LOCAL_GGUF": ""})
+    out.parent.mkdir(parents=True, exist_ok=True)
+    subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, env={**os.environ, "NO_LOCAL_GGUF": ""})
+    return out
+
+
+def convert_tiny_target():
+    out = convert_embedded(ROOT / "models/tiny/target", "bf16", TINY_DIR / "target-bf16.gguf")
     for kind in ["q8_0", "q4_0", "q4_1", "q4_k_m"]:
         subprocess.run(
             [str(LLAMACPP / "bin/llama-quantize"), str(out), str(TINY_DIR / f"target-{kind}.gguf"), kind.upper()],
