@@ -392,8 +392,9 @@ impl<'a> Cursor<'a> {
     }
 }
 
-/// Writes GGUF files: what the tests build their fixtures and damaged files with.
-pub mod write {
+/// Writes GGUF files: what the tests build their small files and damaged files with.
+#[cfg(test)]
+mod write {
     use super::Value;
     use crate::kernels::quant::BlockFormat;
 

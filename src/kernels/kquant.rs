@@ -8,9 +8,7 @@
 //! i32 sum of i8 products may be reordered); the AVX2 entry point compiles the same body with
 //! AVX2 enabled.
 
-use half::f16;
-
-use super::quant::{BlockFormat, QK_K};
+use super::quant::{BlockFormat, QK_K, f16_at, scale_min_k4};
 
 /// An input row quantized to `Q8_K` super-blocks.
 #[derive(Debug)]
@@ -42,20 +40,6 @@ impl Q8KRow {
         row.bsums = row.qs.chunks_exact(16).map(|g| g.iter().map(|&q| q as i32).sum()).collect();
         row
     }
-}
-
-fn f16_at(bytes: &[u8], at: usize) -> f32 {
-    f16::from_le_bytes([bytes[at], bytes[at + 1]]).to_f32()
-}
-
-/// The 6-bit scale and min of sub-block `j` (of 8) packed in the K-quants' 12 scale bytes.
-fn scale_min(j: usize, scales: &[u8]) -> (i32, i32) {
-    let (sc, m) = if j < 4 {
-        (scales[j] & 63, scales[j + 4] & 63)
-    } else {
-        ((scales[j + 4] & 0x0F) | ((scales[j - 4] >> 6) << 4), (scales[j + 4] >> 4) | ((scales[j] >> 6) << 4))
-    };
-    (sc as i32, m as i32)
 }
 
 /// Σ w·q over equal-length byte runs, in i32.
@@ -99,7 +83,10 @@ fn multiply_row_portable(format: BlockFormat, weights: &[u8], rows: &[Q8KRow], o
                 } else {
                     unpack_q5_k(&block[16..48], &block[48..176], &mut unpacked);
                 }
-                let sub: [(i32, i32); 8] = std::array::from_fn(|s| scale_min(s, scales));
+                let sub: [(i32, i32); 8] = std::array::from_fn(|s| {
+                    let (sc, m) = scale_min_k4(s, scales);
+                    (sc as i32, m as i32)
+                });
                 for (o, x) in out.iter_mut().zip(rows) {
                     let q = &x.qs[b * QK_K..][..QK_K];
                     let bsums = &x.bsums[b * 16..][..16];
@@ -169,6 +156,8 @@ fn unpack_q6_k<'a>(ql: &[u8], qh: &[u8], out: &'a mut [u8; QK_K]) -> &'a [i8] {
 
 #[cfg(test)]
 mod tests {
+    use half::f16;
+
     use super::*;
 
     /// The integer product equals the dequantized f32 product up to the input's quantization.

@@ -124,7 +124,7 @@ impl std::fmt::Display for BlockFormat {
     }
 }
 
-fn f16_at(bytes: &[u8], at: usize) -> f32 {
+pub(super) fn f16_at(bytes: &[u8], at: usize) -> f32 {
     f16::from_le_bytes([bytes[at], bytes[at + 1]]).to_f32()
 }
 
@@ -170,7 +170,7 @@ fn dequantize_q8_0(block: &[u8], out: &mut [f32]) {
 }
 
 /// The 6-bit scale and min of sub-block `j` (of 8) packed in the K-quants' 12 scale bytes.
-fn scale_min_k4(j: usize, scales: &[u8]) -> (u8, u8) {
+pub(super) fn scale_min_k4(j: usize, scales: &[u8]) -> (u8, u8) {
     if j < 4 {
         (scales[j] & 63, scales[j + 4] & 63)
     } else {
