@@ -10,7 +10,7 @@ use safetensors::{Dtype, SafeTensors};
 
 use crate::error::{Error, Result};
 use crate::model::config::LlamaConfig;
-use crate::model::weights::{HostTensor, Weight, WeightSource, device_tensor};
+use crate::model::weights::{HostTensor, Weight, WeightSource, device_tensor, floats_from_le_bytes};
 
 const SINGLE_FILE: &str = "model.safetensors";
 const INDEX_FILE: &str = "model.safetensors.index.json";
@@ -210,18 +210,18 @@ impl WeightSource for Checkpoint {
 }
 
 fn to_f32(name: &str, dtype: Dtype, bytes: &[u8]) -> Result<Vec<f32>> {
-    let pairs = || bytes.chunks_exact(2).map(|b| u16::from_le_bytes([b[0], b[1]]));
-    Ok(match dtype {
-        Dtype::F32 => bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect(),
-        Dtype::F16 => pairs().map(|bits| half::f16::from_bits(bits).to_f32()).collect(),
-        Dtype::BF16 => pairs().map(|bits| half::bf16::from_bits(bits).to_f32()).collect(),
+    let dtype = match dtype {
+        Dtype::F32 => DType::F32,
+        Dtype::F16 => DType::F16,
+        Dtype::BF16 => DType::BF16,
         other => {
             return Err(Error::UnsupportedTensorDtype {
                 name: name.to_string(),
                 dtype: format!("{other:?}"),
             });
         }
-    })
+    };
+    Ok(floats_from_le_bytes(bytes, dtype))
 }
 
 #[cfg(test)]

@@ -11,7 +11,9 @@ use serde_json::json;
 use crate::checkpoint::gguf::{GgufFile, TensorInfo, TensorType, Value};
 use crate::error::{Error, Result};
 use crate::model::config::{LlamaConfig, RopeParameters, TokenIds};
-use crate::model::weights::{HostTensor, LayerWeight, Weight, WeightSource, device_tensor};
+use crate::model::weights::{
+    HostTensor, LayerWeight, Weight, WeightSource, device_tensor, floats_from_le_bytes,
+};
 use crate::tokenizer::ChatTemplate;
 
 /// A GGUF Llama checkpoint, its tensors handed out by our weight names.
@@ -114,23 +116,13 @@ impl WeightSource for GgufCheckpoint {
             data = unpermute_rows(&data, heads, data.len() / rows);
         }
         let tensor = match info.kind {
-            TensorType::F32 => HostTensor::F32(
-                data.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect(),
-            ),
-            TensorType::F16 => HostTensor::Half {
-                values: data
-                    .chunks_exact(2)
-                    .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
-                    .collect(),
-                dtype: DType::F16,
-            },
-            TensorType::Bf16 => HostTensor::Half {
-                values: data
-                    .chunks_exact(2)
-                    .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
-                    .collect(),
-                dtype: DType::BF16,
-            },
+            TensorType::F32 => HostTensor::F32(floats_from_le_bytes(&data, DType::F32)),
+            TensorType::F16 => {
+                HostTensor::Half { values: floats_from_le_bytes(&data, DType::F16), dtype: DType::F16 }
+            }
+            TensorType::Bf16 => {
+                HostTensor::Half { values: floats_from_le_bytes(&data, DType::BF16), dtype: DType::BF16 }
+            }
             TensorType::Blocks(format) => {
                 HostTensor::Blocks { format, bytes: data, cols: info.torch_shape()[1] }
             }

@@ -132,6 +132,18 @@ impl HostTensor {
     }
 }
 
+/// Little-endian f32, f16 or bf16 values (`dtype`) as f32: exact, as both checkpoint formats
+/// store them.
+pub fn floats_from_le_bytes(bytes: &[u8], dtype: DType) -> Vec<f32> {
+    let pairs = || bytes.chunks_exact(2).map(|b| u16::from_le_bytes([b[0], b[1]]));
+    match dtype {
+        DType::F16 => pairs().map(|bits| half::f16::from_bits(bits).to_f32()).collect(),
+        DType::BF16 => pairs().map(|bits| half::bf16::from_bits(bits).to_f32()).collect(),
+        DType::F32 => bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect(),
+        other => unreachable!("checkpoints hold float tensors in f32, f16 or bf16, not {other:?}"),
+    }
+}
+
 /// `values` in `hf_shape` as the device tensor `WeightSource::load` returns: linear weights
 /// transposed to `[in, out]`, cast to `dtype`.
 pub fn device_tensor<const D: usize>(
