@@ -141,7 +141,8 @@ impl LoadedModel {
                     Some(ids) => ids,
                     None => config.eos_token_ids(),
                 };
-                check_memory(&config, runtime, &dir.display().to_string())?;
+                let held = (runtime.weight_bytes_per_parameter(), runtime.weight_name());
+                check_memory(&config, runtime, held, &dir.display().to_string())?;
                 let mut source = Checkpoint::open(dir, runtime.device(), runtime.dtype())?;
                 (Llama::build(config, &mut source, runtime)?, tokenizer, stop_ids)
             }
@@ -154,11 +155,13 @@ impl LoadedModel {
                     chat: gguf_llama::chat_template(source.file()),
                 };
                 let stop_ids = config.eos_token_ids();
-                check_memory(&config, runtime, &path.display().to_string())?;
+                let held = gguf_bytes_per_parameter(source.file().size(), &config, runtime);
+                check_memory(&config, runtime, held, &path.display().to_string())?;
                 (Llama::build(config, &mut source, runtime)?, tokenizer, stop_ids)
             }
             ModelSpec::Random { name, config } => {
-                check_memory(config, runtime, &format!("random:{name}"))?;
+                let held = (runtime.weight_bytes_per_parameter(), runtime.weight_name());
+                check_memory(config, runtime, held, &format!("random:{name}"))?;
                 let tokenizer = Tokenizer::Bytes { bos: config.bos_token_id };
                 let mut source = RandomWeights::new(runtime.device(), runtime.dtype(), seed);
                 let stop_ids = config.eos_token_ids();
@@ -196,19 +199,25 @@ impl LoadedModel {
 }
 
 /// Refuses, before allocating, a model that cannot fit host memory on a CPU backend.
-fn check_memory(config: &LlamaConfig, runtime: &Runtime, what: &str) -> Result<()> {
+/// `held` is what each parameter will take in memory, and its name for the message.
+fn check_memory(config: &LlamaConfig, runtime: &Runtime, held: (f64, &str), what: &str) -> Result<()> {
     if !runtime.backend().uses_host_memory() {
         return Ok(());
     }
     match crate::files::available_memory_bytes() {
-        Some(available) => fits_in_memory(
-            config,
-            runtime.weight_bytes_per_parameter(),
-            runtime.weight_name(),
-            available,
-            what,
-        ),
+        Some(available) => fits_in_memory(config, held.0, held.1, available, what),
         None => Ok(()),
+    }
+}
+
+/// What a GGUF file's parameters take once loaded: on the host kernel its tensors keep their
+/// own types (quantized blocks stay blocks), so about the file's size; quantized on load, or
+/// widened for the backend's matmul, what the runtime says.
+fn gguf_bytes_per_parameter(file_size: u64, config: &LlamaConfig, runtime: &Runtime) -> (f64, &'static str) {
+    if runtime.kernel() == ProjectionKernel::Host && runtime.quantize().is_none() {
+        (file_size as f64 / config.num_parameters(), "the file's own types")
+    } else {
+        (runtime.weight_bytes_per_parameter(), runtime.weight_name())
     }
 }
 
@@ -259,6 +268,23 @@ mod tests {
         fits_in_memory(&config, 4.0, "f32", 32 * gib, "random:llama3.1-8b").unwrap();
         fits_in_memory(&config, 2.0, "bf16", 24 * gib, "random:llama3.1-8b").unwrap();
         fits_in_memory(&config, 0.5625, "q4_0", 24 * gib, "random:llama3.1-8b").unwrap();
+    }
+
+    #[test]
+    fn a_quantized_gguf_is_sized_by_its_file_not_by_the_run_dtype() {
+        let spec: ModelSpec = "random:llama3.1-8b".parse().unwrap();
+        let ModelSpec::Random { config, .. } = spec else { unreachable!() };
+        let gib = 1u64 << 30;
+        let runtime = Runtime::new(crate::backend::Backend::Flex, "f32").unwrap();
+        if runtime.kernel() == ProjectionKernel::Host {
+            // An 8B Q4_K_M file of 4.9 GB held as it is: it fits 24 GiB, where 8B f32 would not.
+            let (per_parameter, name) = gguf_bytes_per_parameter(4_900_000_000, &config, &runtime);
+            assert_eq!(name, "the file's own types");
+            fits_in_memory(&config, per_parameter, name, 24 * gib, "x.gguf").unwrap();
+        }
+        let backend_matmul = runtime.with_kernel(ProjectionKernel::Backend).unwrap();
+        let (per_parameter, _) = gguf_bytes_per_parameter(4_900_000_000, &config, &backend_matmul);
+        assert_eq!(per_parameter, 4.0, "dequantized for Burn's matmul: f32");
     }
 
     #[test]
