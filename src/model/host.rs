@@ -108,18 +108,18 @@ impl HostLlama {
 
     /// Bytes of projection and embedding weights held.
     pub fn weight_bytes(&self) -> usize {
-        let layers: usize = self
-            .layers
-            .iter()
-            .map(|l| l.qkv.bytes() + l.output.bytes() + l.gate_up.bytes() + l.down.bytes())
-            .sum();
-        layers + self.embed.bytes() + self.lm_head.as_ref().map_or(0, HostMatrix::bytes)
+        self.matrices().map(HostMatrix::bytes).sum()
     }
 
     /// The storage of every projection and of the embedding.
     pub fn weight_formats(&self) -> std::collections::BTreeSet<&'static str> {
+        self.matrices().flat_map(HostMatrix::formats).collect()
+    }
+
+    /// Every projection, the embedding and the untied head.
+    fn matrices(&self) -> impl Iterator<Item = &HostMatrix> {
         let layers = self.layers.iter().flat_map(|l| [&l.qkv, &l.output, &l.gate_up, &l.down]);
-        layers.chain([&self.embed]).chain(self.lm_head.as_ref()).flat_map(HostMatrix::formats).collect()
+        layers.chain([&self.embed]).chain(self.lm_head.as_ref())
     }
 
     /// Logits `[rows, vocab]` of the last `rows` of `ids` (checked by the caller), which follow

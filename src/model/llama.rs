@@ -104,12 +104,8 @@ impl Llama {
     pub fn weight_formats(&self) -> Vec<&'static str> {
         match &self.engine {
             Engine::Burn(burn) => {
-                let layers = burn
-                    .layers
-                    .iter()
-                    .flat_map(|l| [&l.attention.qkv, &l.attention.output, &l.mlp.gate_up, &l.mlp.down]);
                 let formats: std::collections::BTreeSet<_> =
-                    layers.chain(burn.lm_head.as_ref()).flat_map(Projection::formats).collect();
+                    burn.projections().flat_map(Projection::formats).collect();
                 formats.into_iter().collect()
             }
             Engine::Host(host) => host.weight_formats().into_iter().collect(),
@@ -181,17 +177,16 @@ impl BurnLlama {
     }
 
     fn weight_bytes(&self) -> usize {
-        let layers: usize = self
+        self.projections().map(Projection::bytes).sum::<usize>() + self.embed.bytes()
+    }
+
+    /// Every projection and the untied head (the embedding is not a `Projection`).
+    fn projections(&self) -> impl Iterator<Item = &Projection> {
+        let layers = self
             .layers
             .iter()
-            .map(|l| {
-                l.attention.qkv.bytes()
-                    + l.attention.output.bytes()
-                    + l.mlp.gate_up.bytes()
-                    + l.mlp.down.bytes()
-            })
-            .sum();
-        layers + self.embed.bytes() + self.lm_head.as_ref().map_or(0, Projection::bytes)
+            .flat_map(|l| [&l.attention.qkv, &l.attention.output, &l.mlp.gate_up, &l.mlp.down]);
+        layers.chain(self.lm_head.as_ref())
     }
 
     /// Logits `[batch, seq, vocab]` (f32) for every position of `tokens: [batch, seq]`, which
