@@ -6,7 +6,8 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use specbench::backend::{Backend, Runtime};
 use specbench::decoding::GenerationConfig;
-use specbench::decoding::acceptance::{RejectionSampling, verify_block};
+use specbench::decoding::acceptance::{DraftDistribution, RejectionSampling, verify_block};
+use specbench::decoding::drafter::{DraftLength, ModelDrafter};
 use specbench::decoding::speculative::Speculative;
 use specbench::model::{LoadedModel, ModelSpec};
 use specbench::sampling::SamplingConfig;
@@ -22,7 +23,7 @@ fn rejection_rule(c: &mut Criterion) {
     let mut group = c.benchmark_group("rejection rule, vocab 128256");
     for k in [1, 4, 8] {
         let ps: Vec<Vec<f64>> = (0..=k).map(|i| distribution(vocab, i)).collect();
-        let qs: Vec<Vec<f64>> = (0..k).map(|i| distribution(vocab, i + 7)).collect();
+        let qs: Vec<DraftDistribution> = (0..k).map(|i| distribution(vocab, i + 7).into()).collect();
         let drafts: Vec<u32> = (0..k as u32).collect();
         let mut rng = ChaCha8Rng::seed_from_u64(0);
         group.bench_function(BenchmarkId::new("verify_block", k), |b| {
@@ -53,7 +54,8 @@ fn speculative_generation(c: &mut Criterion) {
     };
     let mut group = c.benchmark_group("speculative generation, 16 tokens, tiny fixtures");
     for k in [1, 4] {
-        let spec = Speculative::new(&target.model, &draft.model, 320, k).unwrap();
+        let drafter = ModelDrafter::new(&draft.model, 320).unwrap();
+        let mut spec = Speculative::new(&target.model, drafter, 320, DraftLength::Fixed(k)).unwrap();
         group.bench_function(BenchmarkId::new("k", k), |b| {
             b.iter(|| spec.generate(&prompt, &config).unwrap())
         });

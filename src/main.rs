@@ -9,6 +9,7 @@ use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 
 use specbench::backend::{Backend, Runtime};
+use specbench::decoding::drafter::{DraftLength, ModelDrafter};
 use specbench::decoding::pairing::shared_vocab;
 use specbench::decoding::speculative::Speculative;
 use specbench::decoding::{Generation, GenerationConfig, autoregressive};
@@ -340,7 +341,9 @@ fn generate(args: GenerateArgs) -> Result<()> {
         None => autoregressive::generate(&target.model, &prompt, &config)?,
         Some(draft) => {
             let vocab = shared_vocab(&target, draft)?;
-            Speculative::new(&target.model, &draft.model, vocab, args.k)?.generate(&prompt, &config)?
+            let drafter = ModelDrafter::new(&draft.model, vocab)?;
+            Speculative::new(&target.model, drafter, vocab, DraftLength::Fixed(args.k))?
+                .generate(&prompt, &config)?
         }
     };
     if args.json {

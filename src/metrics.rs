@@ -56,6 +56,10 @@ pub struct AcceptanceStats {
     pub position_accepted: Vec<u64>,
     /// `[n]`: target calls that accepted exactly `n` draft tokens, `n = 0..=k`.
     pub accepted_len_hist: Vec<u64>,
+    /// `[n]`: target calls whose block proposed `n` counted draft tokens, `n = 0..=k`: the
+    /// draft length actually used, which adaptive schedules and lookup drafters vary.
+    #[serde(default)]
+    pub drafted_len_hist: Vec<u64>,
     /// Σ over verified positions of β = Σ_x min(p(x), q(x)), and their number.
     pub overlap_sum: f64,
     pub overlap_count: u64,
@@ -68,6 +72,7 @@ impl AcceptanceStats {
             position_proposed: vec![0; k],
             position_accepted: vec![0; k],
             accepted_len_hist: vec![0; k + 1],
+            drafted_len_hist: vec![0; k + 1],
             ..Default::default()
         }
     }
@@ -89,6 +94,7 @@ impl AcceptanceStats {
         self.position_proposed[..proposed].iter_mut().for_each(|n| *n += 1);
         self.position_accepted[..accepted].iter_mut().for_each(|n| *n += 1);
         self.accepted_len_hist[accepted] += 1;
+        self.drafted_len_hist[proposed] += 1;
         self.overlap_sum += overlaps.iter().sum::<f64>();
         self.overlap_count += overlaps.len() as u64;
     }
@@ -175,6 +181,7 @@ mod tests {
         stats.record_step(1, 1, &[0.5]);
         assert_eq!((stats.proposed, stats.accepted), (7, 5));
         assert_eq!(stats.position_proposed, vec![3, 2, 2]);
+        assert_eq!(stats.drafted_len_hist, vec![0, 1, 0, 2]);
     }
 
     #[test]

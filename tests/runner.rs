@@ -55,6 +55,41 @@ fn keys(dir: &Path) -> Vec<RowKey> {
 /// 2 temperatures × (baseline + 2 k) × 4 prompts × 2 repeats.
 const SWEEP_ROWS: usize = 48;
 
+/// 2 temperatures × (baseline + 4 drafters × (k = 2, heuristic, confidence)) × 2 prompts.
+const DRAFTER_ROWS: usize = 52;
+
+#[test]
+fn every_drafter_kind_and_schedule_sweeps_into_one_folder() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("run");
+    let printed = run_into(&fixture("drafters.toml"), &dir, &[]);
+    let rows = read_rows(&dir.join("runs.csv")).unwrap();
+    assert_eq!(rows.len(), DRAFTER_ROWS, "{printed}");
+    assert_eq!(rows.iter().map(|r| r.key()).collect::<HashSet<_>>().len(), DRAFTER_ROWS);
+    let drafters: HashSet<&str> = rows.iter().map(|r| r.drafter.as_str()).collect();
+    assert_eq!(drafters, HashSet::from(["", "small", "self-q8", "skip-1", "lookup"]));
+    let schedules: HashSet<&str> = rows.iter().map(|r| r.schedule.as_str()).collect();
+    assert_eq!(schedules, HashSet::from(["", "heuristic:1", "confidence:0.5"]));
+    for row in rows.iter().filter(|r| r.k > 0) {
+        assert_eq!(row.k, 2, "adaptive schedules are capped at the largest k: {row:?}");
+        let drafted: Vec<u64> = row.drafted_len_hist.split(';').map(|n| n.parse().unwrap()).collect();
+        assert_eq!(drafted.len(), 3, "{row:?}");
+        assert_eq!(drafted.iter().sum::<u64>(), row.target_calls, "{row:?}");
+        let proposed: u64 = drafted.iter().enumerate().map(|(n, c)| n as u64 * c).sum();
+        assert_eq!(proposed, row.proposed, "{row:?}");
+    }
+    let described = |name: &str| rows.iter().find(|r| r.drafter == name).unwrap().draft.clone();
+    assert!(described("self-q8").ends_with("as q8_0") && described("skip-1").ends_with("skipping layers 1"));
+    assert_eq!(described("lookup"), "ngram 1..=2");
+    let markdown = std::fs::read_to_string(dir.join("summary.md")).unwrap();
+    for name in ["small", "self-q8", "skip-1", "lookup", "heuristic:1 ≤ 2", "refined"] {
+        assert!(markdown.contains(name), "summary.md lacks {name}");
+    }
+    // A finished run resumes to nothing new.
+    ok(&specbench(&["run", &fixture("drafters.toml"), "--resume", dir.to_str().unwrap()]));
+    assert_eq!(read_rows(&dir.join("runs.csv")).unwrap().len(), DRAFTER_ROWS);
+}
+
 #[test]
 fn run_writes_the_whole_result_folder_and_report_reproduces_it() {
     let tmp = tempfile::tempdir().unwrap();
@@ -98,7 +133,10 @@ fn run_writes_the_whole_result_folder_and_report_reproduces_it() {
     assert_eq!(manifest["config"].as_str().unwrap(), std::fs::read_to_string(fixture("sweep.toml")).unwrap());
 
     let summary = std::fs::read_to_string(dir.join("summary.csv")).unwrap();
-    assert!(summary.starts_with("engine,backend,dtype,category,temperature,k,n,alpha"));
+    assert!(
+        summary
+            .starts_with("engine,backend,dtype,drafter,schedule,category,temperature,k,n,mean_drafted,alpha")
+    );
     let markdown = std::fs::read_to_string(dir.join("summary.md")).unwrap();
     assert!(markdown.contains("speedup [95% CI]") && markdown.contains("By prompt category"));
     let plots = ["speedup_vs_k", "tokens_per_s", "accepted_len_vs_k", "acceptance_by_position"];
@@ -444,7 +482,7 @@ fn check_refuses_a_baseline_of_another_experiment() {
     let out = specbench(&["check", dir.to_str().unwrap(), "--baseline", baseline.to_str().unwrap()]);
     assert!(failure(&out).contains("another"));
     value["experiment"] = "fixture-sweep".into();
-    value["models"]["draft"]["fingerprint"] = "0000".into();
+    value["models"]["drafters"]["draft"]["fingerprint"] = "0000".into();
     std::fs::write(&baseline, value.to_string()).unwrap();
     let out = specbench(&["check", dir.to_str().unwrap(), "--baseline", baseline.to_str().unwrap()]);
     assert!(failure(&out).contains("other models"));

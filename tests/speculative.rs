@@ -10,17 +10,30 @@ use std::collections::HashMap;
 use burn::tensor::Device;
 use rand_chacha::ChaCha8Rng;
 use specbench::backend::Backend;
-use specbench::decoding::acceptance::{AcceptanceRule, RejectionSampling, Verdict, verify_token};
+use specbench::decoding::acceptance::{
+    AcceptanceRule, DraftDistribution, RejectionSampling, Verdict, verify_token,
+};
+use specbench::decoding::drafter::{DraftLength, Drafter, LayerSkip, ModelDrafter, NgramDrafter};
 use specbench::decoding::pairing::shared_vocab;
 use specbench::decoding::speculative::Speculative;
 use specbench::decoding::{CausalLm, GenerationConfig, autoregressive};
 use specbench::metrics::expected_accepted_len;
-use specbench::model::{KvCache, Llama};
+use specbench::model::Llama;
 use specbench::sampling::{SamplingConfig, sample};
 use statrs::distribution::{ChiSquared, ContinuousCDF};
 
 fn config(sampling: SamplingConfig, max_new_tokens: usize, seed: u64) -> GenerationConfig {
     GenerationConfig { max_new_tokens, sampling, eos_ids: vec![], seed }
+}
+
+/// Speculative decoding with `draft` as a model drafter and a fixed k.
+fn with_draft<'a, T: CausalLm, D: CausalLm>(
+    target: &'a T,
+    draft: &'a D,
+    vocab: usize,
+    k: usize,
+) -> Speculative<'a, T, ModelDrafter<'a, D>> {
+    Speculative::new(target, ModelDrafter::new(draft, vocab).unwrap(), vocab, DraftLength::Fixed(k)).unwrap()
 }
 
 fn ndarray() -> Device {
@@ -37,10 +50,61 @@ fn greedy_equivalence_on_the_transformers_fixture_pair() {
         let greedy = config(SamplingConfig::greedy(), 40, 0);
         let expected = autoregressive::generate(&target.model, &prompt, &greedy).unwrap().tokens;
         for k in 1..=8 {
-            let spec = Speculative::new(&target.model, &draft.model, vocab, k).unwrap();
+            let mut spec = with_draft(&target.model, &draft.model, vocab, k);
             let out = spec.generate(&prompt, &greedy).unwrap();
             assert_eq!(out.tokens, expected, "k = {k} on {backend}");
         }
+    }
+}
+
+/// Greedy speculative output equals greedy target-only output for every drafter kind and draft
+/// length schedule, on the embedded pair (a trained 6-layer target, so drafts are accepted and
+/// rejected both): the separate draft, the target quantized to q8_0 and q4_0 on load, the target
+/// without layers 3–4, and n-gram lookup; each at k = 1 and 5, heuristic and confidence.
+#[test]
+fn greedy_equivalence_for_every_drafter_and_schedule() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models/tiny");
+    let load = |name: &str, dtype: &str| {
+        let runtime = specbench::backend::Runtime::new(Backend::Ndarray, dtype).unwrap();
+        specbench::model::LoadedModel::load(
+            &specbench::model::ModelSpec::Folder(root.join(name)),
+            &runtime,
+            0,
+        )
+        .unwrap()
+    };
+    let target = load("target", "f32");
+    let (draft, q8, q4) = (load("draft", "f32"), load("target", "q8_0"), load("target", "q4_0"));
+    let skipping = LayerSkip::new(&target.model, &[3, 4]).unwrap();
+    let vocab = shared_vocab(&target, &draft).unwrap();
+    let lengths = [
+        DraftLength::Fixed(1),
+        DraftLength::Fixed(5),
+        DraftLength::Heuristic { start: 2, max: 6 },
+        DraftLength::Confidence { threshold: 0.6, max: 6 },
+    ];
+    // Code that repeats itself, so that lookup finds matches.
+    let text =
+        "    def __init__(self, name):\n        self.name = name\n\n    def __repr__(self):\n        return";
+    let prompt = target.tokenizer.encode(text).unwrap();
+    let greedy = config(SamplingConfig::greedy(), 48, 0);
+    let expected = autoregressive::generate(&target.model, &prompt, &greedy).unwrap().tokens;
+    let check = |name: &str, length: DraftLength, out: specbench::decoding::Generation| {
+        assert_eq!(out.tokens, expected, "{name}, {length:?}");
+        assert!(out.acceptance.accepted > 0, "{name}, {length:?}: nothing accepted, a vacuous test");
+    };
+    for length in lengths {
+        let run = |drafter: &mut dyn Drafter| {
+            Speculative::new(&target.model, drafter, vocab, length)
+                .unwrap()
+                .generate(&prompt, &greedy)
+                .unwrap()
+        };
+        check("draft", length, run(&mut ModelDrafter::new(&draft.model, vocab).unwrap()));
+        check("q8_0", length, run(&mut ModelDrafter::new(&q8.model, vocab).unwrap()));
+        check("q4_0", length, run(&mut ModelDrafter::new(&q4.model, vocab).unwrap()));
+        check("layer skip", length, run(&mut ModelDrafter::new(&skipping, vocab).unwrap()));
+        check("ngram", length, run(&mut NgramDrafter::new(1, 3).unwrap()));
     }
 }
 
@@ -59,7 +123,7 @@ fn greedy_equivalence_in_half_precision() {
         let greedy = config(SamplingConfig::greedy(), 32, 0);
         let expected = autoregressive::generate(&target.model, &prompt, &greedy).unwrap().tokens;
         for k in [1, 2, 4, 8] {
-            let speculative = Speculative::new(&target.model, &draft.model, vocab, k).unwrap();
+            let mut speculative = with_draft(&target.model, &draft.model, vocab, k);
             let out = speculative.generate(&prompt, &greedy).unwrap().tokens;
             let context: Vec<u32> = prompt.iter().chain(&out).copied().collect();
             let logits =
@@ -102,11 +166,11 @@ fn greedy_equivalence_on_a_random_pair_with_a_similar_draft() {
     let greedy = config(SamplingConfig::greedy(), 48, 0);
     let expected = autoregressive::generate(&target, &prompt, &greedy).unwrap().tokens;
     for k in 1..=8 {
-        let out = Speculative::new(&target, &draft, 64, k).unwrap().generate(&prompt, &greedy).unwrap();
+        let out = with_draft(&target, &draft, 64, k).generate(&prompt, &greedy).unwrap();
         assert_eq!(out.tokens, expected, "k = {k}");
     }
     // The draft equal to the target accepts every greedy proposal.
-    let out = Speculative::new(&target, &target, 64, 4).unwrap().generate(&prompt, &greedy).unwrap();
+    let out = with_draft(&target, &target, 64, 4).generate(&prompt, &greedy).unwrap();
     assert_eq!(out.tokens, expected);
     assert_eq!(out.acceptance.accepted, out.acceptance.proposed);
 }
@@ -117,7 +181,7 @@ fn draft_equals_target_accepts_everything() {
     let target = common::load_fixture("tiny-gqa", Backend::Ndarray, &device);
     let prompt = common::reference("tiny-gqa").prompt_ids;
     for (sampling, k) in [(SamplingConfig::with_temperature(1.0), 4), (SamplingConfig::greedy(), 6)] {
-        let spec = Speculative::new(&target.model, &target.model, 320, k).unwrap();
+        let mut spec = with_draft(&target.model, &target.model, 320, k);
         let out = spec.generate(&prompt, &config(sampling, 60, 5)).unwrap();
         let a = &out.acceptance;
         assert_eq!(a.alpha_hat(), 1.0, "{sampling:?}");
@@ -133,13 +197,13 @@ fn draft_equals_target_accepts_everything() {
 
 /// Real tiny models behind a memo: each distinct prefix is run through the model once, so
 /// tens of thousands of runs of the real engine loop take seconds.
-struct Memoized<'a> {
-    model: &'a Llama,
+struct Memoized<'a, M: CausalLm = Llama> {
+    model: &'a M,
     rows: RefCell<HashMap<Vec<u32>, Vec<f32>>>,
 }
 
-impl<'a> Memoized<'a> {
-    fn new(model: &'a Llama) -> Self {
+impl<'a, M: CausalLm> Memoized<'a, M> {
+    fn new(model: &'a M) -> Self {
         Self { model, rows: RefCell::default() }
     }
 
@@ -148,14 +212,14 @@ impl<'a> Memoized<'a> {
         if let Some(row) = self.rows.borrow().get(prefix) {
             return row.clone();
         }
-        let mut cache = KvCache::new(self.model.config().num_hidden_layers);
+        let mut cache = self.model.new_cache();
         let all = self.model.logits(prefix, &mut cache, 1, self.model.vocab_size()).unwrap();
         self.rows.borrow_mut().insert(prefix.to_vec(), all[0].clone());
         all[0].clone()
     }
 }
 
-impl CausalLm for Memoized<'_> {
+impl<M: CausalLm> CausalLm for Memoized<'_, M> {
     type Cache = Vec<u32>;
 
     fn new_cache(&self) -> Vec<u32> {
@@ -189,12 +253,10 @@ const VOCAB: usize = 12;
 const RUNS: u64 = 20_000;
 const PROMPT: [u32; 3] = [1, 7, 4];
 
+const TINY_TARGET: &str = "vocab=12,hidden=32,intermediate=64,layers=2,heads=4,kv_heads=2,head_dim=8";
+
 fn tiny_vocab_pair() -> (Llama, Llama) {
-    let target = common::random_model(
-        "vocab=12,hidden=32,intermediate=64,layers=2,heads=4,kv_heads=2,head_dim=8",
-        21,
-        0.35,
-    );
+    let target = common::random_model(TINY_TARGET, 21, 0.35);
     let draft = common::random_model(
         "vocab=12,hidden=16,intermediate=32,layers=1,heads=2,kv_heads=1,head_dim=8",
         22,
@@ -204,11 +266,11 @@ fn tiny_vocab_pair() -> (Llama, Llama) {
 }
 
 /// Exact target distribution of the first two generated tokens, by enumeration.
-fn exact_first_two(target: &Memoized, sampling: &SamplingConfig) -> Vec<f64> {
-    let p1 = sampling.probabilities(&target.next(&PROMPT), "target", 0).unwrap();
+fn exact_first_two(target: &Memoized, prompt: &[u32], sampling: &SamplingConfig) -> Vec<f64> {
+    let p1 = sampling.probabilities(&target.next(prompt), "target", 0).unwrap();
     let mut joint = vec![0.0; VOCAB * VOCAB];
     for x1 in 0..VOCAB {
-        let mut prefix = PROMPT.to_vec();
+        let mut prefix = prompt.to_vec();
         prefix.push(x1 as u32);
         let p2 = sampling.probabilities(&target.next(&prefix), "target", 0).unwrap();
         for x2 in 0..VOCAB {
@@ -225,13 +287,26 @@ fn first_two_p_value(
     draft: &Memoized,
     sampling: SamplingConfig,
     k: usize,
-    rule: &impl AcceptanceRule,
+    rule: &(impl AcceptanceRule + ?Sized),
 ) -> f64 {
-    let expected = exact_first_two(target, &sampling);
-    let spec = Speculative::new(target, draft, VOCAB, k).unwrap();
+    let drafter = ModelDrafter::new(draft, VOCAB).unwrap();
+    drafter_p_value(target, drafter, &PROMPT, sampling, DraftLength::Fixed(k), rule)
+}
+
+/// `first_two_p_value` for any drafter, schedule and prompt.
+fn drafter_p_value(
+    target: &Memoized,
+    drafter: impl Drafter,
+    prompt: &[u32],
+    sampling: SamplingConfig,
+    length: DraftLength,
+    rule: &(impl AcceptanceRule + ?Sized),
+) -> f64 {
+    let expected = exact_first_two(target, prompt, &sampling);
+    let mut spec = Speculative::new(target, drafter, VOCAB, length).unwrap();
     let mut counts = vec![0u64; VOCAB * VOCAB];
     for seed in 0..RUNS {
-        let out = spec.generate_with_rule(&PROMPT, &config(sampling, 2, seed), rule).unwrap();
+        let out = spec.generate_with_rule(prompt, &config(sampling, 2, seed), rule).unwrap();
         counts[out.tokens[0] as usize * VOCAB + out.tokens[1] as usize] += 1;
     }
     let (mut statistic, mut bins, mut pooled_expected, mut pooled_observed) = (0.0, 0, 0.0, 0.0);
@@ -260,7 +335,7 @@ fn first_two_p_value(
 /// The deliberately wrong rules that the same harness must catch.
 struct AlwaysAccept;
 impl AcceptanceRule for AlwaysAccept {
-    fn verify(&self, _: &[f64], _: &[f64], _: u32, _: &mut ChaCha8Rng) -> Verdict {
+    fn verify(&self, _: &[f64], _: &DraftDistribution, _: u32, _: &mut ChaCha8Rng) -> Verdict {
         Verdict::Accepted
     }
 }
@@ -268,7 +343,7 @@ impl AcceptanceRule for AlwaysAccept {
 /// The right test, but a rejected position is redrawn from p instead of norm(max(0, p − q)).
 struct ResampleFromTarget;
 impl AcceptanceRule for ResampleFromTarget {
-    fn verify(&self, p: &[f64], q: &[f64], token: u32, rng: &mut ChaCha8Rng) -> Verdict {
+    fn verify(&self, p: &[f64], q: &DraftDistribution, token: u32, rng: &mut ChaCha8Rng) -> Verdict {
         match verify_token(p, q, token, rng) {
             Verdict::Accepted => Verdict::Accepted,
             Verdict::Rejected { .. } => Verdict::Rejected { token: sample(p, rng) },
@@ -317,6 +392,59 @@ fn distribution_preserved_and_wrong_rules_detected() {
     }
 }
 
+/// Every drafter kind and both adaptive schedules through the same chi-square test, each with
+/// the always-accept negative control that must fail: the quantized target (q4_0, quantized on
+/// load), the target with a layer skipped, n-gram lookup (certain proposals) on a prompt that
+/// repeats itself, and a separate draft under the heuristic and the confidence schedule.
+#[test]
+fn every_drafter_kind_and_schedule_keeps_the_target_distribution() {
+    let (target, draft) = tiny_vocab_pair();
+    let quantized = common::random_model_on(
+        TINY_TARGET,
+        21,
+        0.35,
+        &specbench::backend::Runtime::new(Backend::Ndarray, "q4_0").unwrap(),
+    );
+    let skipping = LayerSkip::new(&target, &[1]).unwrap();
+    let memo = Memoized::new(&target);
+    let (draft, quantized, skipping) =
+        (Memoized::new(&draft), Memoized::new(&quantized), Memoized::new(&skipping));
+    let t1 = SamplingConfig::with_temperature(1.0);
+    // The n-gram drafter proposes after the repeated [7, 4]: the prompt ends in 4, so the
+    // first position drafts [1, 7, ...] whatever was sampled before.
+    let repeating: [u32; 6] = [1, 7, 4, 1, 7, 4];
+    let ngram = || NgramDrafter::new(1, 2).unwrap();
+    let model = |m| ModelDrafter::new(m, VOCAB).unwrap();
+    let heuristic = DraftLength::Heuristic { start: 1, max: 3 };
+    let confidence = DraftLength::Confidence { threshold: 0.3, max: 3 };
+    let fixed = DraftLength::Fixed(2);
+    type PValue<'a> = &'a dyn Fn(&dyn AcceptanceRule) -> f64;
+    let cases: [(&str, PValue); 5] = [
+        ("quantized q4_0, k = 2", &|rule| {
+            drafter_p_value(&memo, model(&quantized), &PROMPT, t1, fixed, rule)
+        }),
+        ("layer skip, k = 2", &|rule| {
+            drafter_p_value(&memo, ModelDrafter::new(&skipping, VOCAB).unwrap(), &PROMPT, t1, fixed, rule)
+        }),
+        ("ngram, k = 2", &|rule| drafter_p_value(&memo, ngram(), &repeating, t1, fixed, rule)),
+        ("draft, heuristic", &|rule| drafter_p_value(&memo, model(&draft), &PROMPT, t1, heuristic, rule)),
+        ("draft, confidence 0.3", &|rule| {
+            drafter_p_value(&memo, model(&draft), &PROMPT, t1, confidence, rule)
+        }),
+    ];
+    for (name, p_value) in cases {
+        let right = p_value(&RejectionSampling);
+        let wrong = p_value(&AlwaysAccept);
+        println!("{name}: rejection sampling p = {right:.4}, always-accept p = {wrong:.2e}");
+        assert!(right > 1e-3, "{name}: speculative output differs from the target (p = {right:.2e})");
+        assert!(wrong < 1e-3, "{name}: the test failed to detect always-accept (p = {wrong})");
+    }
+    // The lookup did propose on that prompt (the test above is not vacuous for n-grams).
+    let mut spec = Speculative::new(&memo, ngram(), VOCAB, fixed).unwrap();
+    let out = spec.generate(&repeating, &config(SamplingConfig::greedy(), 8, 0)).unwrap();
+    assert!(out.acceptance.proposed > 0);
+}
+
 /// A model whose next-token logits never depend on the context: acceptance is then i.i.d.
 /// across positions, the assumption behind E = (1 − α^(k+1)) / (1 − α).
 struct ContextFree(Vec<f32>);
@@ -359,7 +487,7 @@ fn mean_accepted_length_matches_the_iid_expectation() {
     let target = ContextFree(vec![2.0, 1.5, 0.5, 0.0, -1.0, 1.0]);
     let draft = ContextFree(vec![1.0, 2.0, 0.0, 0.5, 0.0, 0.0]);
     for k in [1, 3, 5] {
-        let spec = Speculative::new(&target, &draft, 6, k).unwrap();
+        let mut spec = with_draft(&target, &draft, 6, k);
         let out = spec.generate(&[0], &config(SamplingConfig::with_temperature(1.0), 20_000, 7)).unwrap();
         let a = &out.acceptance;
         let steps = a.target_calls as f64;
@@ -391,7 +519,7 @@ fn alpha_hat_agrees_with_alpha_on_a_long_run() {
     let target = common::load_fixture("tiny-gqa", Backend::Ndarray, &device);
     let draft = common::load_fixture("tiny-untied-bf16", Backend::Ndarray, &device);
     let prompt = common::reference("tiny-gqa").prompt_ids;
-    let spec = Speculative::new(&target.model, &draft.model, 320, 1).unwrap();
+    let mut spec = with_draft(&target.model, &draft.model, 320, 1);
     let out = spec.generate(&prompt, &config(SamplingConfig::with_temperature(1.0), 200, 3)).unwrap();
     let a = &out.acceptance;
     let n = a.proposed as f64;

@@ -3,6 +3,7 @@
 
 pub mod acceptance;
 pub mod autoregressive;
+pub mod drafter;
 pub mod pairing;
 pub mod speculative;
 

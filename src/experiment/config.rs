@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::backend::Backend;
+use crate::decoding::drafter::DraftLength;
 use crate::error::{Error, Result};
 use crate::experiment::rows::{CellKey, ENGINE};
 use crate::model::ModelSpec;
@@ -24,6 +25,9 @@ pub struct ExperimentConfig {
     pub sweep: Sweep,
     #[serde(default)]
     pub prompts: Prompts,
+    /// The drafters swept; `[models.draft]` is the one-drafter shorthand (named `draft`).
+    #[serde(default)]
+    pub drafters: Vec<DrafterEntry>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -63,7 +67,254 @@ fn default_results() -> String {
 #[serde(deny_unknown_fields)]
 pub struct Models {
     pub target: ModelEntry,
-    pub draft: ModelEntry,
+    #[serde(default)]
+    pub draft: Option<ModelEntry>,
+}
+
+/// One `[[drafters]]` entry: a name (its results' `drafter` column), a kind and that kind's
+/// settings. Settings of another kind are errors, not ignored.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DrafterEntry {
+    pub name: String,
+    /// `model`, `quantized`, `layer_skip` or `ngram`.
+    pub kind: String,
+    /// `model`: the draft checkpoint (as `models.target.path`).
+    #[serde(default)]
+    pub path: Option<String>,
+    /// `model`: its dtype (f32 when absent); `quantized`: the dtype the target's own weights
+    /// are loaded in for drafting (q4_0, q8_0, bf16, ...).
+    #[serde(default)]
+    pub dtype: Option<String>,
+    /// `layer_skip`: the layers left out, as indices and ranges (`[10, 11]`, or `"8-11"`).
+    #[serde(default)]
+    pub skip: Option<LayerList>,
+    /// `layer_skip`: the layers kept instead (`"0-11"`); every other layer is skipped.
+    #[serde(default)]
+    pub layers: Option<LayerList>,
+    /// `ngram`: the shortest and longest suffix looked up (1 and 3 when absent).
+    #[serde(default)]
+    pub min_n: Option<usize>,
+    #[serde(default)]
+    pub max_n: Option<usize>,
+}
+
+/// Layer indices as a list (`[0, 1, 5]`) or ranges in a string (`"0-3,5"`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum LayerList {
+    Indices(Vec<usize>),
+    Ranges(String),
+}
+
+impl LayerList {
+    fn indices(&self, key: &str) -> Result<Vec<usize>> {
+        let ranges = match self {
+            Self::Indices(list) => return Ok(list.clone()),
+            Self::Ranges(text) => text,
+        };
+        let bad = |part: &str| {
+            Error::InvalidConfig(format!(
+                "`{key}` = \"{ranges}\": `{part}` is not a layer index or a range like 0-11"
+            ))
+        };
+        let mut out = Vec::new();
+        for part in ranges.split(',').map(str::trim) {
+            let (from, to) = part.split_once('-').unwrap_or((part, part));
+            let (from, to): (usize, usize) =
+                (from.trim().parse().map_err(|_| bad(part))?, to.trim().parse().map_err(|_| bad(part))?);
+            if from > to || to > 1 << 16 {
+                return Err(bad(part));
+            }
+            out.extend(from..=to);
+        }
+        Ok(out)
+    }
+}
+
+/// A drafter as a run uses it: paths resolved, settings checked.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DrafterPlan {
+    pub name: String,
+    pub kind: DrafterKind,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum DrafterKind {
+    /// A separate checkpoint.
+    Model {
+        spec: ModelSpec,
+        dtype: String,
+    },
+    /// The target's checkpoint loaded again in another dtype.
+    Quantized {
+        dtype: String,
+    },
+    /// The target itself with layers left out; which ones is known once the target's depth is.
+    LayerSkip(LayerSelection),
+    Ngram {
+        min_n: usize,
+        max_n: usize,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum LayerSelection {
+    Skip(Vec<usize>),
+    Keep(Vec<usize>),
+}
+
+impl LayerSelection {
+    /// The skipped layers of a target with `layers` layers.
+    pub fn skipped(&self, layers: usize) -> Vec<usize> {
+        match self {
+            Self::Skip(skip) => skip.clone(),
+            Self::Keep(keep) => (0..layers).filter(|i| !keep.contains(i)).collect(),
+        }
+    }
+
+    fn describe(&self) -> String {
+        let (verb, list) = match self {
+            Self::Skip(list) => ("skipping", list),
+            Self::Keep(list) => ("keeping", list),
+        };
+        format!("{verb} layers {}", ranges_text(list))
+    }
+}
+
+/// `[0, 1, 2, 5]` as `0-2,5`.
+fn ranges_text(list: &[usize]) -> String {
+    let mut sorted = list.to_vec();
+    sorted.sort_unstable();
+    sorted.dedup();
+    let mut parts: Vec<String> = Vec::new();
+    let mut i = 0;
+    while i < sorted.len() {
+        let mut j = i;
+        while j + 1 < sorted.len() && sorted[j + 1] == sorted[j] + 1 {
+            j += 1;
+        }
+        parts.push(if i == j { sorted[i].to_string() } else { format!("{}-{}", sorted[i], sorted[j]) });
+        i = j + 1;
+    }
+    parts.join(",")
+}
+
+/// The name `[models.draft]` gets as a drafter.
+pub const LEGACY_DRAFTER: &str = "draft";
+
+const DTYPES: [&str; 5] = ["f32", "f16", "bf16", "q8_0", "q4_0"];
+const DRAFTER_KINDS: [&str; 4] = ["model", "quantized", "layer_skip", "ngram"];
+
+impl DrafterEntry {
+    /// The kind's settings present and no other kind's; `i` names the entry in errors.
+    fn check(&self, i: usize) -> Result<()> {
+        let key = |field: &str| format!("drafters[{i}].{field}");
+        let err = |message: String| Err(Error::InvalidConfig(message));
+        if self.name.is_empty() || self.name.contains([',', '"', '\n']) {
+            return err(format!("`{}` must be a non-empty name without commas or quotes", key("name")));
+        }
+        if !DRAFTER_KINDS.contains(&self.kind.as_str()) {
+            return err(format!("`{}` is `{}`; choose {}", key("kind"), self.kind, DRAFTER_KINDS.join(", ")));
+        }
+        let allowed: &[&str] = match self.kind.as_str() {
+            "model" => &["path", "dtype"],
+            "quantized" => &["dtype"],
+            "layer_skip" => &["skip", "layers"],
+            _ => &["min_n", "max_n"],
+        };
+        let given = [
+            ("path", self.path.is_some()),
+            ("dtype", self.dtype.is_some()),
+            ("skip", self.skip.is_some()),
+            ("layers", self.layers.is_some()),
+            ("min_n", self.min_n.is_some()),
+            ("max_n", self.max_n.is_some()),
+        ];
+        if let Some((field, _)) = given.iter().find(|(field, set)| *set && !allowed.contains(field)) {
+            return err(format!(
+                "`{}` is not a setting of a `{}` drafter (its settings: {})",
+                key(field),
+                self.kind,
+                allowed.join(", ")
+            ));
+        }
+        if let Some(dtype) = self.dtype.as_deref().filter(|d| !DTYPES.contains(d)) {
+            return err(format!("`{}` is `{dtype}`; choose {}", key("dtype"), DTYPES.join(", ")));
+        }
+        match self.kind.as_str() {
+            "model" if self.path.is_none() => {
+                err(format!("`{}` is missing: a model drafter needs a checkpoint", key("path")))
+            }
+            "quantized" if self.dtype.is_none() => err(format!(
+                "`{}` is missing: the dtype the target's weights draft in (q4_0, q8_0, bf16)",
+                key("dtype")
+            )),
+            "layer_skip" => match (&self.skip, &self.layers) {
+                (Some(_), Some(_)) | (None, None) => err(format!(
+                    "give one of `{}` (layers left out) or `{}` (layers kept)",
+                    key("skip"),
+                    key("layers")
+                )),
+                (Some(list), None) => list.indices(&key("skip")).map(drop),
+                (None, Some(list)) => list.indices(&key("layers")).map(drop),
+            },
+            "ngram" => {
+                let (min_n, max_n) = self.ngram_sizes();
+                if min_n == 0 || min_n > max_n || max_n > MAX_K {
+                    return err(format!(
+                        "`{}`/`{}` are {min_n} and {max_n}; they need 1 ≤ min_n ≤ max_n ≤ {MAX_K}",
+                        key("min_n"),
+                        key("max_n")
+                    ));
+                }
+                Ok(())
+            }
+            _ => Ok(()),
+        }
+    }
+
+    fn ngram_sizes(&self) -> (usize, usize) {
+        (self.min_n.unwrap_or(1), self.max_n.unwrap_or(3))
+    }
+
+    /// The checked entry as a run uses it; `model` resolves a checkpoint entry to its spec.
+    fn plan(&self, i: usize, model: impl Fn(&ModelEntry, &str) -> Result<ModelSpec>) -> Result<DrafterPlan> {
+        let key = |field: &str| format!("drafters[{i}].{field}");
+        let dtype = self.dtype.clone().unwrap_or_else(default_dtype);
+        let kind = match self.kind.as_str() {
+            "model" => {
+                let entry = ModelEntry { path: self.path.clone().expect("checked"), dtype: dtype.clone() };
+                DrafterKind::Model { spec: model(&entry, &key("path"))?, dtype }
+            }
+            "quantized" => DrafterKind::Quantized { dtype },
+            "layer_skip" => match (&self.skip, &self.layers) {
+                (Some(list), _) => DrafterKind::LayerSkip(LayerSelection::Skip(list.indices(&key("skip"))?)),
+                (_, Some(list)) => {
+                    DrafterKind::LayerSkip(LayerSelection::Keep(list.indices(&key("layers"))?))
+                }
+                _ => unreachable!("checked: one of skip and layers"),
+            },
+            _ => {
+                let (min_n, max_n) = self.ngram_sizes();
+                DrafterKind::Ngram { min_n, max_n }
+            }
+        };
+        Ok(DrafterPlan { name: self.name.clone(), kind })
+    }
+}
+
+impl DrafterPlan {
+    /// What drafts, for the `draft` column of results: the checkpoint, or what the target
+    /// becomes.
+    pub fn describe(&self, target: &ModelSpec) -> String {
+        match &self.kind {
+            DrafterKind::Model { spec, .. } => spec.to_string(),
+            DrafterKind::Quantized { dtype } => format!("{target} as {dtype}"),
+            DrafterKind::LayerSkip(selection) => format!("{target} {}", selection.describe()),
+            DrafterKind::Ngram { min_n, max_n } => format!("ngram {min_n}..={max_n}"),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -90,6 +341,10 @@ pub struct Sweep {
     pub top_p: f64,
     #[serde(default)]
     pub top_k: usize,
+    /// Adaptive draft lengths swept beside each fixed k, capped at the largest k:
+    /// `heuristic:START` (transformers' schedule) and `confidence:THRESHOLD`.
+    #[serde(default)]
+    pub adaptive: Vec<String>,
 }
 
 fn default_top_p() -> f64 {
@@ -110,18 +365,28 @@ pub struct Prompts {
     pub chat: bool,
 }
 
-/// One cell of the sweep. `k = 0` is the target-only baseline.
+/// One cell of the sweep: target-only (`draft` is `None`), or a drafter (its index in
+/// `ExperimentFile::drafters`) with a draft length.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Cell {
     pub backend: Backend,
     pub temperature: f64,
-    pub k: usize,
+    pub draft: Option<(usize, DraftLength)>,
 }
 
 impl Cell {
+    /// The most tokens a step drafts: the `k` column (0 for the baseline).
+    pub fn k(&self) -> usize {
+        self.draft.map_or(0, |(_, length)| length.max())
+    }
+
     /// Its identity in result rows; specbench's rows carry the target's dtype.
-    pub fn key(&self, dtype: &str) -> CellKey {
-        CellKey::new(ENGINE, self.backend.name(), dtype, self.temperature, self.k)
+    pub fn key(&self, dtype: &str, drafter_names: &[String]) -> CellKey {
+        let key = CellKey::new(ENGINE, self.backend.name(), dtype, self.temperature, self.k());
+        match self.draft {
+            Some((drafter, length)) => key.with_drafter(&drafter_names[drafter], &length.schedule()),
+            None => key,
+        }
     }
 }
 
@@ -133,7 +398,7 @@ pub struct ExperimentFile {
     /// The file verbatim (recorded in the manifest).
     pub text: String,
     pub target: ModelSpec,
-    pub draft: ModelSpec,
+    pub drafters: Vec<DrafterPlan>,
     pub prompts_file: Option<PathBuf>,
 }
 
@@ -168,10 +433,21 @@ impl ExperimentFile {
             Ok(ModelSpec::Folder(std::fs::canonicalize(&dir).unwrap_or(dir)))
         };
         let target = model(&config.models.target, "models.target")?;
-        let draft = model(&config.models.draft, "models.draft")?;
+        let drafters = match &config.models.draft {
+            Some(entry) => vec![DrafterPlan {
+                name: LEGACY_DRAFTER.into(),
+                kind: DrafterKind::Model { spec: model(entry, "models.draft")?, dtype: entry.dtype.clone() },
+            }],
+            None => config
+                .drafters
+                .iter()
+                .enumerate()
+                .map(|(i, entry)| entry.plan(i, |e, key| model(e, key)))
+                .collect::<Result<Vec<_>>>()?,
+        };
         let prompts_file =
             config.prompts.file.as_deref().map(|f| resolve_beside(path, f, "prompts.file")).transpose()?;
-        Ok(Self { config, text, target, draft, prompts_file })
+        Ok(Self { config, text, target, drafters, prompts_file })
     }
 }
 
@@ -251,15 +527,57 @@ impl ExperimentConfig {
         if self.prompts.limit == Some(0) {
             return bad("prompts.limit", "must be at least 1");
         }
-        for (key, entry) in [("models.target", &self.models.target), ("models.draft", &self.models.draft)] {
-            if !["f32", "f16", "bf16", "q8_0", "q4_0"].contains(&entry.dtype.as_str()) {
+        let models =
+            [("models.target", Some(&self.models.target)), ("models.draft", self.models.draft.as_ref())];
+        for (key, entry) in models.into_iter().filter_map(|(key, entry)| Some((key, entry?))) {
+            if !DTYPES.contains(&entry.dtype.as_str()) {
                 return Err(Error::InvalidConfig(format!(
-                    "`{key}.dtype` is `{}`; choose f32, f16, bf16, q8_0 or q4_0",
-                    entry.dtype
+                    "`{key}.dtype` is `{}`; choose {}",
+                    entry.dtype,
+                    DTYPES.join(", ")
                 )));
             }
         }
+        match (&self.models.draft, self.drafters.is_empty()) {
+            (Some(_), false) => {
+                return bad(
+                    "models.draft",
+                    "and [[drafters]] are both given: list the draft model as a drafter of kind `model`",
+                );
+            }
+            (None, true) => {
+                return bad("drafters", "is empty: give [models.draft] or at least one [[drafters]] entry");
+            }
+            _ => {}
+        }
+        for (i, entry) in self.drafters.iter().enumerate() {
+            entry.check(i)?;
+        }
+        let names: Vec<&str> = self.drafters.iter().map(|d| d.name.as_str()).collect();
+        duplicate("drafters.name", &names)?;
+        duplicate("sweep.adaptive", &s.adaptive)?;
+        self.draft_lengths()?;
         Ok(())
+    }
+
+    /// Each fixed k, then each adaptive schedule capped at the largest k.
+    pub fn draft_lengths(&self) -> Result<Vec<DraftLength>> {
+        let max = self.sweep.k.iter().copied().max().unwrap_or(0);
+        let fixed = self.sweep.k.iter().map(|&k| Ok(DraftLength::Fixed(k)));
+        let adaptive = self.sweep.adaptive.iter().map(|text| {
+            DraftLength::parse_schedule(text, max)
+                .map_err(|why| Error::InvalidConfig(format!("`sweep.adaptive`: {why}")))
+        });
+        fixed.chain(adaptive).collect()
+    }
+
+    /// The drafters' names in sweep order (`[models.draft]` is `draft`).
+    pub fn drafter_names(&self) -> Vec<String> {
+        if self.models.draft.is_some() {
+            vec![LEGACY_DRAFTER.into()]
+        } else {
+            self.drafters.iter().map(|d| d.name.clone()).collect()
+        }
     }
 
     /// The temperatures with -0.0 written as 0.0, so that a cell has one temperature identity.
@@ -267,13 +585,18 @@ impl ExperimentConfig {
         self.sweep.temperatures.iter().map(|&t| t + 0.0).collect()
     }
 
-    /// Every cell of the sweep, in run order: backend × temperature × (0, then each k).
+    /// Every cell of the sweep, in run order: backend × temperature × (the baseline, then each
+    /// drafter × each draft length).
     pub fn cells(&self) -> Vec<Cell> {
+        let lengths = self.draft_lengths().expect("validated");
         let mut all = Vec::new();
         for backend in self.backends() {
             for temperature in self.temperatures() {
-                for k in std::iter::once(0).chain(self.sweep.k.iter().copied()) {
-                    all.push(Cell { backend, temperature, k });
+                all.push(Cell { backend, temperature, draft: None });
+                for drafter in 0..self.drafter_names().len() {
+                    for &length in &lengths {
+                        all.push(Cell { backend, temperature, draft: Some((drafter, length)) });
+                    }
                 }
             }
         }
@@ -340,7 +663,7 @@ temperatures = [0.0, 1.0]
         let config = ExperimentConfig::parse(VALID).unwrap();
         assert_eq!((config.experiment.repeats, config.experiment.warmup), (1, 1));
         assert_eq!(config.sweep.top_p, 1.0);
-        assert_eq!(config.models.draft.dtype, "f32");
+        assert_eq!(config.models.draft.unwrap().dtype, "f32");
     }
 
     #[test]
@@ -375,6 +698,81 @@ temperatures = [0.0, 1.0]
             let err = error_of(&VALID.replace(from, to));
             assert!(err.contains(key), "{to}: {err}");
         }
+    }
+
+    const DRAFTERS: &str = r#"
+[experiment]
+name = "t"
+max_new_tokens = 8
+[models.target]
+path = "random:custom"
+[[drafters]]
+name = "q4"
+kind = "quantized"
+dtype = "q4_0"
+[[drafters]]
+name = "skip"
+kind = "layer_skip"
+layers = "0-1,3"
+[[drafters]]
+name = "lookup"
+kind = "ngram"
+[sweep]
+k = [1, 4]
+adaptive = ["heuristic:2", "confidence:0.4"]
+backends = ["ndarray"]
+temperatures = [0.0]
+"#;
+
+    #[test]
+    fn drafters_and_adaptive_schedules_make_the_cells() {
+        let config = ExperimentConfig::parse(DRAFTERS).unwrap();
+        assert_eq!(config.drafter_names(), ["q4", "skip", "lookup"]);
+        // The baseline, then 3 drafters × (2 fixed k + 2 schedules).
+        let cells = config.cells();
+        assert_eq!(cells.len(), 1 + 3 * 4);
+        let names = config.drafter_names();
+        let labels: Vec<String> = cells.iter().map(|c| c.key("f32", &names).draft_label()).collect();
+        assert_eq!(labels[0], "target only");
+        assert!(labels.contains(&"skip heuristic:2 (k ≤ 4)".to_string()), "{labels:?}");
+        assert!(labels.contains(&"lookup k=1".to_string()), "{labels:?}");
+        let plan = config.drafters[1].plan(1, |_, _| unreachable!("no checkpoint")).unwrap();
+        assert_eq!(plan.kind, DrafterKind::LayerSkip(LayerSelection::Keep(vec![0, 1, 3])));
+        assert_eq!(LayerSelection::Keep(vec![0, 1, 3]).skipped(6), vec![2, 4, 5]);
+        assert_eq!(ranges_text(&[5, 0, 1, 2, 7, 8]), "0-2,5,7-8");
+        // The legacy [models.draft] is one drafter named `draft`.
+        assert_eq!(ExperimentConfig::parse(VALID).unwrap().drafter_names(), ["draft"]);
+    }
+
+    #[test]
+    fn drafter_mistakes_name_their_key() {
+        for (from, to, key) in [
+            ("kind = \"ngram\"", "kind = \"ngram\"\ndtype = \"q4_0\"", "drafters[2].dtype"),
+            ("kind = \"ngram\"", "kind = \"medusa\"", "drafters[2].kind"),
+            ("kind = \"ngram\"", "kind = \"ngram\"\nmin_n = 3\nmax_n = 2", "drafters[2].min_n"),
+            ("dtype = \"q4_0\"", "dtype = \"q3_k\"", "drafters[0].dtype"),
+            ("dtype = \"q4_0\"\n", "", "drafters[0].dtype"),
+            ("layers = \"0-1,3\"", "layers = \"0-x\"", "drafters[1].layers"),
+            ("layers = \"0-1,3\"", "layers = \"0-1\"\nskip = [2]", "drafters[1].skip"),
+            ("name = \"lookup\"", "name = \"q4\"", "drafters.name"),
+            (
+                "adaptive = [\"heuristic:2\", \"confidence:0.4\"]",
+                "adaptive = [\"heuristic:9\"]",
+                "sweep.adaptive",
+            ),
+            (
+                "adaptive = [\"heuristic:2\", \"confidence:0.4\"]",
+                "adaptive = [\"confidence:2\"]",
+                "sweep.adaptive",
+            ),
+            ("[models.target]", "[models.draft]\npath = \"random:custom\"\n[models.target]", "models.draft"),
+        ] {
+            assert!(DRAFTERS.contains(from), "{from}");
+            let err = error_of(&DRAFTERS.replace(from, to));
+            assert!(err.contains(key), "{to}: {err}");
+        }
+        let none = VALID.replace("[models.draft]\npath = \"random:custom\"\n", "");
+        assert!(error_of(&none).contains("drafters"), "{}", error_of(&none));
     }
 
     #[test]

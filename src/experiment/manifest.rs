@@ -1,5 +1,6 @@
 //! `manifest.json`: everything needed to know what a result folder measured, and where.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
@@ -35,7 +36,6 @@ pub struct Manifest {
     /// Per backend: the device burn reports (adapter for wgpu) and who multiplied the projections.
     pub devices: Vec<String>,
     pub target_dtype: String,
-    pub draft_dtype: String,
     pub started: String,
     pub finished: Option<String>,
     #[serde(default)]
@@ -48,7 +48,9 @@ pub struct Manifest {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RunModels {
     pub target: ModelIdentity,
-    pub draft: ModelIdentity,
+    /// Each drafter with a checkpoint of its own, by name (the others draft from the target).
+    #[serde(default)]
+    pub drafters: BTreeMap<String, ModelIdentity>,
 }
 
 impl RunModels {
@@ -67,11 +69,16 @@ impl RunModels {
                 format!("{role} {place}, fingerprint {} vs {}", short(&a.fingerprint), short(&b.fingerprint))
             })
         };
-        let parts: Vec<String> =
-            [one("target", &self.target, &other.target), one("draft", &self.draft, &other.draft)]
-                .into_iter()
-                .flatten()
-                .collect();
+        let mut parts: Vec<String> = one("target", &self.target, &other.target).into_iter().collect();
+        let names: std::collections::BTreeSet<&String> =
+            self.drafters.keys().chain(other.drafters.keys()).collect();
+        for name in names {
+            let role = format!("drafter `{name}`");
+            match (self.drafters.get(name), other.drafters.get(name)) {
+                (Some(a), Some(b)) => parts.extend(one(&role, a, b)),
+                _ => parts.push(format!("{role} is in one run and not the other (or predates drafters)")),
+            }
+        }
         (!parts.is_empty()).then(|| parts.join("; "))
     }
 }

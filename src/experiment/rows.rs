@@ -19,13 +19,20 @@ pub struct RunRow {
     pub backend: String,
     pub dtype: String,
     pub target: String,
-    /// Empty for target-only rows.
+    /// What drafted: a checkpoint, or what the target became (empty for target-only rows).
     pub draft: String,
+    /// The drafter's name in the config (`draft` for `[models.draft]`; empty for target-only
+    /// rows).
+    #[serde(default)]
+    pub drafter: String,
     pub prompt_id: String,
     pub category: String,
     pub temperature: f64,
-    /// 0 for the target-only baseline.
+    /// 0 for the target-only baseline; the most a step may draft for adaptive schedules.
     pub k: usize,
+    /// Empty for a fixed k; else the adaptive schedule (`heuristic:4`, `confidence:0.5`).
+    #[serde(default)]
+    pub schedule: String,
     pub repeat: usize,
     pub seed: u64,
     pub new_tokens: usize,
@@ -54,6 +61,10 @@ pub struct RunRow {
     /// Target calls per accepted length 0..=k, `;`-separated.
     #[serde(default)]
     pub accepted_len_hist: String,
+    /// Target calls per number of draft tokens proposed 0..=k, `;`-separated: the draft length
+    /// actually used.
+    #[serde(default)]
+    pub drafted_len_hist: String,
     /// Σβ and the number of verified positions, so α aggregates exactly across rows.
     #[serde(default)]
     pub overlap_sum: Option<f64>,
@@ -68,6 +79,12 @@ pub struct CellKey {
     pub engine: String,
     pub backend: String,
     pub dtype: String,
+    /// Empty for the target-only baseline.
+    #[serde(default)]
+    pub drafter: String,
+    /// Empty for a fixed k.
+    #[serde(default)]
+    pub schedule: String,
     pub temperature: f64,
     /// 0 for the target-only baseline.
     pub k: usize,
@@ -79,22 +96,45 @@ impl CellKey {
             engine: engine.into(),
             backend: backend.into(),
             dtype: dtype.into(),
+            drafter: String::new(),
+            schedule: String::new(),
             temperature: temperature + 0.0,
             k,
         }
     }
 
+    pub fn with_drafter(self, drafter: &str, schedule: &str) -> Self {
+        Self { drafter: drafter.into(), schedule: schedule.into(), ..self }
+    }
+
     /// The target-only cell that this cell's speedup is measured against.
     pub fn baseline(&self) -> Self {
-        Self { k: 0, ..self.clone() }
+        Self { k: 0, drafter: String::new(), schedule: String::new(), ..self.clone() }
+    }
+
+    /// The drafter and its draft length in words: `draft k=3`, `ngram heuristic:4 (k ≤ 8)`.
+    pub fn draft_label(&self) -> String {
+        match (self.k, self.schedule.is_empty()) {
+            (0, _) => "target only".into(),
+            (k, true) => format!("{} k={k}", self.drafter),
+            (k, false) => format!("{} {} (k ≤ {k})", self.drafter, self.schedule),
+        }
     }
 
     pub fn label(&self) -> String {
-        format!("{} {} {} T={} k={}", self.engine, self.backend, self.dtype, self.temperature, self.k)
+        format!(
+            "{} {} {} T={} {}",
+            self.engine,
+            self.backend,
+            self.dtype,
+            self.temperature,
+            self.draft_label()
+        )
     }
 
-    fn identity(&self) -> (&str, &str, &str, u64, usize) {
-        (&self.engine, &self.backend, &self.dtype, (self.temperature + 0.0).to_bits(), self.k)
+    fn identity(&self) -> (&str, &str, &str, &str, &str, u64, usize) {
+        let t = (self.temperature + 0.0).to_bits();
+        (&self.engine, &self.backend, &self.dtype, &self.drafter, &self.schedule, t, self.k)
     }
 }
 
@@ -136,6 +176,7 @@ const MAX_ROW_K: usize = 1024;
 impl RunRow {
     pub fn cell(&self) -> CellKey {
         CellKey::new(&self.engine, &self.backend, &self.dtype, self.temperature, self.k)
+            .with_drafter(&self.drafter, &self.schedule)
     }
 
     pub fn key(&self) -> RowKey {
@@ -162,6 +203,7 @@ impl RunRow {
             ("position_proposed", &self.position_proposed, self.k),
             ("position_accepted", &self.position_accepted, self.k),
             ("accepted_len_hist", &self.accepted_len_hist, self.k + 1),
+            ("drafted_len_hist", &self.drafted_len_hist, self.k + 1),
         ] {
             let entries: Vec<&str> = list.split(';').filter(|s| !s.is_empty()).collect();
             if entries.len() > max {
@@ -229,16 +271,33 @@ impl RowWriter {
             path: path.to_path_buf(),
             file: OpenOptions::new().create(true).append(true).open(path).map_err(io("open for writing"))?,
         };
+        let header = writer.header()?;
         if is_new {
-            let mut header = csv::WriterBuilder::new().has_headers(true).from_writer(Vec::new());
-            // The csv crate writes a header with the first record: serialize a blank row and
-            // keep only the header line.
-            header.serialize(RunRow::default()).map_err(|e| writer.csv_error(e))?;
-            let bytes = header.into_inner().map_err(|e| writer.csv_error(e.into_error().into()))?;
-            let first_line = bytes.iter().position(|&b| b == b'\n').map_or(bytes.len(), |i| i + 1);
-            writer.write_bytes(&bytes[..first_line])?;
+            writer.write_bytes(header.as_bytes())?;
+        } else {
+            // Rows appended under another header would land in the wrong columns.
+            let text = crate::files::read_text(path)?;
+            let found = text.split_inclusive('\n').next().unwrap_or_default();
+            if found != header {
+                return Err(Error::MalformedFile {
+                    path: path.to_path_buf(),
+                    message: "its columns are not those this specbench writes (made by an older version?); \
+                              rows cannot be appended to it: run the sweep into a new folder"
+                        .into(),
+                });
+            }
         }
         Ok(writer)
+    }
+
+    /// The header line, as the csv crate writes it with the first record: a blank row is
+    /// serialized and only the header line kept.
+    fn header(&self) -> Result<String> {
+        let mut header = csv::WriterBuilder::new().has_headers(true).from_writer(Vec::new());
+        header.serialize(RunRow::default()).map_err(|e| self.csv_error(e))?;
+        let bytes = header.into_inner().map_err(|e| self.csv_error(e.into_error().into()))?;
+        let first_line = bytes.iter().position(|&b| b == b'\n').map_or(bytes.len(), |i| i + 1);
+        Ok(String::from_utf8_lossy(&bytes[..first_line]).into_owned())
     }
 
     pub fn append(&mut self, row: &RunRow) -> Result<()> {
@@ -291,6 +350,15 @@ mod tests {
         writer.append(&row("c", 1)).unwrap();
         let prompts: Vec<String> = read_rows(&path).unwrap().into_iter().map(|r| r.prompt_id).collect();
         assert_eq!(prompts, ["a", "b", "c"]);
+    }
+
+    #[test]
+    fn rows_are_not_appended_under_another_header() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("runs.csv");
+        std::fs::write(&path, "engine,backend,k\nspecbench,ndarray,0\n").unwrap();
+        let err = RowWriter::open(&path).err().expect("another header").to_string();
+        assert!(err.contains("runs.csv") && err.contains("columns"), "{err}");
     }
 
     #[test]

@@ -13,12 +13,13 @@ use std::str::FromStr;
 
 use indicatif::{ProgressBar, ProgressStyle};
 
-use super::config::{Cell, ExperimentConfig, ExperimentFile};
+use super::config::{Cell, DrafterKind, DrafterPlan, ExperimentConfig, ExperimentFile};
 use super::lock::FolderLock;
 use super::manifest::{Build, Machine, Manifest, RunModels, now, sha256_hex};
 use super::prompts::{self, Prompt};
 use super::rows::{ENGINE, RowKey, RowWriter, RunRow, done_keys, join_counts, read_rows};
 use crate::backend::{Backend, Runtime};
+use crate::decoding::drafter::{DraftLength, Drafter, LayerSkip, ModelDrafter, NgramDrafter};
 use crate::decoding::pairing::shared_vocab;
 use crate::decoding::speculative::Speculative;
 use crate::decoding::{Generation, GenerationConfig, autoregressive};
@@ -144,7 +145,15 @@ impl Plan {
                 s.index, s.count
             )));
         }
-        let models = RunModels { target: file.target.identity()?, draft: file.draft.identity()? };
+        let drafters = file
+            .drafters
+            .iter()
+            .filter_map(|d| match &d.kind {
+                DrafterKind::Model { spec, .. } => Some(spec.identity().map(|id| (d.name.clone(), id))),
+                _ => None,
+            })
+            .collect::<Result<_>>()?;
+        let models = RunModels { target: file.target.identity()?, drafters };
         Ok(Self { file, prompts, shard, cells, models })
     }
 
@@ -214,7 +223,6 @@ impl ResultFolder {
             machine: Machine::this(),
             devices: Vec::new(),
             target_dtype: config.models.target.dtype.clone(),
-            draft_dtype: config.models.draft.dtype.clone(),
             started: now(),
             finished: None,
             resumed: Vec::new(),
@@ -325,9 +333,10 @@ fn execute(plan: &Plan, folder: &ResultFolder, show_progress: bool) -> Result<Ex
         ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} rows, ETA {eta} {msg}")
             .expect("valid template"),
     );
-    let dtype = config.models.target.dtype.as_str();
+    let (dtype, names) = (config.models.target.dtype.as_str(), config.drafter_names());
     let pending = |cell: &Cell, p: &Prompt, repeat| {
-        !done.contains(&RowKey { cell: cell.key(dtype), prompt_id: p.id.clone(), repeat })
+        let cell = cell.key(dtype, &names);
+        !done.contains(&RowKey { cell, prompt_id: p.id.clone(), repeat })
     };
     let any_pending = |cells: &[Cell]| {
         cells.iter().any(|c| plan.prompts.iter().any(|p| (0..repeats).any(|r| pending(c, p, r))))
@@ -384,31 +393,51 @@ struct Executed {
     stop_ids: Vec<u32>,
 }
 
-/// What one backend's part of the sweep shares: the loaded pair and the encoded prompts.
+/// What one backend's part of the sweep shares: the target, each drafter's models, and the
+/// encoded prompts.
 struct BackendSweep<'a> {
     plan: &'a Plan,
     target: LoadedModel,
-    draft: LoadedModel,
-    vocab: usize,
+    /// In the order of `ExperimentFile::drafters`.
+    drafters: Vec<LoadedDrafter>,
     encoded: Vec<Vec<u32>>,
     /// The target's stop tokens and the config's.
     stop_ids: Vec<u32>,
 }
 
+/// A drafter's loaded part and the vocabulary it and the target are scored over.
+struct LoadedDrafter {
+    source: DraftSource,
+    vocab: usize,
+}
+
+enum DraftSource {
+    /// A checkpoint of its own, or the target's loaded again in another dtype (boxed: the
+    /// other variants are small).
+    Model(Box<LoadedModel>),
+    /// The target's layers to leave out.
+    LayerSkip(Vec<usize>),
+    Ngram(NgramDrafter),
+}
+
 impl<'a> BackendSweep<'a> {
-    /// Loads the pair on `backend` and checks, before any generation, that every prompt fits
-    /// both models' context with every cell's max_new_tokens + k.
+    /// Loads the target and the drafters on `backend` and checks, before any generation, that
+    /// every prompt fits every model's context with every cell's max_new_tokens + k.
     fn load(plan: &'a Plan, backend: Backend) -> Result<Self> {
         let models = &plan.config().models;
         let seed = plan.config().experiment.seed;
         let runtime = Runtime::new(backend, &models.target.dtype)?;
         let target = LoadedModel::load(&plan.file.target, &runtime, seed)
             .map_err(|e| in_context(format!("loading target {}", plan.file.target), e))?;
-        let draft_runtime = runtime.with_dtype(&models.draft.dtype)?;
-        // Another seed keeps a random draft from being a copy of a random target.
-        let draft = LoadedModel::load(&plan.file.draft, &draft_runtime, seed.wrapping_add(1))
-            .map_err(|e| in_context(format!("loading draft {}", plan.file.draft), e))?;
-        let vocab = shared_vocab(&target, &draft)?;
+        let drafters = plan
+            .file
+            .drafters
+            .iter()
+            .map(|drafter| {
+                LoadedDrafter::load(drafter, &target, &runtime, plan, seed)
+                    .map_err(|e| in_context(format!("loading drafter `{}`", drafter.name), e))
+            })
+            .collect::<Result<Vec<_>>>()?;
         let encoded = plan
             .prompts
             .iter()
@@ -422,16 +451,16 @@ impl<'a> BackendSweep<'a> {
             })
             .collect::<Result<Vec<_>>>()?;
         let stop_ids = target.stop_ids(&plan.config().experiment.stop_token_ids);
-        let sweep = Self { plan, target, draft, vocab, encoded, stop_ids };
+        let sweep = Self { plan, target, drafters, encoded, stop_ids };
         sweep.check_context()?;
         Ok(sweep)
     }
 
-    /// Every position a cell can reach must be inside both models' context: the prompt, the
+    /// Every position a cell can reach must be inside every model's context: the prompt, the
     /// new tokens, and (for k > 0) the k drafts verified after the last of them.
     fn check_context(&self) -> Result<()> {
         let max_new = self.plan.config().experiment.max_new_tokens;
-        let k_max = self.plan.cells.iter().map(|c| c.k).max().unwrap_or(0);
+        let k_max = self.plan.cells.iter().map(Cell::k).max().unwrap_or(0);
         for (prompt, ids) in self.plan.prompts.iter().zip(&self.encoded) {
             let what = format!(
                 "prompt `{}` ({} tokens) + max_new_tokens {max_new} + k {k_max}",
@@ -440,7 +469,11 @@ impl<'a> BackendSweep<'a> {
             );
             let positions = ids.len() + max_new + k_max;
             self.target.check_context("target", positions, &what)?;
-            self.draft.check_context("draft", positions, &what)?;
+            for (plan, drafter) in self.plan.file.drafters.iter().zip(&self.drafters) {
+                if let DraftSource::Model(model) = &drafter.source {
+                    model.check_context(&format!("drafter `{}`", plan.name), positions, &what)?;
+                }
+            }
         }
         Ok(())
     }
@@ -458,35 +491,56 @@ impl<'a> BackendSweep<'a> {
             seed,
         };
         let prompt = &self.encoded[prompt_index];
-        let result = if cell.k == 0 {
-            autoregressive::generate(&self.target.model, prompt, &generation)
-        } else {
-            Speculative::new(&self.target.model, &self.draft.model, self.vocab, cell.k)
-                .and_then(|s| s.generate(prompt, &generation))
+        let target = &self.target.model;
+        let result = match cell.draft {
+            None => autoregressive::generate(target, prompt, &generation),
+            Some((index, length)) => {
+                let LoadedDrafter { source, vocab } = &self.drafters[index];
+                let vocab = *vocab;
+                match source {
+                    DraftSource::Model(draft) => speculate(
+                        target,
+                        ModelDrafter::new(&draft.model, vocab),
+                        vocab,
+                        length,
+                        prompt,
+                        &generation,
+                    ),
+                    DraftSource::LayerSkip(skip) => LayerSkip::new(target, skip).and_then(|view| {
+                        speculate(target, ModelDrafter::new(&view, vocab), vocab, length, prompt, &generation)
+                    }),
+                    DraftSource::Ngram(ngram) => {
+                        speculate(target, Ok(*ngram), vocab, length, prompt, &generation)
+                    }
+                }
+            }
         };
         result.map_err(|e| {
             let prompt = &self.plan.prompts[prompt_index].id;
-            in_context(
-                format!("prompt `{prompt}`, cell {} T = {} k = {}", cell.backend, cell.temperature, cell.k),
-                e,
-            )
+            let cell_key = cell.key(&config.models.target.dtype, &config.drafter_names());
+            in_context(format!("prompt `{prompt}`, cell {}", cell_key.label()), e)
         })
     }
 
     fn row(&self, cell: &Cell, prompt: &Prompt, repeat: usize, seed: u64, g: &Generation) -> RunRow {
         let a = &g.acceptance;
         let t = &g.timings;
-        let speculative = cell.k > 0;
+        let speculative = cell.draft.is_some();
+        let config = self.plan.config();
+        let key = cell.key(&config.models.target.dtype, &config.drafter_names());
+        let draft = cell.draft.map(|(i, _)| self.plan.file.drafters[i].describe(&self.target.spec));
         RunRow {
             engine: ENGINE.into(),
             backend: cell.backend.name().into(),
             dtype: self.plan.config().models.target.dtype.clone(),
             target: self.target.spec.to_string(),
-            draft: if speculative { self.draft.spec.to_string() } else { String::new() },
+            draft: draft.unwrap_or_default(),
+            drafter: key.drafter,
             prompt_id: prompt.id.clone(),
             category: prompt.category.clone(),
             temperature: cell.temperature,
-            k: cell.k,
+            k: cell.k(),
+            schedule: key.schedule,
             repeat,
             seed,
             new_tokens: g.tokens.len(),
@@ -505,10 +559,57 @@ impl<'a> BackendSweep<'a> {
             position_proposed: join_counts(&a.position_proposed),
             position_accepted: join_counts(&a.position_accepted),
             accepted_len_hist: join_counts(&a.accepted_len_hist),
+            drafted_len_hist: join_counts(&a.drafted_len_hist),
             overlap_sum: speculative.then_some(a.overlap_sum),
             overlap_count: speculative.then_some(a.overlap_count),
         }
     }
+}
+
+impl LoadedDrafter {
+    fn load(
+        drafter: &DrafterPlan,
+        target: &LoadedModel,
+        runtime: &Runtime,
+        plan: &Plan,
+        seed: u64,
+    ) -> Result<Self> {
+        let own_vocab = || shared_vocab(target, target);
+        Ok(match &drafter.kind {
+            DrafterKind::Model { spec, dtype } => {
+                // Another seed keeps a random draft from being a copy of a random target.
+                let model = LoadedModel::load(spec, &runtime.with_dtype(dtype)?, seed.wrapping_add(1))?;
+                let vocab = shared_vocab(target, &model)?;
+                Self { source: DraftSource::Model(Box::new(model)), vocab }
+            }
+            DrafterKind::Quantized { dtype } => {
+                // The same seed: a random target's drafter is that target in another dtype.
+                let model = LoadedModel::load(&plan.file.target, &runtime.with_dtype(dtype)?, seed)?;
+                Self { source: DraftSource::Model(Box::new(model)), vocab: own_vocab()? }
+            }
+            DrafterKind::LayerSkip(selection) => {
+                let skip = selection.skipped(target.model.config().num_hidden_layers);
+                // Checked here, once, rather than at the first cell.
+                LayerSkip::new(&target.model, &skip)?;
+                Self { source: DraftSource::LayerSkip(skip), vocab: own_vocab()? }
+            }
+            DrafterKind::Ngram { min_n, max_n } => {
+                Self { source: DraftSource::Ngram(NgramDrafter::new(*min_n, *max_n)?), vocab: own_vocab()? }
+            }
+        })
+    }
+}
+
+/// One speculative generation with `drafter` (its construction's error passed through).
+fn speculate<D: Drafter>(
+    target: &crate::model::Llama,
+    drafter: Result<D>,
+    vocab: usize,
+    length: DraftLength,
+    prompt: &[u32],
+    config: &GenerationConfig,
+) -> Result<Generation> {
+    Speculative::new(target, drafter?, vocab, length)?.generate(prompt, config)
 }
 
 fn in_context(context: String, error: Error) -> Error {
@@ -528,7 +629,7 @@ mod tests {
         .unwrap();
         let all = cells(&config, None);
         assert_eq!(all.len(), 8);
-        let key = |c: &Cell| (c.temperature.to_bits(), c.k);
+        let key = |c: &Cell| (c.temperature.to_bits(), c.k());
         let shards: Vec<Vec<Cell>> =
             (0..3).map(|i| cells(&config, Some(Shard { index: i, count: 3 }))).collect();
         let mut joined: Vec<_> = shards.iter().flatten().map(key).collect();

@@ -18,6 +18,7 @@ use crate::error::Result;
 use crate::kernels::dot;
 use crate::model::cache::KvCache;
 use crate::model::config::LlamaConfig;
+use crate::model::llama::skips;
 use crate::model::projection::HostMatrix;
 use crate::model::rope::{Rope, rotate_host};
 use crate::model::weights::{LayerWeight, Weight, WeightSource};
@@ -124,25 +125,25 @@ impl HostLlama {
 
     /// Logits `[rows, vocab]` of the last `rows` of `ids` (checked by the caller), which follow
     /// the positions held in `cache`.
-    pub fn forward(&self, ids: &[u32], cache: &mut KvCache, rows: usize) -> Vec<f32> {
+    pub fn forward(&self, ids: &[u32], cache: &mut KvCache, rows: usize, skip: &[bool]) -> Vec<f32> {
         #[cfg(target_arch = "x86_64")]
         if crate::kernels::matvec::vector_path_available() {
             // SAFETY: the CPU has AVX2 and FMA.
-            return unsafe { self.forward_avx2(ids, cache, rows) };
+            return unsafe { self.forward_avx2(ids, cache, rows, skip) };
         }
-        self.forward_portable(ids, cache, rows)
+        self.forward_portable(ids, cache, rows, skip)
     }
 
     /// The same step compiled with AVX2 and FMA, so that the loops around the products (norms,
     /// attention's dot products and weighted sums, residual adds) run eight lanes wide.
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2,fma")]
-    unsafe fn forward_avx2(&self, ids: &[u32], cache: &mut KvCache, rows: usize) -> Vec<f32> {
-        self.forward_portable(ids, cache, rows)
+    unsafe fn forward_avx2(&self, ids: &[u32], cache: &mut KvCache, rows: usize, skip: &[bool]) -> Vec<f32> {
+        self.forward_portable(ids, cache, rows, skip)
     }
 
     #[inline(always)]
-    fn forward_portable(&self, ids: &[u32], cache: &mut KvCache, rows: usize) -> Vec<f32> {
+    fn forward_portable(&self, ids: &[u32], cache: &mut KvCache, rows: usize, skip: &[bool]) -> Vec<f32> {
         let (seq, start, d) = (ids.len(), cache.len(), self.dims);
         let mut x = Vec::with_capacity(seq * d.hidden);
         for &id in ids {
@@ -151,6 +152,9 @@ impl HostLlama {
         let (cos, sin) = self.rope.host_cos_sin(start, seq);
         let mut normed = vec![0.0; x.len()];
         for (index, layer) in self.layers.iter().enumerate() {
+            if skips(skip, index) {
+                continue;
+            }
             rms_norm(&x, &layer.attention_norm, d.eps, &mut normed);
             let attention = layer.attend(&normed, seq, start, index, cache, &cos, &sin, d);
             add(&mut x, &layer.output.multiply(&attention, seq));

@@ -133,6 +133,18 @@ impl Llama {
     /// As `forward_ids`, but logits `[rows, vocab]` of the last `rows` positions only (at most
     /// `ids.len()`): a prompt needs one row, and the LM head is the largest product of a step.
     pub fn forward_last(&self, ids: &[u32], cache: &mut KvCache, rows: usize) -> Result<Tensor<2>> {
+        self.forward_skipping(ids, cache, rows, &[])
+    }
+
+    /// As `forward_last`, with layer `i` left out wherever `skip[i]` is true (layers past the
+    /// end of `skip` run): the residual stream passes it unchanged and its cache stays empty.
+    pub fn forward_skipping(
+        &self,
+        ids: &[u32],
+        cache: &mut KvCache,
+        rows: usize,
+        skip: &[bool],
+    ) -> Result<Tensor<2>> {
         if ids.is_empty() {
             return Err(Error::EmptyPrompt);
         }
@@ -150,11 +162,11 @@ impl Llama {
             Engine::Burn(burn) => {
                 let data = TensorData::new(ids.iter().map(|&t| t as i64).collect::<Vec<_>>(), [1, ids.len()]);
                 let logits =
-                    burn.forward(Tensor::<2, Int>::from_data(data, &device), cache).squeeze_dim::<2>(0);
+                    burn.forward(Tensor::<2, Int>::from_data(data, &device), cache, skip).squeeze_dim::<2>(0);
                 logits.slice(s![ids.len() - rows..ids.len(), ..])
             }
             Engine::Host(host) => {
-                let logits = host.forward(ids, cache, rows);
+                let logits = host.forward(ids, cache, rows, skip);
                 Tensor::from_data(TensorData::new(logits, [rows, vocab_size]), &device)
             }
         })
@@ -191,14 +203,14 @@ impl BurnLlama {
 
     /// Logits `[batch, seq, vocab]` (f32) for every position of `tokens: [batch, seq]`, which
     /// follow the positions held in `cache`.
-    fn forward(&self, tokens: Tensor<2, Int>, cache: &mut KvCache) -> Tensor<3> {
+    fn forward(&self, tokens: Tensor<2, Int>, cache: &mut KvCache, skip: &[bool]) -> Tensor<3> {
         let [_, seq] = tokens.dims();
         let start_pos = cache.len();
         let device = tokens.device();
         let (cos, sin) = self.rope.cos_sin(start_pos, seq, &device);
         let mask = (seq > 1).then(|| causal_mask(start_pos, seq, &device));
         let mut x = self.embed.lookup(tokens);
-        for (i, layer) in self.layers.iter().enumerate() {
+        for (i, layer) in self.layers.iter().enumerate().filter(|(i, _)| !skips(skip, *i)) {
             x = layer.forward(x, i, cache, &cos, &sin, mask.as_ref());
         }
         cache.advance(seq);
@@ -209,6 +221,11 @@ impl BurnLlama {
         };
         logits.cast(DType::F32)
     }
+}
+
+/// Whether layer `i` is left out (see `Llama::forward_skipping`).
+pub(crate) fn skips(skip: &[bool], i: usize) -> bool {
+    skip.get(i).copied().unwrap_or(false)
 }
 
 /// The rectangular causal mask `[seq, start + seq]` (true = hidden): query `i` sits at

@@ -73,17 +73,21 @@ pub fn summary_markdown(summary: &[SummaryRow], manifest: Option<&Manifest>) -> 
             paired by prompt and repeat (`ratio-t/N prompts`: the ratio estimator's delta-method interval on the log scale \
             with Student's t on N − 1 degrees of freedom; over repeats when there is one prompt). α = mean Σ min(p, q) over verified \
             positions; α̂ = accepted / proposed; τ = tokens per target call; E = (1 − α^(k+1)) / (1 − α); \
-            c = draft time per drafted token ÷ target time per verify call; predicted = Theorem 3.8 from α, c, k.\n\n";
+            c = draft time per drafted token ÷ target time per verify call; predicted = Theorem 3.8 from α, c, k; \
+            refined = E × (target-only time per step) ÷ (the cell's draft + verify time per target call), \
+            Theorem 3.8 without assuming a verify of k + 1 tokens costs one step. An adaptive schedule's k is its cap; \
+            \"drafted\" is the mean number of draft tokens per target call, and E is averaged over the lengths drafted.\n\n";
     out += &cell_table(summary);
-    out += "\n## By prompt category\n\n| category | engine | backend | T | k | n | α | τ | speedup [95% CI] |\n|---|---|---|---|---|---|---|---|---|\n";
+    out += "\n## By prompt category\n\n| category | engine | backend | T | drafter | k | n | α | τ | speedup [95% CI] |\n|---|---|---|---|---|---|---|---|---|---|\n";
     for r in summary.iter().filter(|r| r.category != ALL && r.k > 0) {
         out += &format!(
-            "| {} | {} | {} | {} | {} | {} | {} | {:.2} | {} |\n",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {:.2} | {} |\n",
             r.category,
             r.engine,
             r.backend,
             r.temperature,
-            r.k,
+            r.drafter,
+            k_cell(r),
             r.n,
             opt(r.alpha, 3),
             r.mean_accepted_len,
@@ -97,16 +101,18 @@ pub fn summary_markdown(summary: &[SummaryRow], manifest: Option<&Manifest>) -> 
 /// The per-cell table (all prompts) as markdown: what `run` and `report` print.
 pub fn cell_table(summary: &[SummaryRow]) -> String {
     let mut out = String::new();
-    out += "| engine | backend | dtype | T | k | n | α | α̂ | τ | E | tokens/s | target-only tokens/s | speedup [95% CI] | CI | c | predicted |\n";
-    out += "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n";
+    out += "| engine | backend | dtype | T | drafter | k | drafted | n | α | α̂ | τ | E | tokens/s | target-only tokens/s | speedup [95% CI] | CI | c | predicted | refined |\n";
+    out += "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n";
     for r in summary.iter().filter(|r| r.category == ALL) {
         out += &format!(
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {:.2} | {} | {:.2} | {} | {} | {} | {} | {} |\n",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {:.2} | {} | {:.2} | {} | {} | {} | {} | {} | {} |\n",
             r.engine,
             r.backend,
             r.dtype,
             r.temperature,
-            r.k,
+            if r.drafter.is_empty() { "—" } else { &r.drafter },
+            k_cell(r),
+            opt(r.mean_drafted, 2),
             r.n,
             opt(r.alpha, 3),
             opt(r.alpha_hat, 3),
@@ -118,9 +124,15 @@ pub fn cell_table(summary: &[SummaryRow]) -> String {
             r.ci_method,
             opt(r.cost_ratio, 3),
             r.predicted_speedup.map_or("—".into(), |p| format!("{p:.2}×")),
+            r.refined_speedup.map_or("—".into(), |p| format!("{p:.2}×")),
         );
     }
     out
+}
+
+/// `3`, or for an adaptive schedule `heuristic:4 ≤ 8`.
+fn k_cell(r: &SummaryRow) -> String {
+    if r.schedule.is_empty() { r.k.to_string() } else { format!("{} ≤ {}", r.schedule, r.k) }
 }
 
 /// What `merge` made: the summary, and the rows the config expects that no folder held.
@@ -211,12 +223,12 @@ pub fn merge(dirs: &[PathBuf], out: &Path) -> Result<Merged> {
 
 /// Every row a whole run of `config` on these prompts writes.
 fn expected_rows(config: &ExperimentConfig, prompt_ids: &[String]) -> Vec<RowKey> {
-    let dtype = &config.models.target.dtype;
+    let (dtype, names) = (&config.models.target.dtype, config.drafter_names());
     let mut keys = Vec::new();
     for cell in config.cells() {
         for prompt_id in prompt_ids {
             for repeat in 0..config.experiment.repeats {
-                keys.push(RowKey { cell: cell.key(dtype), prompt_id: prompt_id.clone(), repeat });
+                keys.push(RowKey { cell: cell.key(dtype, &names), prompt_id: prompt_id.clone(), repeat });
             }
         }
     }

@@ -10,7 +10,6 @@ use plotters::prelude::*;
 use super::summary::{ALL, SummaryRow, position_acceptance};
 use crate::error::{Error, Result};
 use crate::experiment::rows::{CellKey, ENGINE, RunRow};
-use crate::metrics::{expected_accepted_len, predicted_speedup};
 
 const SIZE: (u32, u32) = (900, 560);
 const FONT: &str = "sans-serif";
@@ -144,11 +143,17 @@ impl LineChart {
     }
 }
 
-/// The (engine, backend, temperature) groups of speculative cells, each with its rows by k.
+/// The (engine, backend, dtype, drafter, schedule, temperature) groups of speculative cells,
+/// each with its rows by k. An adaptive schedule is a group of one cell, drawn at the draft
+/// length it used on average.
 fn groups(summary: &[SummaryRow]) -> Vec<(String, Vec<&SummaryRow>)> {
     let mut out: Vec<(String, Vec<&SummaryRow>)> = Vec::new();
     for row in summary.iter().filter(|s| s.category == ALL && s.k > 0) {
-        let label = format!("{} {} {} T={}", row.engine, row.backend, row.dtype, row.temperature);
+        let schedule = if row.schedule.is_empty() { String::new() } else { format!(" {}", row.schedule) };
+        let label = format!(
+            "{} {} {} {}{schedule} T={}",
+            row.engine, row.backend, row.dtype, row.drafter, row.temperature
+        );
         match out.iter_mut().find(|(l, _)| *l == label) {
             Some((_, rows)) => rows.push(row),
             None => out.push((label, vec![row])),
@@ -210,22 +215,30 @@ pub fn write_all(summary: &[SummaryRow], rows: &[RunRow], dir: &Path) -> Result<
     )
 }
 
+/// Where a cell sits on the draft-length axis: its k, or for an adaptive schedule the mean
+/// number of tokens it drafted per step.
 fn k_of(row: &SummaryRow) -> f64 {
-    row.k as f64
+    match (row.schedule.is_empty(), row.mean_drafted) {
+        (false, Some(drafted)) => drafted,
+        _ => row.k as f64,
+    }
 }
 
-/// Measured speedup with its interval, and Theorem 3.8's prediction.
+/// Measured speedup with its interval, Theorem 3.8's prediction, and the refined prediction
+/// from the measured verify cost.
 fn speedup_series(color: usize, label: &str, cells: &[&SummaryRow]) -> Vec<Series> {
     let measured: Vec<(f64, f64)> = cells.iter().filter_map(|r| Some((k_of(r), r.speedup?))).collect();
     let mut series = vec![Series::solid(format!("{label} measured"), color, measured)];
     series[0].intervals =
         cells.iter().filter_map(|r| Some((k_of(r), r.speedup_ci_low?, r.speedup_ci_high?))).collect();
-    let predicted: Vec<(f64, f64)> = cells
-        .iter()
-        .filter_map(|r| Some((k_of(r), predicted_speedup(r.alpha?, r.cost_ratio?, r.k))))
-        .collect();
-    if !predicted.is_empty() {
-        series.push(Series::dashed(format!("{label} Thm 3.8"), color, predicted));
+    for (name, of) in [
+        ("Thm 3.8", (|r: &SummaryRow| r.predicted_speedup) as fn(&SummaryRow) -> Option<f64>),
+        ("refined", |r: &SummaryRow| r.refined_speedup),
+    ] {
+        let points: Vec<(f64, f64)> = cells.iter().filter_map(|r| Some((k_of(r), of(r)?))).collect();
+        if !points.is_empty() {
+            series.push(Series::dashed(format!("{label} {name}"), color, points));
+        }
     }
     series
 }
@@ -256,7 +269,7 @@ fn length_series(color: usize, label: &str, cells: &[&SummaryRow]) -> Vec<Series
         cells.iter().map(|r| (k_of(r), r.mean_accepted_len)).collect(),
     )];
     let expected: Vec<(f64, f64)> =
-        cells.iter().filter_map(|r| Some((k_of(r), expected_accepted_len(r.alpha?, r.k)))).collect();
+        cells.iter().filter_map(|r| Some((k_of(r), r.expected_accepted_len?))).collect();
     if !expected.is_empty() {
         series.push(Series::dashed(format!("{label} (1-a^(k+1))/(1-a)"), color, expected));
     }
@@ -270,7 +283,8 @@ fn position_series(rows: &[RunRow], color: usize, label: &str, cells: &[&Summary
         return Vec::new();
     }
     let cell =
-        CellKey::new(&longest.engine, &longest.backend, &longest.dtype, longest.temperature, longest.k);
+        CellKey::new(&longest.engine, &longest.backend, &longest.dtype, longest.temperature, longest.k)
+            .with_drafter(&longest.drafter, &longest.schedule);
     let points =
         position_acceptance(rows, &cell).iter().enumerate().map(|(i, &r)| ((i + 1) as f64, r)).collect();
     let mut series = vec![Series::solid(format!("{label} k={}", longest.k), color, points)];

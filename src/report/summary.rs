@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use statrs::distribution::{ContinuousCDF, StudentsT};
 
 use crate::experiment::rows::{CellKey, RunRow, split_counts};
-use crate::metrics::{expected_accepted_len, predicted_speedup};
+use crate::metrics::expected_accepted_len;
 
 pub const ALL: &str = "all";
 
@@ -16,11 +16,21 @@ pub struct SummaryRow {
     pub engine: String,
     pub backend: String,
     pub dtype: String,
+    /// Empty for the target-only baseline.
+    #[serde(default)]
+    pub drafter: String,
+    /// Empty for a fixed k; else the adaptive schedule.
+    #[serde(default)]
+    pub schedule: String,
     /// `all`, or one prompt category.
     pub category: String,
     pub temperature: f64,
     pub k: usize,
     pub n: usize,
+    /// Draft tokens proposed per target call (k for a fixed k, except where a stop cut the
+    /// last block; less for adaptive schedules and lookup drafters).
+    #[serde(default)]
+    pub mean_drafted: Option<f64>,
     pub alpha: Option<f64>,
     pub alpha_hat: Option<f64>,
     pub mean_accepted_len: f64,
@@ -35,6 +45,12 @@ pub struct SummaryRow {
     pub ci_method: String,
     pub cost_ratio: Option<f64>,
     pub predicted_speedup: Option<f64>,
+    /// Theorem 3.8 without its assumption that a verify costs one decode step: E over the
+    /// target's measured time per target-only step ÷ the cell's measured draft + verify time
+    /// per target call. Prefill and sampling are left out, so measured ÷ refined says what
+    /// the rest of the step costs.
+    #[serde(default)]
+    pub refined_speedup: Option<f64>,
 }
 
 /// One row per cell for all prompts, then one per cell and category.
@@ -81,17 +97,36 @@ fn summarize_cell(
         }
         None => (None, None, String::new()),
     };
-    let draft_s = sum(|r| r.draft_s);
-    let cost_ratio = (speculative && draft_s > 0.0 && proposed > 0.0)
-        .then(|| (draft_s / proposed) / (sum(|r| r.verify_s) / calls));
+    let (draft_s, verify_s) = (sum(|r| r.draft_s), sum(|r| r.verify_s));
+    let cost_ratio =
+        (speculative && draft_s > 0.0 && proposed > 0.0).then(|| (draft_s / proposed) / (verify_s / calls));
+    let drafted = speculative.then(|| drafted_len_shares(key.k, cell)).flatten();
+    let mean_drafted =
+        drafted.as_ref().map(|shares| shares.iter().enumerate().map(|(n, s)| n as f64 * s).sum());
+    // E under i.i.d. acceptance, averaged over the draft lengths the cell actually used.
+    let expected = alpha.zip(drafted.as_ref()).map(|(a, shares)| {
+        shares.iter().enumerate().map(|(n, s)| s * expected_accepted_len(a, n)).sum::<f64>()
+    });
+    let baseline_step = baseline.and_then(|b| {
+        let (time, steps) =
+            b.iter().fold((0.0, 0.0), |(t, n), r| (t + r.verify_s, n + r.target_calls as f64));
+        (steps > 0.0 && time > 0.0).then(|| time / steps)
+    });
+    let refined_speedup = expected
+        .zip(baseline_step)
+        .filter(|_| calls > 0.0)
+        .map(|(e, step)| e * step / ((draft_s + verify_s) / calls));
     SummaryRow {
         engine: key.engine.clone(),
         backend: key.backend.clone(),
         dtype: key.dtype.clone(),
+        drafter: key.drafter.clone(),
+        schedule: key.schedule.clone(),
         category: category.into(),
         temperature: key.temperature,
         k: key.k,
         n: cell.len(),
+        mean_drafted,
         alpha,
         alpha_hat: (proposed > 0.0).then(|| accepted / proposed),
         mean_accepted_len: if calls > 0.0 {
@@ -99,7 +134,7 @@ fn summarize_cell(
         } else {
             mean(cell.iter().map(|r| r.mean_accepted_len))
         },
-        expected_accepted_len: alpha.map(|a| expected_accepted_len(a, key.k)),
+        expected_accepted_len: expected,
         tokens_per_s,
         baseline_tokens_per_s,
         speedup,
@@ -107,8 +142,29 @@ fn summarize_cell(
         speedup_ci_high: ci.map(|c| c.1),
         ci_method,
         cost_ratio,
-        predicted_speedup: alpha.zip(cost_ratio).map(|(a, c)| predicted_speedup(a, c, key.k)),
+        predicted_speedup: expected
+            .zip(cost_ratio)
+            .zip(mean_drafted)
+            .map(|((e, c), drafted)| e / (drafted * c + 1.0)),
+        refined_speedup,
     }
+}
+
+/// The share of target calls that proposed n = 0..=k draft tokens, over the cell's rows; rows
+/// without `drafted_len_hist` (older files, other engines) count as k at every call.
+fn drafted_len_shares(k: usize, cell: &[&RunRow]) -> Option<Vec<f64>> {
+    let mut counts = vec![0.0; k + 1];
+    for r in cell {
+        let hist = split_counts(&r.drafted_len_hist);
+        if hist.is_empty() {
+            counts[k] += r.target_calls as f64;
+        }
+        for (n, c) in hist.into_iter().enumerate().take(k + 1) {
+            counts[n] += c as f64;
+        }
+    }
+    let total: f64 = counts.iter().sum();
+    (total > 0.0).then(|| counts.into_iter().map(|c| c / total).collect())
 }
 
 /// α from Σβ / Σ(verified positions) where rows carry them; else the mean of the rows' α.
@@ -241,6 +297,12 @@ mod tests {
         assert!((cell.mean_accepted_len - 2.0).abs() < 1e-12);
         // c = (0.8 s / 160 drafted) / (8 s / 80 calls) = 0.05.
         assert!((cell.cost_ratio.unwrap() - 0.05).abs() < 1e-12);
+        // Rows without a drafted-length histogram drafted k at every call.
+        assert_eq!(cell.mean_drafted, Some(2.0));
+        // Refined: E(0.6, 2) = 1.96 tokens per call, each call costing (0.8 + 8) s / 80 calls
+        // against a target-only step of 8 s / 80 steps.
+        let refined = 1.96 * 0.1 / (8.8 / 80.0);
+        assert!((cell.refined_speedup.unwrap() - refined).abs() < 1e-9, "{:?}", cell.refined_speedup);
         assert!(summary.iter().any(|s| s.category == "qa"));
     }
 

@@ -117,11 +117,18 @@ pub fn to_vec(t: burn::tensor::Tensor<2>) -> Vec<f32> {
 /// A seeded random Llama of the given dimensions on ndarray (Burn's matmul); a large `std`
 /// gives peaked distributions.
 pub fn random_model(dims: &str, seed: u64, std: f64) -> specbench::model::Llama {
-    use specbench::model::weights::RandomWeights;
-    use specbench::model::{CustomDims, Llama, LlamaConfig, ProjectionKernel};
-    let config = LlamaConfig::custom(&CustomDims::parse(dims).unwrap());
+    use specbench::model::ProjectionKernel;
     let runtime =
         Runtime::new(Backend::Ndarray, "f32").unwrap().with_kernel(ProjectionKernel::Backend).unwrap();
+    random_model_on(dims, seed, std, &runtime)
+}
+
+/// The same random model (same dims and seed give the same weights) on `runtime`: e.g. with a
+/// quantized dtype, the target's quantized copy.
+pub fn random_model_on(dims: &str, seed: u64, std: f64, runtime: &Runtime) -> specbench::model::Llama {
+    use specbench::model::weights::RandomWeights;
+    use specbench::model::{CustomDims, Llama, LlamaConfig};
+    let config = LlamaConfig::custom(&CustomDims::parse(dims).unwrap());
     let mut source = RandomWeights::new(runtime.device(), DType::F32, seed).with_std(std);
-    Llama::build(config, &mut source, &runtime).unwrap()
+    Llama::build(config, &mut source, runtime).unwrap()
 }

@@ -1,0 +1,413 @@
+//! Drafters: whatever proposes the tokens a speculative step verifies. A drafter keeps its own
+//! state (a model's KV cache, nothing for lookup) over one generation, proposes up to a given
+//! number of tokens with the distribution each was drawn from, and forgets what the target
+//! rejected. The speculative decoder and its exactness do not depend on which drafter it is.
+//!
+//! - [`ModelDrafter`] samples from a language model: a separate draft checkpoint, the target's
+//!   own weights at another dtype, or the target with layers skipped ([`LayerSkip`]).
+//! - [`NgramDrafter`] copies what followed the latest earlier occurrence of the context's last
+//!   n tokens (prompt lookup); its proposals are certain (one-hot `q`).
+
+use rand_chacha::ChaCha8Rng;
+
+use super::acceptance::DraftDistribution;
+use super::{CausalLm, prefill};
+use crate::error::{Error, Result};
+use crate::metrics::{Timings, timed, timed_host};
+use crate::model::{KvCache, Llama};
+use crate::sampling::{SamplingConfig, sample};
+
+/// What one speculative step asks of its drafter.
+#[derive(Debug, Clone, Copy)]
+pub struct DraftRequest<'a> {
+    /// Propose at most this many tokens.
+    pub limit: usize,
+    pub sampling: &'a SamplingConfig,
+    /// Stop before a token the drafter is less sure of than this (llama.cpp's `--draft-p-min`):
+    /// a model drafter's confidence is the largest probability of its own softmax at
+    /// temperature 1, whatever the sampling temperature, so that it means something at T = 0.
+    pub min_confidence: Option<f64>,
+}
+
+/// Draft tokens and the distribution each was drawn from.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Proposal {
+    pub tokens: Vec<u32>,
+    pub qs: Vec<DraftDistribution>,
+}
+
+pub trait Drafter {
+    /// Begins a generation: forgets the last one and reads all of `prompt` but its last token
+    /// (the time goes to `timings.prefill`).
+    fn start(&mut self, prompt: &[u32], timings: &mut Timings) -> Result<()>;
+
+    /// Up to `request.limit` tokens continuing `committed` (the prompt and every token kept so
+    /// far; its last token the drafter has not read yet). Model time goes to `timings.draft`,
+    /// host sampling to `timings.sampling`.
+    fn propose(
+        &mut self,
+        committed: &[u32],
+        request: &DraftRequest,
+        rng: &mut ChaCha8Rng,
+        timings: &mut Timings,
+    ) -> Result<Proposal>;
+
+    /// The target kept `len` tokens, the last of which the drafter has not read: anything it
+    /// read past `len - 1` is forgotten.
+    fn rollback(&mut self, len: usize);
+}
+
+impl<D: Drafter + ?Sized> Drafter for &mut D {
+    fn start(&mut self, prompt: &[u32], timings: &mut Timings) -> Result<()> {
+        (**self).start(prompt, timings)
+    }
+    fn propose(
+        &mut self,
+        committed: &[u32],
+        request: &DraftRequest,
+        rng: &mut ChaCha8Rng,
+        timings: &mut Timings,
+    ) -> Result<Proposal> {
+        (**self).propose(committed, request, rng, timings)
+    }
+    fn rollback(&mut self, len: usize) {
+        (**self).rollback(len)
+    }
+}
+
+/// A language model as drafter (Leviathan et al. 2023, Algorithm 1, lines 1–4), over the first
+/// `vocab` tokens it scores.
+pub struct ModelDrafter<'a, M: CausalLm> {
+    model: &'a M,
+    cache: M::Cache,
+    vocab: usize,
+}
+
+impl<'a, M: CausalLm> ModelDrafter<'a, M> {
+    pub fn new(model: &'a M, vocab: usize) -> Result<Self> {
+        let rows = model.vocab_size();
+        if rows < vocab {
+            return Err(Error::VocabMismatch(format!(
+                "draft scores {rows} tokens, fewer than the shared vocabulary of {vocab}"
+            )));
+        }
+        Ok(Self { model, cache: model.new_cache(), vocab })
+    }
+}
+
+impl<M: CausalLm> Drafter for ModelDrafter<'_, M> {
+    fn start(&mut self, prompt: &[u32], timings: &mut Timings) -> Result<()> {
+        M::truncate(&mut self.cache, 0);
+        timings.prefill += timed(self.model, || prefill(self.model, prompt, &mut self.cache))?.1;
+        Ok(())
+    }
+
+    /// The first forward also feeds whatever committed tokens the cache lacks (after a fully
+    /// accepted block, the last draft token was sampled but never fed).
+    fn propose(
+        &mut self,
+        committed: &[u32],
+        request: &DraftRequest,
+        rng: &mut ChaCha8Rng,
+        timings: &mut Timings,
+    ) -> Result<Proposal> {
+        let mut proposal = Proposal::default();
+        for i in 0..request.limit {
+            let feed = match proposal.tokens.last() {
+                Some(&token) => vec![token],
+                None => committed[M::cache_len(&self.cache)..].to_vec(),
+            };
+            let (rows, forward) =
+                timed(self.model, || self.model.logits(&feed, &mut self.cache, 1, self.vocab))?;
+            timings.draft += forward;
+            let (drawn, sampling) = timed_host(|| {
+                if request.min_confidence.is_some_and(|least| confidence(&rows[0]) < least) {
+                    return Ok(None);
+                }
+                let q = request.sampling.probabilities(&rows[0], "draft", committed.len() + i)?;
+                Ok::<_, Error>(Some((sample(&q, rng), q)))
+            });
+            timings.sampling += sampling;
+            let Some((token, q)) = drawn? else { break };
+            proposal.tokens.push(token);
+            proposal.qs.push(q.into());
+        }
+        Ok(proposal)
+    }
+
+    fn rollback(&mut self, len: usize) {
+        M::truncate(&mut self.cache, len.saturating_sub(1));
+    }
+}
+
+/// The largest probability of softmax(`logits`) at temperature 1: 1 / Σ exp(l − max).
+fn confidence(logits: &[f32]) -> f64 {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    1.0 / logits.iter().map(|&l| f64::from(l - max).exp()).sum::<f64>()
+}
+
+/// The target with some of its layers skipped (self-speculative decoding, Zhang et al. 2024):
+/// the same weights, embedding and head, read in place; its own KV cache holds the layers it runs.
+#[derive(Debug)]
+pub struct LayerSkip<'a> {
+    model: &'a Llama,
+    skip: Vec<bool>,
+}
+
+impl<'a> LayerSkip<'a> {
+    /// `skip`: the layer indices left out (at least one layer must remain).
+    pub fn new(model: &'a Llama, skip: &[usize]) -> Result<Self> {
+        let layers = model.config().num_hidden_layers;
+        if let Some(&bad) = skip.iter().find(|&&i| i >= layers) {
+            return Err(Error::InvalidConfig(format!(
+                "layer {bad} cannot be skipped: the target has layers 0..{layers}"
+            )));
+        }
+        let mut mask = vec![false; layers];
+        skip.iter().for_each(|&i| mask[i] = true);
+        if mask.iter().all(|&s| s) {
+            return Err(Error::InvalidConfig(format!("skipping all {layers} layers leaves no model")));
+        }
+        Ok(Self { model, skip: mask })
+    }
+}
+
+impl CausalLm for LayerSkip<'_> {
+    type Cache = KvCache;
+
+    fn new_cache(&self) -> KvCache {
+        self.model.new_cache()
+    }
+    fn cache_len(cache: &KvCache) -> usize {
+        cache.len()
+    }
+    fn truncate(cache: &mut KvCache, len: usize) {
+        cache.truncate(len);
+    }
+    fn logits(
+        &self,
+        tokens: &[u32],
+        cache: &mut KvCache,
+        rows: usize,
+        vocab: usize,
+    ) -> Result<Vec<Vec<f32>>> {
+        let logits = self.model.forward_skipping(tokens, cache, rows, &self.skip)?;
+        Ok(super::logits_rows(logits, 0, rows, vocab))
+    }
+    fn sync(&self) -> Result<()> {
+        self.model.sync()
+    }
+    fn vocab_size(&self) -> usize {
+        self.model.vocab_size()
+    }
+}
+
+/// Prompt lookup (Saxena 2023; transformers' `prompt_lookup_num_tokens`, vLLM's `ngram`): the
+/// last n tokens of the context, for n from `max_n` down to `min_n`, are looked up in the
+/// context before them; the tokens that followed the latest occurrence are proposed. No model,
+/// so proposals are certain and cost only the search.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NgramDrafter {
+    min_n: usize,
+    max_n: usize,
+}
+
+impl NgramDrafter {
+    pub fn new(min_n: usize, max_n: usize) -> Result<Self> {
+        if min_n == 0 || min_n > max_n {
+            return Err(Error::InvalidConfig(format!(
+                "n-gram sizes {min_n}..={max_n}: need 1 ≤ min_n ≤ max_n"
+            )));
+        }
+        Ok(Self { min_n, max_n })
+    }
+
+    /// What followed the latest earlier occurrence of the longest matching suffix (≤ `limit`).
+    fn continuation<'c>(&self, context: &'c [u32], limit: usize) -> &'c [u32] {
+        let len = context.len();
+        for n in (self.min_n..=self.max_n.min(len.saturating_sub(1))).rev() {
+            let suffix = &context[len - n..];
+            // Latest first: nearby repetitions (a loop body, a list) predict best.
+            if let Some(start) = (0..len - n).rev().find(|&s| &context[s..s + n] == suffix) {
+                let from = start + n;
+                return &context[from..(from + limit).min(len)];
+            }
+        }
+        &[]
+    }
+}
+
+impl Drafter for NgramDrafter {
+    fn start(&mut self, _: &[u32], _: &mut Timings) -> Result<()> {
+        Ok(())
+    }
+
+    fn propose(
+        &mut self,
+        committed: &[u32],
+        request: &DraftRequest,
+        _: &mut ChaCha8Rng,
+        timings: &mut Timings,
+    ) -> Result<Proposal> {
+        let (tokens, search) = timed_host(|| self.continuation(committed, request.limit).to_vec());
+        timings.draft += search;
+        let qs = tokens.iter().map(|&t| DraftDistribution::Certain(t)).collect();
+        Ok(Proposal { tokens, qs })
+    }
+
+    fn rollback(&mut self, _: usize) {}
+}
+
+/// How many tokens each step drafts.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum DraftLength {
+    Fixed(usize),
+    /// transformers' `num_assistant_tokens_schedule = "heuristic"`: start at `start`, +2 after a
+    /// block accepted in full, −1 (never below 1) otherwise; here also never above `max`, and
+    /// restarted with each generation.
+    Heuristic {
+        start: usize,
+        max: usize,
+    },
+    /// Up to `max` tokens, stopping before the first the drafter is less sure of than
+    /// `threshold` (see [`DraftRequest::min_confidence`]).
+    Confidence {
+        threshold: f64,
+        max: usize,
+    },
+}
+
+impl DraftLength {
+    /// The most tokens a step can draft.
+    pub fn max(&self) -> usize {
+        match *self {
+            Self::Fixed(k) => k,
+            Self::Heuristic { max, .. } | Self::Confidence { max, .. } => max,
+        }
+    }
+
+    /// Its name in results: empty for a fixed k (the `k` column says it), else the schedule
+    /// and its parameter, as a config writes it (`heuristic:4`, `confidence:0.5`).
+    pub fn schedule(&self) -> String {
+        match self {
+            Self::Fixed(_) => String::new(),
+            Self::Heuristic { start, .. } => format!("heuristic:{start}"),
+            Self::Confidence { threshold, .. } => format!("confidence:{threshold}"),
+        }
+    }
+
+    /// Parses a schedule name (`heuristic:START`, `confidence:THRESHOLD`) capped at `max`.
+    pub fn parse_schedule(text: &str, max: usize) -> std::result::Result<Self, String> {
+        let (name, value) = text.split_once(':').ok_or_else(|| {
+            format!("`{text}`: write `heuristic:START` (a first draft length) or `confidence:THRESHOLD` (in (0, 1))")
+        })?;
+        match name {
+            "heuristic" => match value.parse::<usize>() {
+                Ok(start) if (1..=max).contains(&start) => Ok(Self::Heuristic { start, max }),
+                _ => Err(format!("`{text}`: the start must be a draft length in 1..={max} (the largest k)")),
+            },
+            "confidence" => match value.parse::<f64>() {
+                Ok(threshold) if threshold > 0.0 && threshold < 1.0 => {
+                    Ok(Self::Confidence { threshold, max })
+                }
+                _ => Err(format!("`{text}`: the threshold must be a probability in (0, 1)")),
+            },
+            other => Err(format!("`{text}`: unknown schedule `{other}`; choose heuristic or confidence")),
+        }
+    }
+}
+
+/// A generation's draft length as it adapts.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Schedule {
+    length: DraftLength,
+    current: usize,
+}
+
+impl Schedule {
+    pub(super) fn new(length: DraftLength) -> Self {
+        let current = match length {
+            DraftLength::Fixed(k) => k,
+            DraftLength::Heuristic { start, .. } => start,
+            DraftLength::Confidence { max, .. } => max,
+        };
+        Self { length, current }
+    }
+
+    pub(super) fn next_limit(&self) -> usize {
+        self.current
+    }
+
+    pub(super) fn min_confidence(&self) -> Option<f64> {
+        match self.length {
+            DraftLength::Confidence { threshold, .. } => Some(threshold),
+            _ => None,
+        }
+    }
+
+    /// After a block of `drafted` tokens of which `accepted` were kept.
+    pub(super) fn update(&mut self, drafted: usize, accepted: usize) {
+        if let DraftLength::Heuristic { max, .. } = self.length {
+            self.current = if drafted > 0 && accepted == drafted {
+                (self.current + 2).min(max)
+            } else {
+                self.current.saturating_sub(1).max(1)
+            };
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ngram_lookup_copies_what_followed_the_latest_longest_match() {
+        let drafter = NgramDrafter::new(1, 3).unwrap();
+        // "1 2 3" occurred twice; the latest occurrence (followed by 9 8) wins.
+        let context = [1, 2, 3, 4, 5, 1, 2, 3, 9, 8, 7, 1, 2, 3];
+        assert_eq!(drafter.continuation(&context, 2), &[9, 8]);
+        assert_eq!(drafter.continuation(&context, 10), &[9, 8, 7, 1, 2, 3]);
+        // No 3-gram or 2-gram match: falls back to the last token alone.
+        assert_eq!(drafter.continuation(&[5, 6, 7, 5, 8, 6, 9, 7], 3), &[5, 8, 6]);
+        // Below min_n nothing is proposed.
+        assert!(NgramDrafter::new(2, 3).unwrap().continuation(&[5, 6, 7, 5, 8, 6, 9, 7], 3).is_empty());
+        assert!(drafter.continuation(&[4], 3).is_empty());
+        assert!(NgramDrafter::new(0, 2).is_err() && NgramDrafter::new(3, 2).is_err());
+    }
+
+    #[test]
+    fn the_heuristic_schedule_grows_by_two_and_shrinks_by_one() {
+        let mut s = Schedule::new(DraftLength::Heuristic { start: 3, max: 6 });
+        s.update(3, 3);
+        assert_eq!(s.next_limit(), 5);
+        s.update(5, 5);
+        assert_eq!(s.next_limit(), 6);
+        s.update(6, 2);
+        assert_eq!(s.next_limit(), 5);
+        for _ in 0..10 {
+            s.update(1, 0);
+        }
+        assert_eq!(s.next_limit(), 1);
+    }
+
+    #[test]
+    fn schedules_parse_and_name_themselves() {
+        let h = DraftLength::parse_schedule("heuristic:4", 8).unwrap();
+        assert_eq!(
+            (h, h.schedule(), h.max()),
+            (DraftLength::Heuristic { start: 4, max: 8 }, "heuristic:4".into(), 8)
+        );
+        let c = DraftLength::parse_schedule("confidence:0.5", 6).unwrap();
+        assert_eq!(c.schedule(), "confidence:0.5");
+        for bad in ["heuristic", "heuristic:0", "heuristic:9", "confidence:1.5", "confidence:x", "greedy:1"] {
+            assert!(DraftLength::parse_schedule(bad, 8).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn confidence_is_the_top_softmax_probability() {
+        assert!((confidence(&[0.0, 0.0]) - 0.5).abs() < 1e-12);
+        assert!(confidence(&[10.0, 0.0, 0.0]) > 0.99);
+    }
+}
