@@ -1,15 +1,31 @@
 #!/usr/bin/env python3
-"""Greedy speculative decoding of the embedded pair, specbench beside llama.cpp, same sitting.
+"""llama.cpp's speculative decoding beside specbench's, same prompts, same k, same sitting.
 
-For every prompt of configs/tiny.toml and k in 0 (target-only), 1, 2, 3: llama.cpp's
-`llama-completion` (k = 0) or `llama-speculative-simple --spec-type draft-simple
---spec-draft-n-max k`, and `specbench generate` (--draft, --k), 64 new tokens past EOS, greedy,
-2 threads, the models as f32 GGUF (converted by llama.cpp's convert_hf_to_gguf.py; see
-scripts/make_gguf_fixtures.py) for both engines. Decode tokens/s (prompt excluded, as both
-report it) summed over prompts; acceptance as each engine counts it. Writes DIR/spec.csv and
-DIR/summary.md.
+Runs `specbench run CONFIG --out DIR` (or takes a finished run with --into DIR), then for every
+prompt of that run and every drafter llama.cpp has an equivalent of, at each fixed k of the
+config and T = 0:
 
-    python3 experiments/peer_llamacpp_spec.py --out results/spec-llamacpp/$(date +%F)
+- target only: `llama-completion`;
+- `quantized` drafters (q4_0, q8_0): `llama-speculative-simple` with the target quantized by
+  `llama-quantize --pure` (every tensor in that type, as specbench quantizes on load);
+- `model` drafters in f32: `llama-speculative-simple` with that GGUF file (the embedded pair's
+  folders are converted to f32 GGUF by llama.cpp's converter first);
+- `ngram` drafters: `llama-lookup` (its n-gram sizes are fixed at 1..4 in llama.cpp);
+- the `confidence:P` schedule: `--spec-draft-p-min P` at the largest k (llama.cpp's
+  `--draft-p-min`, the same rule: stop before a draft token whose top probability is below P).
+
+Layer skipping and the heuristic schedule have no llama.cpp counterpart; sampled rows (T > 0) are
+left to specbench (llama-speculative-simple accepts a token only when the target samples the same
+one, a different rule). Each llama.cpp row goes into DIR/runs.csv in specbench's schema with
+`engine = llama.cpp` and the config's drafter name, counts as llama.cpp reports them (target
+calls = tokens - accepted), prompt time as `prefill_s`, decode time as the rest; then `specbench
+report DIR` rebuilds the summary, whose "decode speedup" compares both engines on decoding alone
+(llama.cpp's tools report no end-to-end time that includes the draft's prompt). The prompt is the
+text specbench tokenizes (`specbench prompts --rendered`: chat template applied), given to
+llama.cpp as is, 2 threads, EOS honoured, `max_new_tokens` of the config.
+
+    python3 experiments/peer_llamacpp_spec.py --config configs/smollm2.toml --out results/smollm2/DIR
+    python3 experiments/peer_llamacpp_spec.py --config configs/tiny.toml --out results/tiny-vs-llamacpp/DIR
 """
 
 import argparse
@@ -18,88 +34,149 @@ import json
 import os
 import re
 import subprocess
-import sys
+import tomllib
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = ROOT / ".llamacpp/bin"
 SPECBENCH = ROOT / "target/release/specbench"
 DERIVED = ROOT / "models/derived"
-NEW_TOKENS = 64
 THREADS = "2"
 
 
-def convert(model_dir, out):
-    """The embedded checkpoints as f32 GGUF, made once."""
+def run(command):
+    done = subprocess.run([str(c) for c in command], capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"{command[0]} failed ({done.returncode}):\n{done.stderr[-3000:]}")
+    return done
+
+
+def quantized_copy(target, kind):
+    """The target as `kind` in every tensor, made once by llama-quantize --pure."""
+    out = DERIVED / f"{target.stem}-pure-{kind}.gguf"
+    if not out.exists():
+        DERIVED.mkdir(parents=True, exist_ok=True)
+        run([BIN / "llama-quantize", "--pure", "--allow-requantize", target, out, kind])
+    return out
+
+
+def as_gguf(path):
+    """A GGUF file as is; the embedded pair's folders (models/tiny) converted to f32 once, by
+    llama.cpp's converter (scripts/make_gguf_fixtures.py)."""
+    if path.suffix == ".gguf":
+        return path
+    import sys
+
     sys.path.insert(0, str(ROOT / "scripts"))
     from make_gguf_fixtures import convert_embedded
 
-    return out if out.exists() else convert_embedded(model_dir, "f32", out)
+    out = DERIVED / f"{path.parent.name}-{path.name}-f32.gguf"
+    return out if out.exists() else convert_embedded(path, "f32", out)
 
 
-def llama_cpp(target, draft, prompt, k):
-    common = ["-p", prompt, "-n", str(NEW_TOKENS), "--temp", "0", "-t", THREADS, "--ignore-eos"]
-    if k == 0:
-        err = subprocess.run([str(BIN / "llama-completion"), "-m", str(target), "-no-cnv", *common],
-                             capture_output=True, text=True, check=True).stderr
-        runs, ms = re.search(r"\seval time =\s+([0-9.]+) ms /\s+(\d+) runs", err).group(2, 1)
-        return {"tokens": int(runs), "seconds": float(ms) / 1000, "accepted": 0, "drafted": 0}
-    err = subprocess.run(
-        [str(BIN / "llama-speculative-simple"), "-m", str(target), "-md", str(draft), "--spec-type", "draft-simple",
-         "--spec-draft-n-max", str(k), "-td", THREADS, *common],
-        capture_output=True, text=True, check=True,
-    ).stderr
-    tokens, seconds = re.search(r"decoded\s+(\d+) tokens in\s+([0-9.]+) seconds", err).groups()
-    return {"tokens": int(tokens), "seconds": float(seconds),
-            "accepted": int(re.search(r"n_accept\s+=\s+(\d+)", err).group(1)),
-            "drafted": int(re.search(r"n_drafted\s+=\s+(\d+)", err).group(1))}
+def seconds(pattern, text):
+    found = re.search(pattern, text)
+    return float(found.group(1)) if found else 0.0
 
 
-def specbench(target, draft, prompt, k):
-    command = [str(SPECBENCH), "generate", "--model", str(target), "--prompt", prompt, "--max-new-tokens",
-               str(NEW_TOKENS), "--ignore-eos", "--backend", "flex", "--json"]
-    if k:
-        command += ["--draft", str(draft), "--k", str(k)]
-    report = json.loads(subprocess.run(command, capture_output=True, text=True, check=True,
-                                       env={**os.environ, "RAYON_NUM_THREADS": THREADS}).stdout)
-    t = report["timings"]
-    accepted = sum(report["accepted_per_call"])
-    return {"tokens": len(report["generated_ids"]), "seconds": t["wall"] - t["prefill"],
-            "accepted": accepted, "drafted": k * len(report["accepted_per_call"])}
+def llama_cpp(kind, target, prompt, max_new, k=0, draft=None, p_min=None):
+    """One generation; returns the numbers a runs.csv row needs."""
+    common = ["-p", prompt, "-n", max_new, "--temp", "0", "-t", THREADS]
+    if kind == "completion":
+        err = run([BIN / "llama-completion", "-m", target, "-no-cnv", *common]).stderr
+        tokens = int(re.search(r"\seval time =\s+[0-9.]+ ms /\s+(\d+) runs", err).group(1))
+        prompt_s = seconds(r"prompt eval time =\s+([0-9.]+) ms", err) / 1000
+        decode_s = seconds(r"\seval time =\s+([0-9.]+) ms /\s+\d+ runs", err) / 1000
+        return {"new_tokens": tokens, "prefill_s": prompt_s, "decode_s": decode_s, "drafted": 0, "accepted": 0}
+    if kind == "lookup":
+        command = [BIN / "llama-lookup", "-m", target, "--spec-draft-n-max", k, *common]
+    else:
+        command = [BIN / "llama-speculative-simple", "-m", target, "-md", draft, "--spec-type", "draft-simple",
+                   "--spec-draft-n-max", k, "-td", THREADS, *common]
+        if p_min is not None:
+            command += ["--spec-draft-p-min", p_min]
+    err = run(command).stderr
+    return {
+        "new_tokens": int(re.search(r"n_predict\s+=\s+(\d+)", err).group(1)),
+        "prefill_s": seconds(r"encoded\s+\d+ tokens in\s+([0-9.]+) seconds", err),
+        "decode_s": seconds(r"decoded\s+\d+ tokens in\s+([0-9.]+) seconds", err),
+        "drafted": int(re.search(r"n_drafted\s+=\s+(\d+)", err).group(1)),
+        "accepted": int(re.search(r"n_accept\s+=\s+(\d+)", err).group(1)),
+    }
+
+
+def row(header, config, manifest, prompt, drafter, k, schedule, draft, result):
+    wall = result["prefill_s"] + result["decode_s"]
+    calls = max(result["new_tokens"] - result["accepted"], 1)
+    values = {
+        "engine": "llama.cpp", "backend": "cpu", "dtype": config["models"]["target"].get("dtype", "f32"),
+        "target": manifest["models"]["target"]["spec"], "draft": draft, "drafter": drafter,
+        "prompt_id": prompt["id"], "category": prompt["category"], "temperature": 0.0, "k": k,
+        "schedule": schedule, "repeat": 0, "seed": 0, "new_tokens": result["new_tokens"], "target_calls": calls,
+        "proposed": result["drafted"], "accepted": result["accepted"],
+        "alpha_hat": result["accepted"] / result["drafted"] if result["drafted"] else "",
+        "mean_accepted_len": result["new_tokens"] / calls, "prefill_s": result["prefill_s"], "draft_s": 0.0,
+        "verify_s": 0.0, "other_s": result["decode_s"], "wall_s": wall,
+        "tokens_per_s": result["new_tokens"] / wall if wall > 0 else 0.0,
+    }
+    return {name: values.get(name, "") for name in header}
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--config", type=Path, required=True)
+    where = parser.add_mutually_exclusive_group(required=True)
+    where.add_argument("--out", type=Path, help="run specbench into this new folder first")
+    where.add_argument("--into", type=Path, help="a finished specbench run of the config")
     args = parser.parse_args()
-    target = convert(ROOT / "models/tiny/target", DERIVED / "tiny-target-f32.gguf")
-    draft = convert(ROOT / "models/tiny/draft", DERIVED / "tiny-draft-f32.gguf")
-    prompts = [json.loads(line) for line in subprocess.run(
-        [str(SPECBENCH), "prompts", str(ROOT / "configs/tiny.toml")], capture_output=True, text=True, check=True
-    ).stdout.splitlines()]
+    env = {**os.environ, "RAYON_NUM_THREADS": THREADS}
+    if args.out:
+        subprocess.run([str(SPECBENCH), "run", str(args.config), "--out", str(args.out)], check=True, env=env)
+    folder = args.out or args.into
+    config = tomllib.loads(args.config.read_text())
+    manifest = json.loads((folder / "manifest.json").read_text())
+    target = as_gguf(Path(manifest["models"]["target"]["spec"]))
+    drafters = config.get("drafters", [])
+    if "draft" in config["models"]:
+        # The one-drafter shorthand, named `draft` as specbench names it.
+        drafters = [{"name": "draft", "kind": "model", **config["models"]["draft"]}]
+    recorded = manifest["models"].get("drafters", {})
+    prompts = [json.loads(line) for line in run([SPECBENCH, "prompts", args.config, "--rendered"]).stdout.splitlines()]
+    max_new = config["experiment"]["max_new_tokens"]
+    ks = config["sweep"]["k"]
+    confidences = [float(s.split(":")[1]) for s in config["sweep"].get("adaptive", []) if s.startswith("confidence:")]
+    runs_csv = folder / "runs.csv"
+    with open(runs_csv, newline="") as f:
+        header = next(csv.reader(f))
     rows = []
     for prompt in prompts:
-        for k in [0, 1, 2, 3]:
-            for engine, run in [("llama.cpp", llama_cpp), ("specbench", specbench)]:
-                result = run(target, draft, prompt["prompt"], k)
-                rows.append({"engine": engine, "prompt_id": prompt["id"], "k": k, **result})
-    args.out.mkdir(parents=True, exist_ok=True)
-    with open(args.out / "spec.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    lines = ["| engine | k | decode tokens/s | vs own k = 0 | acceptance (accepted / drafted) |", "|---|---|---|---|---|"]
-    base = {}
-    for engine in ["llama.cpp", "specbench"]:
-        for k in [0, 1, 2, 3]:
-            sel = [r for r in rows if r["engine"] == engine and r["k"] == k]
-            speed = sum(r["tokens"] for r in sel) / sum(r["seconds"] for r in sel)
-            base.setdefault(engine, speed)
-            drafted = sum(r["drafted"] for r in sel)
-            acceptance = f"{sum(r['accepted'] for r in sel) / drafted:.3f}" if drafted else "—"
-            lines.append(f"| {engine} | {k} | {speed:.0f} | {speed / base[engine]:.2f}× | {acceptance} |")
-    (args.out / "summary.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+        text = prompt["text"]
+        rows.append(row(header, config, manifest, prompt, "", 0, "", "",
+                        llama_cpp("completion", target, text, max_new)))
+        for drafter in drafters:
+            name, kind = drafter["name"], drafter["kind"]
+            if kind == "quantized" and drafter["dtype"] in ("q4_0", "q8_0"):
+                draft = quantized_copy(target, drafter["dtype"].upper())
+            elif kind == "model" and drafter.get("dtype", "f32") == "f32" and name in recorded:
+                draft = as_gguf(Path(recorded[name]["spec"]))
+            elif kind == "ngram":
+                for k in ks:
+                    rows.append(row(header, config, manifest, prompt, name, k, "", "llama-lookup ngram 1..=4",
+                                    llama_cpp("lookup", target, text, max_new, k)))
+                continue
+            else:
+                continue
+            for k in ks:
+                rows.append(row(header, config, manifest, prompt, name, k, "", str(draft),
+                                llama_cpp("speculative", target, text, max_new, k, draft)))
+            for p_min in confidences:
+                rows.append(row(header, config, manifest, prompt, name, max(ks), f"confidence:{p_min:g}", str(draft),
+                                llama_cpp("speculative", target, text, max_new, max(ks), draft, p_min)))
+        print(f"llama.cpp: {prompt['id']} done", flush=True)
+    with open(runs_csv, "a", newline="") as f:
+        csv.DictWriter(f, fieldnames=header).writerows(rows)
+    run([SPECBENCH, "report", folder])
+    print(f"{len(rows)} llama.cpp rows appended to {runs_csv}; summary rebuilt")
 
 
 if __name__ == "__main__":

@@ -52,7 +52,13 @@ enum Command {
         out: Option<PathBuf>,
     },
     /// Print the prompts a config runs, as JSONL (for peer engines and notebooks).
-    Prompts { config: PathBuf },
+    Prompts {
+        config: PathBuf,
+        /// Add what the target is given: `text` (the chat template rendered when the config
+        /// says `chat = true`) and its token `ids`, so that a peer engine gets the same input.
+        #[arg(long)]
+        rendered: bool,
+    },
     /// Rebuild summary.csv, summary.md and plots/ from a result folder's runs.csv.
     Report { dir: PathBuf },
     /// Join shard result folders into one.
@@ -197,9 +203,21 @@ fn run(cli: Cli) -> Result<ExitCode> {
             report(&dir)
         }
         Command::Report { dir } => report(&dir),
-        Command::Prompts { config } => {
-            for prompt in load_prompts(&ExperimentFile::load(&config)?)? {
-                println!("{}", serde_json::to_string(&prompt)?);
+        Command::Prompts { config, rendered } => {
+            let file = ExperimentFile::load(&config)?;
+            let tokenizer = rendered.then(|| file.target.tokenizer()).transpose()?;
+            for prompt in load_prompts(&file)? {
+                let mut line = serde_json::to_value(&prompt)?;
+                if let Some(tokenizer) = &tokenizer {
+                    let (text, ids) = if file.config.prompts.chat {
+                        (tokenizer.render_chat(&prompt.prompt)?, tokenizer.encode_chat(&prompt.prompt)?)
+                    } else {
+                        (prompt.prompt.clone(), tokenizer.encode(&prompt.prompt)?)
+                    };
+                    line["text"] = text.into();
+                    line["ids"] = ids.into();
+                }
+                println!("{line}");
             }
             Ok(ExitCode::SUCCESS)
         }

@@ -80,6 +80,12 @@ impl Tokenizer {
     /// `message` as one user turn of the model's chat template, tokenized. The template writes
     /// any BOS itself, so none is added (as `apply_chat_template(tokenize=True)` does).
     pub fn encode_chat(&self, message: &str) -> Result<Vec<u32>> {
+        let text = self.render_chat(message)?;
+        self.encode_with(&text, false)
+    }
+
+    /// The text `encode_chat` tokenizes: `message` as one user turn of the chat template.
+    pub fn render_chat(&self, message: &str) -> Result<String> {
         let Self::HuggingFace { path, chat, .. } = self else {
             return Err(Error::Usage("random presets have no chat template".into()));
         };
@@ -89,10 +95,9 @@ impl Tokenizer {
                       chat_template.jinja or GGUF `tokenizer.chat_template`)"
                 .into(),
         })?;
-        let text = template
+        template
             .render_user(message)
-            .map_err(|e| Error::Tokenizer { path: path.clone(), message: format!("chat template: {e}") })?;
-        self.encode_with(&text, false)
+            .map_err(|e| Error::Tokenizer { path: path.clone(), message: format!("chat template: {e}") })
     }
 
     pub fn decode(&self, ids: &[u32]) -> String {

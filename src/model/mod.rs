@@ -71,6 +71,14 @@ impl std::fmt::Display for ModelSpec {
     }
 }
 
+fn gguf_tokenizer(file: &GgufFile, path: &Path) -> Result<Tokenizer> {
+    Ok(Tokenizer::HuggingFace {
+        inner: Box::new(gguf_llama::tokenizer_from(file)?),
+        path: path.to_path_buf(),
+        chat: gguf_llama::chat_template(file),
+    })
+}
+
 /// What a result folder records of a model: where it came from and a fingerprint of what was
 /// there, so that resume, merge and check never join rows of two different models.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -85,6 +93,15 @@ pub struct ModelIdentity {
 }
 
 impl ModelSpec {
+    /// The tokenizer alone (and its chat template), without the weights.
+    pub fn tokenizer(&self) -> Result<Tokenizer> {
+        match self {
+            Self::Folder(dir) => Tokenizer::from_file(&dir.join("tokenizer.json")),
+            Self::Gguf(path) => gguf_tokenizer(&GgufFile::open(path)?, path),
+            Self::Random { config, .. } => Ok(Tokenizer::Bytes { bos: config.bos_token_id }),
+        }
+    }
+
     /// Cheap even for large checkpoints: the weights' headers and sizes, not their bytes.
     pub fn identity(&self) -> Result<ModelIdentity> {
         use sha2::{Digest, Sha256};
@@ -136,7 +153,7 @@ impl LoadedModel {
             ModelSpec::Folder(dir) => {
                 folder::require_dir(dir)?;
                 let config = LlamaConfig::from_file(&dir.join("config.json"))?;
-                let tokenizer = Tokenizer::from_file(&dir.join("tokenizer.json"))?;
+                let tokenizer = spec.tokenizer()?;
                 let stop_ids = match config::generation_eos_ids(&dir.join("generation_config.json"))? {
                     Some(ids) => ids,
                     None => config.eos_token_ids(),
@@ -149,11 +166,7 @@ impl LoadedModel {
             ModelSpec::Gguf(path) => {
                 let mut source = GgufCheckpoint::open(path, runtime.device(), runtime.dtype())?;
                 let config = gguf_llama::config_from(source.file())?;
-                let tokenizer = Tokenizer::HuggingFace {
-                    inner: Box::new(gguf_llama::tokenizer_from(source.file())?),
-                    path: path.clone(),
-                    chat: gguf_llama::chat_template(source.file()),
-                };
+                let tokenizer = gguf_tokenizer(source.file(), path)?;
                 let stop_ids = config.eos_token_ids();
                 let held = gguf_bytes_per_parameter(source.file().size(), &config, runtime);
                 check_memory(&config, runtime, held, &path.display().to_string())?;
@@ -162,7 +175,7 @@ impl LoadedModel {
             ModelSpec::Random { name, config } => {
                 let held = (runtime.weight_bytes_per_parameter(), runtime.weight_name());
                 check_memory(config, runtime, held, &format!("random:{name}"))?;
-                let tokenizer = Tokenizer::Bytes { bos: config.bos_token_id };
+                let tokenizer = spec.tokenizer()?;
                 let mut source = RandomWeights::new(runtime.device(), runtime.dtype(), seed);
                 let stop_ids = config.eos_token_ids();
                 (Llama::build(LlamaConfig::clone(config), &mut source, runtime)?, tokenizer, stop_ids)

@@ -69,7 +69,8 @@ pub fn summary_markdown(summary: &[SummaryRow], manifest: Option<&Manifest>) -> 
         );
     }
     out += "Speedup = tokens/s of the cell ÷ tokens/s of target-only decoding (k = 0) on the same backend, \
-            temperature, prompts and seeds, end to end (prefill of both models included); 95% CI over prompts, \
+            temperature, prompts and seeds, end to end (prefill of both models included; \"decode speedup\" leaves prefill out, \
+            as llama.cpp's tools report speed); 95% CI over prompts, \
             paired by prompt and repeat (`ratio-t/N prompts`: the ratio estimator's delta-method interval on the log scale \
             with Student's t on N − 1 degrees of freedom; over repeats when there is one prompt). α = mean Σ min(p, q) over verified \
             positions; α̂ = accepted / proposed; τ = tokens per target call; E = (1 − α^(k+1)) / (1 − α); \
@@ -101,11 +102,11 @@ pub fn summary_markdown(summary: &[SummaryRow], manifest: Option<&Manifest>) -> 
 /// The per-cell table (all prompts) as markdown: what `run` and `report` print.
 pub fn cell_table(summary: &[SummaryRow]) -> String {
     let mut out = String::new();
-    out += "| engine | backend | dtype | T | drafter | k | drafted | n | α | α̂ | τ | E | tokens/s | target-only tokens/s | speedup [95% CI] | CI | c | predicted | refined |\n";
-    out += "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n";
+    out += "| engine | backend | dtype | T | drafter | k | drafted | n | α | α̂ | τ | E | tokens/s | target-only tokens/s | speedup [95% CI] | CI | decode speedup | c | predicted | refined |\n";
+    out += "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n";
     for r in summary.iter().filter(|r| r.category == ALL) {
         out += &format!(
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {:.2} | {} | {:.2} | {} | {} | {} | {} | {} | {} |\n",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {:.2} | {} | {:.2} | {} | {} | {} | {} | {} | {} | {} |\n",
             r.engine,
             r.backend,
             r.dtype,
@@ -122,6 +123,7 @@ pub fn cell_table(summary: &[SummaryRow]) -> String {
             opt(r.baseline_tokens_per_s, 2),
             speedup_cell(r),
             r.ci_method,
+            r.decode_speedup.map_or("—".into(), |s| format!("{s:.2}×")),
             opt(r.cost_ratio, 3),
             r.predicted_speedup.map_or("—".into(), |p| format!("{p:.2}×")),
             r.refined_speedup.map_or("—".into(), |p| format!("{p:.2}×")),

@@ -37,6 +37,12 @@ pub struct SummaryRow {
     pub expected_accepted_len: Option<f64>,
     pub tokens_per_s: f64,
     pub baseline_tokens_per_s: Option<f64>,
+    /// New tokens per second of decoding, prefill left out (what llama.cpp's tools report).
+    #[serde(default)]
+    pub decode_tokens_per_s: f64,
+    /// decode_tokens_per_s ÷ the baseline's: the speedup of the decoding loop alone.
+    #[serde(default)]
+    pub decode_speedup: Option<f64>,
     pub speedup: Option<f64>,
     pub speedup_ci_low: Option<f64>,
     pub speedup_ci_high: Option<f64>,
@@ -90,6 +96,8 @@ fn summarize_cell(
     let alpha = speculative.then(|| aggregate_alpha(cell)).flatten();
     let tokens_per_s = mean(cell.iter().map(|r| r.tokens_per_s));
     let baseline_tokens_per_s = baseline.map(|b| mean(b.iter().map(|r| r.tokens_per_s)));
+    let decode_tokens_per_s = mean(cell.iter().map(|r| decode_speed(r)));
+    let decode_speedup = baseline.map(|b| decode_tokens_per_s / mean(b.iter().map(|r| decode_speed(r))));
     let (speedup, ci, ci_method) = match baseline {
         Some(b) => {
             let (ci, method) = speedup_interval(cell, b);
@@ -137,6 +145,8 @@ fn summarize_cell(
         expected_accepted_len: expected,
         tokens_per_s,
         baseline_tokens_per_s,
+        decode_tokens_per_s,
+        decode_speedup,
         speedup,
         speedup_ci_low: ci.map(|c| c.0),
         speedup_ci_high: ci.map(|c| c.1),
@@ -148,6 +158,10 @@ fn summarize_cell(
             .map(|((e, c), drafted)| e / (drafted * c + 1.0)),
         refined_speedup,
     }
+}
+
+fn decode_speed(row: &RunRow) -> f64 {
+    row.new_tokens as f64 / (row.wall_s - row.prefill_s).max(f64::MIN_POSITIVE)
 }
 
 /// The share of target calls that proposed n = 0..=k draft tokens, over the cell's rows; rows
