@@ -30,6 +30,24 @@ pub fn vector_path_available() -> bool {
     })
 }
 
+/// Whether this CPU has AVX-512F (with the vector path's AVX2/FMA/F16C), detected once: where it
+/// does, the f32/bf16/f16 products run sixteen lanes wide. A verify of k + 1 rows is compute-
+/// bound past a few rows on two cores (two flops per weight per row), so the width is what
+/// makes each extra row cheap.
+pub fn avx512_available() -> bool {
+    static AVAILABLE: OnceLock<bool> = OnceLock::new();
+    *AVAILABLE.get_or_init(|| {
+        #[cfg(target_arch = "x86_64")]
+        {
+            vector_path_available() && std::arch::is_x86_feature_detected!("avx512f")
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            false
+        }
+    })
+}
+
 /// Input rows per block: with two weight rows that is eight accumulators, which fit the 16 AVX
 /// registers beside the loaded vectors.
 const TILE: usize = 4;
@@ -52,6 +70,13 @@ pub trait WeightElement: Copy + Send + Sync + 'static {
     /// `ptr` points at eight readable elements and the CPU has AVX2 and F16C.
     #[cfg(target_arch = "x86_64")]
     unsafe fn load8(ptr: *const Self) -> std::arch::x86_64::__m256;
+
+    /// Sixteen elements at `ptr` as f32 lanes.
+    ///
+    /// # Safety
+    /// `ptr` points at sixteen readable elements and the CPU has AVX-512F.
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn load16(ptr: *const Self) -> std::arch::x86_64::__m512;
 }
 
 impl WeightElement for f32 {
@@ -66,6 +91,12 @@ impl WeightElement for f32 {
     unsafe fn load8(ptr: *const Self) -> std::arch::x86_64::__m256 {
         // SAFETY: the caller's contract.
         unsafe { std::arch::x86_64::_mm256_loadu_ps(ptr) }
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn load16(ptr: *const Self) -> std::arch::x86_64::__m512 {
+        // SAFETY: the caller's contract.
+        unsafe { std::arch::x86_64::_mm512_loadu_ps(ptr) }
     }
 }
 
@@ -87,6 +118,16 @@ impl WeightElement for half::bf16 {
             _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(halves)))
         }
     }
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn load16(ptr: *const Self) -> std::arch::x86_64::__m512 {
+        use std::arch::x86_64::*;
+        // SAFETY: the caller's contract; sixteen bf16 are 32 bytes.
+        unsafe {
+            let halves = _mm256_loadu_si256(ptr as *const __m256i);
+            _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(halves)))
+        }
+    }
 }
 
 impl WeightElement for half::f16 {
@@ -102,6 +143,13 @@ impl WeightElement for half::f16 {
         use std::arch::x86_64::*;
         // SAFETY: the caller's contract; F16C converts eight halves at once.
         unsafe { _mm256_cvtph_ps(_mm_loadu_si128(ptr as *const __m128i)) }
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn load16(ptr: *const Self) -> std::arch::x86_64::__m512 {
+        use std::arch::x86_64::*;
+        // SAFETY: the caller's contract; sixteen halves are 32 bytes.
+        unsafe { _mm512_cvtph_ps(_mm256_loadu_si256(ptr as *const __m256i)) }
     }
 }
 /// Weight rows per parallel task.
@@ -220,9 +268,14 @@ fn dot_block<W: WeightElement, const RW: usize, const R: usize>(
     debug_assert!(ws.len() == RW && xs.len() == R);
     debug_assert!(ws.iter().all(|w| w.len() == ws[0].len()) && xs.iter().all(|x| x.len() == ws[0].len()));
     #[cfg(target_arch = "x86_64")]
-    if vector_path_available() {
+    if avx512_available() {
         // SAFETY: the CPU has the features the function is compiled for, and all rows have
         // one length.
+        return unsafe { dot_block_avx512::<W, RW, R>(ws, xs) };
+    }
+    #[cfg(target_arch = "x86_64")]
+    if vector_path_available() {
+        // SAFETY: as above.
         return unsafe { dot_block_avx2::<W, RW, R>(ws, xs) };
     }
     std::array::from_fn(|i| std::array::from_fn(|j| dot(ws[i], xs[j])))
@@ -268,6 +321,41 @@ unsafe fn dot_block_avx2<W: WeightElement, const RW: usize, const R: usize>(
             unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), acc[i][j]) };
             lanes.iter().sum::<f32>() + dot(&ws[i][split..], &xs[j][split..])
         })
+    })
+}
+
+/// `dot_block_avx2` sixteen lanes wide.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma,f16c")]
+unsafe fn dot_block_avx512<W: WeightElement, const RW: usize, const R: usize>(
+    ws: &[&[W]],
+    xs: &[&[f32]],
+) -> [[f32; R]; RW] {
+    use std::arch::x86_64::*;
+    const WIDE: usize = 16;
+    let n = ws[0].len();
+    let split = n / WIDE * WIDE;
+    let mut acc = [[_mm512_setzero_ps(); R]; RW];
+    let w_ptrs: [*const W; RW] = std::array::from_fn(|i| ws[i].as_ptr());
+    let ahead = PREFETCH_AHEAD_BYTES / std::mem::size_of::<W>();
+    let x_ptrs: [*const f32; R] = std::array::from_fn(|j| xs[j].as_ptr());
+    let mut k = 0;
+    while k < split {
+        // SAFETY: k + 16 <= n, the length of every row.
+        unsafe {
+            let xv: [__m512; R] = std::array::from_fn(|j| _mm512_loadu_ps(x_ptrs[j].add(k)));
+            for i in 0..RW {
+                _mm_prefetch::<_MM_HINT_T0>(w_ptrs[i].wrapping_add(k + ahead) as *const i8);
+                let wv = W::load16(w_ptrs[i].add(k));
+                for j in 0..R {
+                    acc[i][j] = _mm512_fmadd_ps(wv, xv[j], acc[i][j]);
+                }
+            }
+        }
+        k += WIDE;
+    }
+    std::array::from_fn(|i| {
+        std::array::from_fn(|j| _mm512_reduce_add_ps(acc[i][j]) + dot(&ws[i][split..], &xs[j][split..]))
     })
 }
 
@@ -337,12 +425,25 @@ mod tests {
         let (w, x) = (values(600, 1), values(900, 2));
         let (ws, xs): (Vec<&[f32]>, Vec<&[f32]>) =
             (w.chunks_exact(300).collect(), x.chunks_exact(300).collect());
-        let block = dot_block::<f32, 2, 3>(&ws, &xs);
-        for (i, row) in block.iter().enumerate() {
-            for (j, got) in row.iter().enumerate() {
-                let want = dot(ws[i], xs[j]);
-                assert!((got - want).abs() < 1e-3, "{got} vs {want}");
+        let check = |block: [[f32; 3]; 2]| {
+            for (i, row) in block.iter().enumerate() {
+                for (j, got) in row.iter().enumerate() {
+                    let want = dot(ws[i], xs[j]);
+                    assert!((got - want).abs() < 1e-3, "{got} vs {want}");
+                }
             }
+        };
+        check(dot_block::<f32, 2, 3>(&ws, &xs));
+        // Each vector width on its own, whichever `dot_block` picks on this CPU.
+        #[cfg(target_arch = "x86_64")]
+        if vector_path_available() {
+            // SAFETY: the CPU has AVX2, FMA and F16C; the rows have one length.
+            check(unsafe { dot_block_avx2::<f32, 2, 3>(&ws, &xs) });
+        }
+        #[cfg(target_arch = "x86_64")]
+        if avx512_available() {
+            // SAFETY: the CPU has AVX-512F; the rows have one length.
+            check(unsafe { dot_block_avx512::<f32, 2, 3>(&ws, &xs) });
         }
     }
 

@@ -144,16 +144,32 @@ impl LineChart {
 }
 
 /// The (engine, backend, dtype, drafter, schedule, temperature) groups of speculative cells,
-/// each with its rows by k. An adaptive schedule is a group of one cell, drawn at the draft
-/// length it used on average.
+/// each with its rows by k, labelled by the parts that differ between groups (a run of one
+/// backend and dtype does not repeat them in every legend entry). An adaptive schedule is a
+/// group of one cell, drawn at the draft length it used on average.
 fn groups(summary: &[SummaryRow]) -> Vec<(String, Vec<&SummaryRow>)> {
+    let cells: Vec<&SummaryRow> = summary.iter().filter(|s| s.category == ALL && s.k > 0).collect();
+    let parts = |row: &SummaryRow| -> [String; 6] {
+        [
+            row.engine.clone(),
+            row.backend.clone(),
+            row.dtype.clone(),
+            row.drafter.clone(),
+            row.schedule.clone(),
+            format!("T={}", row.temperature),
+        ]
+    };
+    let varies: Vec<bool> =
+        (0..6).map(|i| cells.iter().any(|row| parts(row)[i] != parts(cells[0])[i])).collect();
     let mut out: Vec<(String, Vec<&SummaryRow>)> = Vec::new();
-    for row in summary.iter().filter(|s| s.category == ALL && s.k > 0) {
-        let schedule = if row.schedule.is_empty() { String::new() } else { format!(" {}", row.schedule) };
-        let label = format!(
-            "{} {} {} {}{schedule} T={}",
-            row.engine, row.backend, row.dtype, row.drafter, row.temperature
-        );
+    for row in cells {
+        let shown: Vec<String> = parts(row)
+            .into_iter()
+            .zip(&varies)
+            .filter(|(part, varies)| **varies && !part.is_empty())
+            .map(|(part, _)| part)
+            .collect();
+        let label = if shown.is_empty() { row.drafter.clone() } else { shown.join(" ") };
         match out.iter_mut().find(|(l, _)| *l == label) {
             Some((_, rows)) => rows.push(row),
             None => out.push((label, vec![row])),
@@ -161,6 +177,10 @@ fn groups(summary: &[SummaryRow]) -> Vec<(String, Vec<&SummaryRow>)> {
     }
     out
 }
+
+/// Beyond this many groups the combined speedup chart shows measurements only; each drafter's
+/// own chart keeps the predictions.
+const MAX_GROUPS_WITH_PREDICTIONS: usize = 4;
 
 /// Builds one chart's series for a group: (color, label, the group's cells by k).
 type SeriesOfGroup<'a> = dyn Fn(usize, &str, &[&SummaryRow]) -> Vec<Series> + 'a;
@@ -180,17 +200,32 @@ pub fn write_all(summary: &[SummaryRow], rows: &[RunRow], dir: &Path) -> Result<
     let each = |f: &SeriesOfGroup| -> Vec<Series> {
         groups.iter().enumerate().flat_map(|(color, (label, cells))| f(color, label, cells)).collect()
     };
+    let measured_only = |color: usize, label: &str, cells: &[&SummaryRow]| {
+        speedup_series(color, label, cells).into_iter().take(1).collect::<Vec<_>>()
+    };
+    let combined: &SeriesOfGroup =
+        if groups.len() > MAX_GROUPS_WITH_PREDICTIONS { &measured_only } else { &speedup_series };
+    let title = "Speedup over target-only decoding";
     render(
-        &chart(
-            "Speedup over target-only decoding",
-            "draft length k",
-            "speedup (95% CI)",
-            each(&speedup_series),
-            Some(1.0),
-        ),
+        &chart(title, "draft length k", "speedup (95% CI)", each(combined), Some(1.0)),
         dir,
         "speedup_vs_k",
     )?;
+    let drafters: std::collections::BTreeSet<&str> = summary.iter().map(|r| r.drafter.as_str()).collect();
+    let drafters: Vec<&str> = drafters.into_iter().filter(|d| !d.is_empty()).collect();
+    if drafters.len() > 1 {
+        for drafter in drafters {
+            let own: Vec<SummaryRow> = summary.iter().filter(|r| r.drafter == drafter).cloned().collect();
+            let series = self::groups(&own)
+                .iter()
+                .enumerate()
+                .flat_map(|(c, (l, cells))| speedup_series(c, l, cells))
+                .collect();
+            let title = format!("{title}: {drafter}");
+            let name = format!("speedup_vs_k-{}", file_stem(drafter));
+            render(&chart(&title, "draft length k", "speedup (95% CI)", series, Some(1.0)), dir, &name)?;
+        }
+    }
     render(
         &chart("Decoding speed", "draft length k", "tokens/s", each(&speed_series), None),
         dir,
@@ -213,6 +248,11 @@ pub fn write_all(summary: &[SummaryRow], rows: &[RunRow], dir: &Path) -> Result<
         dir,
         "acceptance_by_position",
     )
+}
+
+/// A drafter's name as part of a file name.
+fn file_stem(name: &str) -> String {
+    name.chars().map(|c| if c.is_ascii_alphanumeric() || "-_.".contains(c) { c } else { '_' }).collect()
 }
 
 /// Where a cell sits on the draft-length axis: its k, or for an adaptive schedule the mean
