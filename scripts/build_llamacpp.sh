@@ -10,7 +10,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 version=0.3.36
 root=$PWD/.llamacpp
-if [ -x "$root/bin/llama-bench" ]; then
+targets="llama-bench llama-completion llama-simple llama-speculative llama-speculative-simple llama-quantize llama-lookup"
+missing=0
+for t in $targets; do [ -x "$root/bin/$t" ] || missing=1; done
+if [ "$missing" = 0 ]; then
   echo "already built: $root/bin"
   exit 0
 fi
@@ -28,8 +31,8 @@ cmake -S "$root/src" -B "$root/build" -G Ninja -DCMAKE_BUILD_TYPE=Release \
   -DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_AVX512=ON -DGGML_AVX512_VBMI=ON -DGGML_AVX512_VNNI=ON \
   -DGGML_AVX512_BF16=ON -DGGML_AVX_VNNI=ON -DGGML_FMA=ON -DGGML_F16C=ON \
   -DBUILD_SHARED_LIBS=OFF -DLLAMA_OPENSSL=OFF -DLLAMA_CURL=OFF -DLLAMA_BUILD_SERVER=OFF -DLLAMA_BUILD_TESTS=OFF >/dev/null
-cmake --build "$root/build" -j "$(nproc)" --target llama-bench llama-completion llama-simple \
-  llama-speculative llama-speculative-simple llama-quantize llama-lookup
+# shellcheck disable=SC2086 # the list splits into targets
+cmake --build "$root/build" -j "$(nproc)" --target $targets
 mkdir -p "$root/bin"
 cp "$root/build/bin/"llama-* "$root/bin/"
 echo "built: $root/bin"
