@@ -63,15 +63,16 @@ def quantized_copy(target, kind):
 def as_gguf(path):
     """A GGUF file as is; the embedded pair's folders (models/tiny) converted to f32 once, by
     llama.cpp's converter (scripts/make_gguf_fixtures.py)."""
-    if path.suffix == ".gguf":
-        return path
+    out = DERIVED / f"{path.parent.name}-{path.name}-f32.gguf"
+    if path.suffix == ".gguf" or out.exists():
+        return path if path.suffix == ".gguf" else out
     import sys
 
+    # The converter needs numpy and llama.cpp's gguf-py (scripts/make_gguf_fixtures.py says how).
     sys.path.insert(0, str(ROOT / "scripts"))
     from make_gguf_fixtures import convert_embedded
 
-    out = DERIVED / f"{path.parent.name}-{path.name}-f32.gguf"
-    return out if out.exists() else convert_embedded(path, "f32", out)
+    return convert_embedded(path, "f32", out)
 
 
 def seconds(pattern, text):
