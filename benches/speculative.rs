@@ -27,7 +27,7 @@ fn rejection_rule(c: &mut Criterion) {
         let drafts: Vec<u32> = (0..k as u32).collect();
         let mut rng = ChaCha8Rng::seed_from_u64(0);
         group.bench_function(BenchmarkId::new("verify_block", k), |b| {
-            b.iter(|| verify_block(&RejectionSampling, &ps, &qs, &drafts, &mut rng))
+            b.iter(|| verify_block(&RejectionSampling, |i| Ok(&ps[i]), &qs, &drafts, &mut rng).unwrap())
         });
     }
     group.bench_function("probabilities (softmax, T=0.7, top-p 0.9)", |b| {

@@ -3,7 +3,7 @@
 //! distribution at the argmax, so the speculative rule needs no special case to be exact.
 
 use rand::Rng;
-use rand::distributions::{Distribution, WeightedIndex};
+use rand::distributions::{Distribution, Uniform};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
@@ -130,11 +130,23 @@ fn nucleus_size(p: &[f64], top_p: f64) -> usize {
     p.len()
 }
 
-/// Draws an index from the distribution `p` (rand's `WeightedIndex`: a cumulative table and a
-/// binary search at one uniform draw; zero-mass tokens are never drawn).
+/// Draws an index from the distribution `p`: exactly rand's `WeightedIndex` (the same uniform
+/// draw over the same running sums, so the same index for the same generator state), without
+/// building its cumulative table: that allocation and pass cost more than the scan on the
+/// vocabulary-sized distributions drawn here several times per step. Zero-mass tokens are
+/// never drawn.
 pub fn sample(p: &[f64], rng: &mut impl Rng) -> u32 {
-    let index = WeightedIndex::new(p).expect("distributions from `probabilities` are finite and sum to 1");
-    index.sample(rng) as u32
+    let total = p.iter().fold(0.0f64, |sum, &w| sum + w);
+    assert!(total > 0.0 && total.is_finite(), "distributions from `probabilities` are finite and sum to 1");
+    let chosen = Uniform::new(0.0, total).sample(rng);
+    let mut running = 0.0f64;
+    for (i, &w) in p[..p.len() - 1].iter().enumerate() {
+        running += w;
+        if running > chosen {
+            return i as u32;
+        }
+    }
+    (p.len() - 1) as u32
 }
 
 #[cfg(test)]
@@ -182,6 +194,29 @@ mod tests {
     fn bad_parameters_are_rejected() {
         assert!(SamplingConfig::with_temperature(-0.5).validate().is_err());
         assert!(SamplingConfig { top_p: 0.0, ..Default::default() }.validate().is_err());
+    }
+
+    #[test]
+    fn sample_draws_what_weighted_index_draws_from_the_same_generator_state() {
+        use rand::distributions::WeightedIndex;
+        let mut source = ChaCha8Rng::seed_from_u64(11);
+        for n in [1, 2, 7, 2048] {
+            for _ in 0..50 {
+                let mut p: Vec<f64> = (0..n).map(|_| source.r#gen::<f64>().powi(3)).collect();
+                p[0] = 0.0;
+                if n > 1 {
+                    normalize(&mut p);
+                } else {
+                    p[0] = 1.0;
+                }
+                let seed = source.r#gen::<u64>();
+                let (mut a, mut b) = (ChaCha8Rng::seed_from_u64(seed), ChaCha8Rng::seed_from_u64(seed));
+                let reference = WeightedIndex::new(&p).unwrap();
+                for _ in 0..20 {
+                    assert_eq!(sample(&p, &mut a) as usize, reference.sample(&mut b), "n = {n}");
+                }
+            }
+        }
     }
 
     #[test]

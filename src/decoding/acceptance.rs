@@ -7,6 +7,7 @@
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 
+use crate::error::Result;
 use crate::sampling::{normalize, sample};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -110,27 +111,30 @@ pub struct StepOutcome {
     pub overlaps: Vec<f64>,
 }
 
-/// Tests `drafts[i]` against `ps[i]` / `qs[i]` in order up to the first rejection; if all pass,
-/// draws the bonus token from `ps[k]`. `ps` has one more row than `drafts`.
-pub fn verify_block(
+/// Tests `drafts[i]` against the target's distribution at position `i` and `qs[i]` in order up
+/// to the first rejection; if all pass, draws the bonus token from position `k`'s. `target(i)`
+/// gives position `i`'s distribution (k + 1 positions) and is asked only for the positions the
+/// test reaches: after a rejection at position `i`, the softmax of every later row would be
+/// wasted work (at T > 0, the largest part of the step's host time on a small model).
+pub fn verify_block<P: AsRef<[f64]>>(
     rule: &(impl AcceptanceRule + ?Sized),
-    ps: &[Vec<f64>],
+    mut target: impl FnMut(usize) -> Result<P>,
     qs: &[DraftDistribution],
     drafts: &[u32],
     rng: &mut ChaCha8Rng,
-) -> StepOutcome {
-    debug_assert_eq!(ps.len(), drafts.len() + 1);
+) -> Result<StepOutcome> {
     let mut overlaps = Vec::with_capacity(drafts.len());
     // Lines 6–7, one position at a time: stopping at the first rejection draws the same n.
     for (i, &token) in drafts.iter().enumerate() {
-        overlaps.push(overlap(&ps[i], &qs[i]));
-        if let Verdict::Rejected { token: resampled } = rule.verify(&ps[i], &qs[i], token, rng) {
-            return StepOutcome { accepted: i, next: resampled, overlaps };
+        let p = target(i)?;
+        overlaps.push(overlap(p.as_ref(), &qs[i]));
+        if let Verdict::Rejected { token: resampled } = rule.verify(p.as_ref(), &qs[i], token, rng) {
+            return Ok(StepOutcome { accepted: i, next: resampled, overlaps });
         }
     }
     // Lines 8 and 12 with n = k: the bonus token from the target's last row.
-    let bonus = sample(&ps[drafts.len()], rng);
-    StepOutcome { accepted: drafts.len(), next: bonus, overlaps }
+    let bonus = sample(target(drafts.len())?.as_ref(), rng);
+    Ok(StepOutcome { accepted: drafts.len(), next: bonus, overlaps })
 }
 
 /// One accept/reject test for draft token `token` drawn from `q`: accept when r ≤ p(x)/q(x)
@@ -220,15 +224,21 @@ mod tests {
         let certain = vec![0.0, 1.0];
         let never = vec![1.0, 0.0];
         // Position 1 agrees, position 2 proposes a token the target forbids.
-        let ps = vec![certain.clone(), certain.clone(), certain.clone()];
+        let ps = [certain.clone(), certain.clone(), certain.clone()];
         let qs = vec![dense(&certain), dense(&never)];
-        let out = verify_block(&RejectionSampling, &ps, &qs, &[1, 0], &mut rng);
+        let out = verify_block(&RejectionSampling, |i| Ok(&ps[i]), &qs, &[1, 0], &mut rng).unwrap();
         assert_eq!((out.accepted, out.next), (1, 1));
         assert_eq!(out.overlaps, vec![1.0, 0.0]);
         // Everything agrees: both kept, bonus drawn from the last target row.
-        let ps = vec![certain.clone(), certain.clone(), never.clone()];
-        let out =
-            verify_block(&RejectionSampling, &ps, &[dense(&certain), dense(&certain)], &[1, 1], &mut rng);
+        let ps = [certain.clone(), certain.clone(), never.clone()];
+        let out = verify_block(
+            &RejectionSampling,
+            |i| Ok(&ps[i]),
+            &[dense(&certain), dense(&certain)],
+            &[1, 1],
+            &mut rng,
+        )
+        .unwrap();
         assert_eq!((out.accepted, out.next), (2, 0));
     }
 

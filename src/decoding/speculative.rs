@@ -81,12 +81,9 @@ impl<'a, T: CausalLm, D: Drafter> Speculative<'a, T, D> {
 
             // Lines 6–12: accepted prefix, then the resampled or bonus token.
             let (outcome, sampling) = timed_host(|| {
-                let ps = rows
-                    .iter()
-                    .enumerate()
-                    .map(|(i, row)| config.sampling.probabilities(row, "target", committed.len() + i))
-                    .collect::<Result<Vec<_>>>()?;
-                Ok::<_, Error>(verify_block(rule, &ps, qs, drafts, &mut rng))
+                let target_at =
+                    |i: usize| config.sampling.probabilities(&rows[i], "target", committed.len() + i);
+                verify_block(rule, target_at, qs, drafts, &mut rng)
             });
             timings.sampling += sampling;
             let outcome = outcome?;
