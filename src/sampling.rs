@@ -98,9 +98,11 @@ pub fn argmax(logits: &[f32]) -> u32 {
     best as u32
 }
 
+/// Scales `p` to sum to 1. By the reciprocal: a multiply per entry instead of a divide (a
+/// vocabulary of divides was a measurable share of a sampled speculative step's host time).
 pub fn normalize(p: &mut [f64]) {
-    let total: f64 = p.iter().sum();
-    p.iter_mut().for_each(|x| *x /= total);
+    let inverse = 1.0 / p.iter().sum::<f64>();
+    p.iter_mut().for_each(|x| *x *= inverse);
 }
 
 /// Indices sorted by descending probability (stable, so ties keep the lower id first).
