@@ -277,7 +277,12 @@ fn the_llama3_config_fails_cleanly_without_weights() {
 
 #[test]
 fn shipped_configs_parse() {
-    for config in ["configs/llama3-8b-1b.toml", "configs/llama3-8b-1b-random.toml"] {
+    for config in [
+        "configs/llama3-8b-1b.toml",
+        "configs/llama3-8b-1b-random.toml",
+        "configs/smollm2.toml",
+        "configs/smollm2-ngram.toml",
+    ] {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(config);
         specbench::experiment::config::ExperimentConfig::from_file(&path).unwrap();
     }
