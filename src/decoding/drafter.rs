@@ -172,6 +172,7 @@ impl<'a> LayerSkip<'a> {
     }
 }
 
+/// The target's own cache and calls, with only the forward changed.
 impl CausalLm for LayerSkip<'_> {
     type Cache = KvCache;
 
@@ -179,10 +180,10 @@ impl CausalLm for LayerSkip<'_> {
         self.model.new_cache()
     }
     fn cache_len(cache: &KvCache) -> usize {
-        cache.len()
+        <Llama as CausalLm>::cache_len(cache)
     }
     fn truncate(cache: &mut KvCache, len: usize) {
-        cache.truncate(len);
+        <Llama as CausalLm>::truncate(cache, len)
     }
     fn logits(
         &self,
