@@ -209,13 +209,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
             for prompt in load_prompts(&file)? {
                 let mut line = serde_json::to_value(&prompt)?;
                 if let Some(tokenizer) = &tokenizer {
-                    let (text, ids) = if file.config.prompts.chat {
-                        (tokenizer.render_chat(&prompt.prompt)?, tokenizer.encode_chat(&prompt.prompt)?)
-                    } else {
-                        (prompt.prompt.clone(), tokenizer.encode(&prompt.prompt)?)
-                    };
+                    let chat = file.config.prompts.chat;
+                    let text =
+                        if chat { tokenizer.render_chat(&prompt.prompt)? } else { prompt.prompt.clone() };
                     line["text"] = text.into();
-                    line["ids"] = ids.into();
+                    line["ids"] = tokenizer.encode_prompt(&prompt.prompt, chat)?.into();
                 }
                 println!("{line}");
             }
@@ -338,11 +336,7 @@ fn generate(args: GenerateArgs) -> Result<()> {
     let target = load(&args.model, args.seed)?;
     // A different seed keeps a random draft from being a copy of a random target.
     let draft = args.draft.as_deref().map(|d| load(d, args.seed.wrapping_add(1))).transpose()?;
-    let prompt = if args.chat {
-        target.tokenizer.encode_chat(&args.prompt)?
-    } else {
-        target.tokenizer.encode(&args.prompt)?
-    };
+    let prompt = target.tokenizer.encode_prompt(&args.prompt, args.chat)?;
     let k = if draft.is_some() { args.k } else { 0 };
     let what =
         format!("the prompt ({} tokens) + --max-new-tokens {} + k {k}", prompt.len(), args.max_new_tokens);

@@ -134,7 +134,13 @@ pub fn expected_accepted_len(alpha: f64, k: usize) -> f64 {
 
 /// Leviathan et al., Theorem 3.8: expected wall-time speedup (1 − α^(k+1)) / ((1 − α)(k·c + 1)).
 pub fn predicted_speedup(alpha: f64, cost_ratio: f64, k: usize) -> f64 {
-    expected_accepted_len(alpha, k) / (k as f64 * cost_ratio + 1.0)
+    speedup_from_expected(expected_accepted_len(alpha, k), cost_ratio, k as f64)
+}
+
+/// Theorem 3.8's ratio from the expected tokens per target call and the mean number of tokens
+/// drafted per call: E / (drafted · c + 1) (for a fixed k, drafted = k).
+pub fn speedup_from_expected(expected: f64, cost_ratio: f64, drafted: f64) -> f64 {
+    expected / (drafted * cost_ratio + 1.0)
 }
 
 /// c = (draft time per drafted token) / (target time per verify call). Per verify call, not

@@ -84,6 +84,12 @@ impl Tokenizer {
         self.encode_with(&text, false)
     }
 
+    /// A prompt as a run gives it to the model: one user turn of the chat template when `chat`,
+    /// else the text with the tokenizer's own special tokens.
+    pub fn encode_prompt(&self, prompt: &str, chat: bool) -> Result<Vec<u32>> {
+        if chat { self.encode_chat(prompt) } else { self.encode(prompt) }
+    }
+
     /// The text `encode_chat` tokenizes: `message` as one user turn of the chat template.
     pub fn render_chat(&self, message: &str) -> Result<String> {
         let Self::HuggingFace { path, chat, .. } = self else {

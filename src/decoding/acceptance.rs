@@ -32,7 +32,13 @@ impl DraftDistribution {
     pub fn probability(&self, token: u32) -> f64 {
         match self {
             Self::Dense(q) => q[token as usize],
-            Self::Certain(x) => f64::from(u8::from(*x == token)),
+            Self::Certain(x) => {
+                if *x == token {
+                    1.0
+                } else {
+                    0.0
+                }
+            }
         }
     }
 }
@@ -61,9 +67,10 @@ pub fn acceptance_probability(p: &[f64], q: &DraftDistribution, token: u32) -> f
 pub fn residual(p: &[f64], q: &DraftDistribution) -> Vec<f64> {
     let mut r: Vec<f64> = match q {
         DraftDistribution::Dense(q) => p.iter().zip(q).map(|(a, b)| (a - b).max(0.0)).collect(),
+        // max(0, p(x) − 1) = 0 at x; p elsewhere.
         DraftDistribution::Certain(x) => {
             let mut r = p.to_vec();
-            r[*x as usize] = (r[*x as usize] - 1.0).max(0.0);
+            r[*x as usize] = 0.0;
             r
         }
     };
@@ -78,7 +85,7 @@ pub fn residual(p: &[f64], q: &DraftDistribution) -> Vec<f64> {
 pub fn overlap(p: &[f64], q: &DraftDistribution) -> f64 {
     match q {
         DraftDistribution::Dense(q) => p.iter().zip(q).map(|(a, b)| a.min(*b)).sum(),
-        DraftDistribution::Certain(x) => p[*x as usize].min(1.0),
+        DraftDistribution::Certain(x) => p[*x as usize],
     }
 }
 

@@ -442,11 +442,7 @@ impl<'a> BackendSweep<'a> {
             .prompts
             .iter()
             .map(|p| {
-                let ids = if plan.config().prompts.chat {
-                    target.tokenizer.encode_chat(&p.prompt)
-                } else {
-                    target.tokenizer.encode(&p.prompt)
-                };
+                let ids = target.tokenizer.encode_prompt(&p.prompt, plan.config().prompts.chat);
                 ids.map_err(|e| in_context(format!("prompt `{}`", p.id), e))
             })
             .collect::<Result<Vec<_>>>()?;
@@ -494,26 +490,30 @@ impl<'a> BackendSweep<'a> {
         let target = &self.target.model;
         let result = match cell.draft {
             None => autoregressive::generate(target, prompt, &generation),
-            Some((index, length)) => {
+            Some((index, length)) => (|| {
                 let LoadedDrafter { source, vocab } = &self.drafters[index];
                 let vocab = *vocab;
                 match source {
-                    DraftSource::Model(draft) => speculate(
-                        target,
-                        ModelDrafter::new(&draft.model, vocab),
-                        vocab,
-                        length,
-                        prompt,
-                        &generation,
-                    ),
-                    DraftSource::LayerSkip(skip) => LayerSkip::new(target, skip).and_then(|view| {
-                        speculate(target, ModelDrafter::new(&view, vocab), vocab, length, prompt, &generation)
-                    }),
+                    DraftSource::Model(draft) => {
+                        let drafter = ModelDrafter::new(&draft.model, vocab)?;
+                        speculate(target, drafter, vocab, length, prompt, &generation)
+                    }
+                    DraftSource::LayerSkip(skip) => {
+                        let view = LayerSkip::new(target, skip)?;
+                        speculate(
+                            target,
+                            ModelDrafter::new(&view, vocab)?,
+                            vocab,
+                            length,
+                            prompt,
+                            &generation,
+                        )
+                    }
                     DraftSource::Ngram(ngram) => {
-                        speculate(target, Ok(*ngram), vocab, length, prompt, &generation)
+                        speculate(target, *ngram, vocab, length, prompt, &generation)
                     }
                 }
-            }
+            })(),
         };
         result.map_err(|e| {
             let prompt = &self.plan.prompts[prompt_index].id;
@@ -600,16 +600,16 @@ impl LoadedDrafter {
     }
 }
 
-/// One speculative generation with `drafter` (its construction's error passed through).
+/// One speculative generation with `drafter`.
 fn speculate<D: Drafter>(
     target: &crate::model::Llama,
-    drafter: Result<D>,
+    drafter: D,
     vocab: usize,
     length: DraftLength,
     prompt: &[u32],
     config: &GenerationConfig,
 ) -> Result<Generation> {
-    Speculative::new(target, drafter?, vocab, length)?.generate(prompt, config)
+    Speculative::new(target, drafter, vocab, length)?.generate(prompt, config)
 }
 
 fn in_context(context: String, error: Error) -> Error {

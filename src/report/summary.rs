@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use statrs::distribution::{ContinuousCDF, StudentsT};
 
 use crate::experiment::rows::{CellKey, RunRow, split_counts};
-use crate::metrics::expected_accepted_len;
+use crate::metrics::{expected_accepted_len, speedup_from_expected};
 
 pub const ALL: &str = "all";
 
@@ -155,7 +155,7 @@ fn summarize_cell(
         predicted_speedup: expected
             .zip(cost_ratio)
             .zip(mean_drafted)
-            .map(|((e, c), drafted)| e / (drafted * c + 1.0)),
+            .map(|((e, c), drafted)| speedup_from_expected(e, c, drafted)),
         refined_speedup,
     }
 }
