@@ -73,22 +73,6 @@ impl Weight {
         }
     }
 
-    /// Linear projections are handed out as `[in, out]`, the layout burn's `Linear` multiplies
-    /// by; materialising it (rather than a transposed view of `[out, in]`) makes batch-1 decoding
-    /// on ndarray about 4× faster.
-    pub fn is_linear(self) -> bool {
-        !matches!(self, Weight::Embed) && !self.is_norm()
-    }
-
-    /// Shape as a `WeightSource` returns it: the HF shape, reversed for linear weights.
-    pub fn burn_shape(self, config: &LlamaConfig) -> Vec<usize> {
-        let mut shape = self.hf_shape(config);
-        if self.is_linear() {
-            shape.reverse();
-        }
-        shape
-    }
-
     fn is_norm(self) -> bool {
         matches!(
             self,
@@ -144,38 +128,22 @@ pub fn floats_from_le_bytes(bytes: &[u8], dtype: DType) -> Vec<f32> {
     }
 }
 
-/// `values` in `hf_shape` as the device tensor `WeightSource::load` returns: linear weights
-/// transposed to `[in, out]`, cast to `dtype`.
+/// `values` in `hf_shape` as the device tensor `WeightSource::load` returns, cast to `dtype`.
 pub fn device_tensor<const D: usize>(
     weight: Weight,
     config: &LlamaConfig,
-    mut values: Vec<f32>,
+    values: Vec<f32>,
     device: &Device,
     dtype: DType,
 ) -> Tensor<D> {
-    if weight.is_linear() {
-        let hf_shape = weight.hf_shape(config);
-        values = transpose(&values, hf_shape[0], hf_shape[1]);
-    }
-    let shape: [usize; D] = weight.burn_shape(config).try_into().expect("weight rank is fixed by the table");
+    let shape: [usize; D] = weight.hf_shape(config).try_into().expect("weight rank is fixed by the table");
     Tensor::<D>::from_data(TensorData::new(values, shape), device).cast(dtype)
 }
 
-/// `[rows, cols]` row-major to `[cols, rows]` row-major, on the host while loading.
-fn transpose(values: &[f32], rows: usize, cols: usize) -> Vec<f32> {
-    let mut out = vec![0.0; values.len()];
-    for (r, row) in values.chunks_exact(cols).enumerate() {
-        for (c, &v) in row.iter().enumerate() {
-            out[c * rows + r] = v;
-        }
-    }
-    out
-}
-
-/// Where parameters come from. Tensors are returned in `Weight::burn_shape` (linear weights
-/// `[in, out]`) and the run's float dtype.
+/// Where parameters come from. Tensors are returned in `Weight::hf_shape` (linear weights
+/// `[out, in]`, as PyTorch stores them) and the run's float dtype.
 pub trait WeightSource {
-    /// On the device, in the run's dtype and `burn_shape`.
+    /// On the device, in the run's dtype and `hf_shape`.
     fn load<const D: usize>(&mut self, weight: Weight, config: &LlamaConfig) -> Result<Tensor<D>>;
     /// In host memory, in `hf_shape` (for the host projection kernel).
     fn load_host(&mut self, weight: Weight, config: &LlamaConfig) -> Result<HostTensor>;
@@ -220,10 +188,10 @@ impl RandomWeights {
 
 impl WeightSource for RandomWeights {
     fn load<const D: usize>(&mut self, weight: Weight, config: &LlamaConfig) -> Result<Tensor<D>> {
-        Ok(self.draw::<D>(weight, weight.burn_shape(config)).cast(self.dtype))
+        Ok(self.draw::<D>(weight, weight.hf_shape(config)).cast(self.dtype))
     }
 
-    /// Drawn by the device's seeded generator in PyTorch's layout.
+    /// Drawn by the device's seeded generator, the same values `load` gives.
     fn load_host(&mut self, weight: Weight, config: &LlamaConfig) -> Result<HostTensor> {
         let shape = weight.hf_shape(config);
         let data = match shape.len() {
@@ -231,15 +199,5 @@ impl WeightSource for RandomWeights {
             _ => self.draw::<2>(weight, shape).into_data(),
         };
         Ok(HostTensor::F32(data.try_into_vec::<f32>().expect("random weights are drawn in f32")))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn transpose_swaps_rows_and_columns() {
-        assert_eq!(transpose(&[1.0, 2.0, 3.0, 4.0, 5.0, 6.0], 2, 3), vec![1.0, 4.0, 2.0, 5.0, 3.0, 6.0]);
     }
 }
