@@ -82,9 +82,12 @@ fn every_drafter_kind_and_schedule_sweeps_into_one_folder() {
     assert!(described("self-q8").ends_with("as q8_0") && described("skip-1").ends_with("skipping layers 1"));
     assert_eq!(described("lookup"), "ngram 1..=2");
     let markdown = std::fs::read_to_string(dir.join("summary.md")).unwrap();
-    for name in ["small", "self-q8", "skip-1", "lookup", "heuristic:1 ≤ 2", "refined"] {
+    for name in ["small", "self-q8", "skip-1", "lookup", "heuristic:1 ≤ 2", "refined", "drafted_len_hist"] {
         assert!(markdown.contains(name), "summary.md lacks {name}");
     }
+    assert!(
+        dir.join("plots/drafted_len_hist.svg").exists() && dir.join("plots/drafted_len_hist.png").exists()
+    );
     // A finished run resumes to nothing new.
     ok(&specbench(&["run", &fixture("drafters.toml"), "--resume", dir.to_str().unwrap()]));
     assert_eq!(read_rows(&dir.join("runs.csv")).unwrap().len(), DRAFTER_ROWS);
@@ -146,6 +149,7 @@ fn run_writes_the_whole_result_folder_and_report_reproduces_it() {
             assert!(size > 1000, "{plot}.{ext} is {size} bytes");
         }
     }
+    assert!(!dir.join("plots/drafted_len_hist.svg").exists(), "fixed k drafts k at every step: no histogram");
 
     // `report` rebuilds the same summary from runs.csv alone.
     std::fs::remove_file(dir.join("summary.csv")).unwrap();

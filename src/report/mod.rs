@@ -95,7 +95,11 @@ pub fn summary_markdown(summary: &[SummaryRow], manifest: Option<&Manifest>) -> 
             speedup_cell(r)
         );
     }
-    out += "\nPlots: `plots/speedup_vs_k`, `plots/tokens_per_s`, `plots/accepted_len_vs_k`, `plots/acceptance_by_position` (PNG and SVG).\n";
+    out += "\nPlots: `plots/speedup_vs_k`, `plots/tokens_per_s`, `plots/accepted_len_vs_k`, `plots/acceptance_by_position`";
+    if summary.iter().any(|r| !r.schedule.is_empty()) {
+        out += ", `plots/drafted_len_hist`";
+    }
+    out += " (PNG and SVG).\n";
     out
 }
 

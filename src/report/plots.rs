@@ -7,9 +7,9 @@ use std::sync::Once;
 use plotters::coord::Shift;
 use plotters::prelude::*;
 
-use super::summary::{ALL, SummaryRow, position_acceptance};
+use super::summary::{ALL, SummaryRow, drafted_len_shares, position_acceptance};
 use crate::error::{Error, Result};
-use crate::experiment::rows::{CellKey, ENGINE, RunRow};
+use crate::experiment::rows::{ENGINE, RunRow};
 
 const SIZE: (u32, u32) = (900, 560);
 const FONT: &str = "sans-serif";
@@ -182,6 +182,8 @@ fn groups(summary: &[SummaryRow]) -> Vec<(String, Vec<&SummaryRow>)> {
 /// own chart keeps the predictions.
 const MAX_GROUPS_WITH_PREDICTIONS: usize = 4;
 
+const DRAFTED_TITLE: &str = "Tokens drafted per step (adaptive draft lengths)";
+
 /// Builds one chart's series for a group: (color, label, the group's cells by k).
 type SeriesOfGroup<'a> = dyn Fn(usize, &str, &[&SummaryRow]) -> Vec<Series> + 'a;
 
@@ -216,14 +218,24 @@ pub fn write_all(summary: &[SummaryRow], rows: &[RunRow], dir: &Path) -> Result<
     if drafters.len() > 1 {
         for drafter in drafters {
             let own: Vec<SummaryRow> = summary.iter().filter(|r| r.drafter == drafter).cloned().collect();
-            let series = self::groups(&own)
-                .iter()
-                .enumerate()
-                .flat_map(|(c, (l, cells))| speedup_series(c, l, cells))
-                .collect();
+            let own_groups = self::groups(&own);
+            let of_own = |f: &SeriesOfGroup| -> Vec<Series> {
+                own_groups.iter().enumerate().flat_map(|(c, (l, cells))| f(c, l, cells)).collect()
+            };
+            let stem = file_stem(drafter);
             let title = format!("{title}: {drafter}");
-            let name = format!("speedup_vs_k-{}", file_stem(drafter));
-            render(&chart(&title, "draft length k", "speedup (95% CI)", series, Some(1.0)), dir, &name)?;
+            let series = of_own(&speedup_series);
+            render(
+                &chart(&title, "draft length k", "speedup (95% CI)", series, Some(1.0)),
+                dir,
+                &format!("speedup_vs_k-{stem}"),
+            )?;
+            let drafted = of_own(&|c, l, cells| drafted_series(rows, c, l, cells));
+            if !drafted.is_empty() {
+                let title = format!("{DRAFTED_TITLE}: {drafter}");
+                let chart = chart(&title, "tokens drafted", "share of steps", drafted, None);
+                render(&chart, dir, &format!("drafted_len_hist-{stem}"))?;
+            }
         }
     }
     render(
@@ -247,6 +259,21 @@ pub fn write_all(summary: &[SummaryRow], rows: &[RunRow], dir: &Path) -> Result<
         &chart("Acceptance by draft position", "draft position", "acceptance rate", positions, None),
         dir,
         "acceptance_by_position",
+    )?;
+    let drafted = each(&|color, label, cells| drafted_series(rows, color, label, cells));
+    if drafted.is_empty() {
+        return Ok(());
+    }
+    render(
+        &chart(
+            "Tokens drafted per step (adaptive draft lengths)",
+            "tokens drafted",
+            "share of steps",
+            drafted,
+            None,
+        ),
+        dir,
+        "drafted_len_hist",
     )
 }
 
@@ -316,17 +343,31 @@ fn length_series(color: usize, label: &str, cells: &[&SummaryRow]) -> Vec<Series
     series
 }
 
+/// For an adaptive schedule's cell, the share of steps that drafted 0..=k tokens (specbench rows
+/// carry the histogram); nothing for fixed k, which drafts k at every step.
+fn drafted_series(rows: &[RunRow], color: usize, label: &str, cells: &[&SummaryRow]) -> Vec<Series> {
+    let cell = cells[0];
+    if cell.schedule.is_empty() || cell.engine != ENGINE {
+        return Vec::new();
+    }
+    let key = cell.cell();
+    let cell_rows: Vec<&RunRow> = rows.iter().filter(|r| r.cell() == key).collect();
+    let Some(shares) = drafted_len_shares(cell.k, &cell_rows) else { return Vec::new() };
+    let points = shares.into_iter().enumerate().map(|(n, share)| (n as f64, share)).collect();
+    vec![Series::solid(label.to_string(), color, points)]
+}
+
 /// Acceptance at each draft position of the longest k (specbench rows carry it), against αⁱ.
 fn position_series(rows: &[RunRow], color: usize, label: &str, cells: &[&SummaryRow]) -> Vec<Series> {
     let longest = cells.iter().max_by_key(|r| r.k).expect("groups are non-empty");
     if longest.engine != ENGINE {
         return Vec::new();
     }
-    let cell =
-        CellKey::new(&longest.engine, &longest.backend, &longest.dtype, longest.temperature, longest.k)
-            .with_drafter(&longest.drafter, &longest.schedule);
-    let points =
-        position_acceptance(rows, &cell).iter().enumerate().map(|(i, &r)| ((i + 1) as f64, r)).collect();
+    let points = position_acceptance(rows, &longest.cell())
+        .iter()
+        .enumerate()
+        .map(|(i, &r)| ((i + 1) as f64, r))
+        .collect();
     let mut series = vec![Series::solid(format!("{label} k={}", longest.k), color, points)];
     if let Some(alpha) = longest.alpha {
         let iid = (1..=longest.k).map(|i| (i as f64, alpha.powi(i as i32))).collect();

@@ -59,6 +59,14 @@ pub struct SummaryRow {
     pub refined_speedup: Option<f64>,
 }
 
+impl SummaryRow {
+    /// The runs.csv cell this row summarises.
+    pub fn cell(&self) -> CellKey {
+        CellKey::new(&self.engine, &self.backend, &self.dtype, self.temperature, self.k)
+            .with_drafter(&self.drafter, &self.schedule)
+    }
+}
+
 /// One row per cell for all prompts, then one per cell and category.
 pub fn summarize(rows: &[RunRow]) -> Vec<SummaryRow> {
     let categories: BTreeSet<&str> = rows.iter().map(|r| r.category.as_str()).collect();
@@ -166,7 +174,7 @@ fn decode_speed(row: &RunRow) -> f64 {
 
 /// The share of target calls that proposed n = 0..=k draft tokens, over the cell's rows; rows
 /// without `drafted_len_hist` (older files, other engines) count as k at every call.
-fn drafted_len_shares(k: usize, cell: &[&RunRow]) -> Option<Vec<f64>> {
+pub fn drafted_len_shares(k: usize, cell: &[&RunRow]) -> Option<Vec<f64>> {
     let mut counts = vec![0.0; k + 1];
     for r in cell {
         let hist = split_counts(&r.drafted_len_hist);
