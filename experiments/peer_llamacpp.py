@@ -13,7 +13,7 @@ itself quantized on load (same shapes and types, other random values: the same w
 
 The files: the embedded target as f32/bf16/q8_0/q4_0 GGUF (tests/fixtures/tiny-gguf, plus an
 f32 copy made by llama-quantize) and SmolLM2-135M-Instruct as shipped (q4_1) and requantized by
-llama-quantize to q8_0, q4_0, f16 and f32 (from the q4_1 weights: the same speed as the original
+llama-quantize to q8_0, q4_0, q5_0, q5_1, f16 and f32 (from the q4_1 weights: the same speed as the original
 precision, not the same quality). llama.cpp comes from scripts/build_llamacpp.sh, SmolLM2 from
 scripts/fetch_smollm2.sh.
 
@@ -72,6 +72,8 @@ def files(presets):
             ("smollm2-135m", "f16", quantize(SMOL, DERIVED / "smollm2-f16.gguf", "F16")),
             ("smollm2-135m", "q8_0", quantize(SMOL, DERIVED / "smollm2-q8_0.gguf", "Q8_0")),
             ("smollm2-135m", "q4_0", quantize(SMOL, DERIVED / "smollm2-q4_0.gguf", "Q4_0")),
+            ("smollm2-135m", "q5_0", quantize(SMOL, DERIVED / "smollm2-q5_0.gguf", "Q5_0")),
+            ("smollm2-135m", "q5_1", quantize(SMOL, DERIVED / "smollm2-q5_1.gguf", "Q5_1")),
             ("smollm2-135m", "q4_1", SMOL),
         ]
     out = [(model, dtype, path, path, "f32") for model, dtype, path in out]
