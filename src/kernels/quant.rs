@@ -6,9 +6,9 @@
 //! The products follow llama.cpp: each input row is quantized once to 8-bit blocks of 32
 //! (`Q8_0`, or `Q8_1` with the block's sum for the formats with an offset), and each weight
 //! block meets its input block in integer arithmetic, scaled once per block. That is what lets a
-//! 4-bit matrix be streamed at 4.5–5 bits per weight rather than widened to 32 first. The
-//! K-quants meet 8-bit super-blocks of 256 (`kernels::kquant`); q5_0 and q5_1, rare in Llama
-//! files, dequantize a row at a time and take an f32 dot product: correct, and slower.
+//! 4-bit matrix be streamed at 4.5–5 bits per weight rather than widened to 32 first (q5_0 and
+//! q5_1 add each element's fifth bit from a 32-bit mask as it is unpacked). The K-quants meet
+//! 8-bit super-blocks of 256 (`kernels::kquant`).
 
 use half::f16;
 
