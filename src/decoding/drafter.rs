@@ -192,8 +192,7 @@ impl CausalLm for LayerSkip<'_> {
         rows: usize,
         vocab: usize,
     ) -> Result<Vec<Vec<f32>>> {
-        let logits = self.model.forward_skipping(tokens, cache, rows, &self.skip)?;
-        Ok(super::logits_rows(logits, 0, rows, vocab))
+        self.model.logits_skipping(tokens, cache, rows, vocab, &self.skip)
     }
     fn sync(&self) -> Result<()> {
         self.model.sync()

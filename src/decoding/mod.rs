@@ -7,8 +7,6 @@ pub mod drafter;
 pub mod pairing;
 pub mod speculative;
 
-use burn::tensor::{Tensor, s};
-
 use crate::error::{Error, Result};
 use crate::metrics::{AcceptanceStats, Timings};
 use crate::model::{KvCache, Llama};
@@ -58,8 +56,7 @@ impl CausalLm for Llama {
         rows: usize,
         vocab: usize,
     ) -> Result<Vec<Vec<f32>>> {
-        let logits = self.forward_last(tokens, cache, rows)?;
-        Ok(logits_rows(logits, 0, rows, vocab))
+        self.logits_skipping(tokens, cache, rows, vocab, &[])
     }
 
     fn sync(&self) -> Result<()> {
@@ -69,14 +66,6 @@ impl CausalLm for Llama {
     fn vocab_size(&self) -> usize {
         self.config().vocab_size
     }
-}
-
-/// Rows `from..to` and columns `..vocab` of `[seq, vocab]` logits, on the host. The slice is
-/// taken on the device so only what the sampler reads crosses to the host.
-fn logits_rows(logits: Tensor<2>, from: usize, to: usize, vocab: usize) -> Vec<Vec<f32>> {
-    let flat: Vec<f32> =
-        logits.slice(s![from..to, 0..vocab]).into_data().try_to_vec().expect("logits are read back as f32");
-    flat.chunks(vocab).map(<[f32]>::to_vec).collect()
 }
 
 #[derive(Debug, Clone, PartialEq)]
