@@ -6,7 +6,8 @@
 //! - [`ModelDrafter`] samples from a language model: a separate draft checkpoint, the target's
 //!   own weights at another dtype, or the target with layers skipped ([`LayerSkip`]).
 //! - [`NgramDrafter`] copies what followed the latest earlier occurrence of the context's last
-//!   n tokens (prompt lookup); its proposals are certain (one-hot `q`).
+//!   n tokens (prompt lookup), looking up again past the end of a copy; its proposals are
+//!   certain (one-hot `q`).
 
 use rand_chacha::ChaCha8Rng;
 
@@ -222,6 +223,25 @@ impl NgramDrafter {
         Ok(Self { min_n, max_n })
     }
 
+    /// Up to `limit` tokens after `context`: what followed the latest earlier occurrence of its
+    /// longest matching suffix, and where that copy reaches the end of the context, what
+    /// followed the suffix of the context with the copy appended, and so on. Without the second
+    /// lookup a match near the end (a period-3 repetition, say) could only propose up to the end
+    /// (on SmolLM2 it proposed 0.5–2.4 tokens per step at k = 6; llama-lookup looks up again
+    /// after every drafted token).
+    fn draft(&self, context: &[u32], limit: usize) -> Vec<u32> {
+        let mut extended = context.to_vec();
+        while extended.len() - context.len() < limit {
+            let wanted = limit - (extended.len() - context.len());
+            let more = self.continuation(&extended, wanted).to_vec();
+            if more.is_empty() {
+                break;
+            }
+            extended.extend(more);
+        }
+        extended.split_off(context.len())
+    }
+
     /// What followed the latest earlier occurrence of the longest matching suffix (≤ `limit`).
     fn continuation<'c>(&self, context: &'c [u32], limit: usize) -> &'c [u32] {
         let len = context.len();
@@ -249,7 +269,7 @@ impl Drafter for NgramDrafter {
         _: &mut ChaCha8Rng,
         timings: &mut Timings,
     ) -> Result<Proposal> {
-        let (tokens, search) = timed_host(|| self.continuation(committed, request.limit).to_vec());
+        let (tokens, search) = timed_host(|| self.draft(committed, request.limit));
         timings.draft += search;
         let qs = tokens.iter().map(|&t| DraftDistribution::Certain(t)).collect();
         Ok(Proposal { tokens, qs })
@@ -374,6 +394,19 @@ mod tests {
         assert!(NgramDrafter::new(2, 3).unwrap().continuation(&[5, 6, 7, 5, 8, 6, 9, 7], 3).is_empty());
         assert!(drafter.continuation(&[4], 3).is_empty());
         assert!(NgramDrafter::new(0, 2).is_err() && NgramDrafter::new(3, 2).is_err());
+    }
+
+    #[test]
+    fn ngram_drafts_look_up_again_past_the_end_of_a_copy() {
+        let drafter = NgramDrafter::new(1, 2).unwrap();
+        // The latest "1 2" is followed only by "3 1 2" before the end; the lookup continues
+        // from the drafted suffix.
+        let context = [1, 2, 3, 1, 2, 3, 1, 2];
+        assert_eq!(drafter.continuation(&context, 6), &[3, 1, 2]);
+        assert_eq!(drafter.draft(&context, 6), [3, 1, 2, 3, 1, 2]);
+        assert_eq!(drafter.draft(&context, 2), [3, 1]);
+        // Nothing matches: nothing proposed.
+        assert!(drafter.draft(&[7, 8, 9], 4).is_empty());
     }
 
     #[test]
