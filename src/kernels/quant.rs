@@ -441,29 +441,18 @@ fn dot_q8_scalar(format: BlockFormat, weights: &[u8], x: &Q8Row) -> f32 {
     let mut sum = 0.0f32;
     for (b, block) in blocks.enumerate() {
         let xq = &x.qs[b * QK..][..QK];
-        sum += match format {
+        // Σ q·x in integers, and the block's minimum for the formats with one.
+        let (dot, min) = match format {
             BlockFormat::Q8_0 => {
-                let dot: i32 = block[2..34].iter().zip(xq).map(|(&w, &q)| w as i8 as i32 * q as i32).sum();
-                f16_at(block, 0) * x.d[b] * dot as f32
+                (block[2..34].iter().zip(xq).map(|(&w, &q)| w as i8 as i32 * q as i32).sum::<i32>(), None)
             }
-            BlockFormat::Q4_0 => {
-                let dot: i32 = nibble_dot(&block[2..18], xq, 8);
-                f16_at(block, 0) * x.d[b] * dot as f32
-            }
-            BlockFormat::Q4_1 => {
-                let dot: i32 = nibble_dot(&block[4..20], xq, 0);
-                f16_at(block, 0) * x.d[b] * dot as f32 + f16_at(block, 2) * x.s[b]
-            }
-            BlockFormat::Q5_0 => {
-                let dot: i32 = five_bit_dot(&block[2..22], xq, 16);
-                f16_at(block, 0) * x.d[b] * dot as f32
-            }
-            BlockFormat::Q5_1 => {
-                let dot: i32 = five_bit_dot(&block[4..24], xq, 0);
-                f16_at(block, 0) * x.d[b] * dot as f32 + f16_at(block, 2) * x.s[b]
-            }
+            BlockFormat::Q4_0 => (nibble_dot(&block[2..18], xq, 8), None),
+            BlockFormat::Q4_1 => (nibble_dot(&block[4..20], xq, 0), Some(f16_at(block, 2))),
+            BlockFormat::Q5_0 => (five_bit_dot(&block[2..22], xq, 16), None),
+            BlockFormat::Q5_1 => (five_bit_dot(&block[4..24], xq, 0), Some(f16_at(block, 2))),
             _ => unreachable!("only 8-bit-input formats reach dot_q8"),
         };
+        sum += f16_at(block, 0) * x.d[b] * dot as f32 + min.map_or(0.0, |m| m * x.s[b]);
     }
     sum
 }
