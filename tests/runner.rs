@@ -284,6 +284,7 @@ fn shipped_configs_parse() {
     for config in [
         "configs/llama3-8b-1b.toml",
         "configs/llama3-8b-1b-random.toml",
+        "configs/llama3-8b-1b-random-q8_0.toml",
         "configs/smollm2.toml",
         "configs/smollm2-ngram.toml",
     ] {
