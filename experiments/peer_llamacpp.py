@@ -88,6 +88,7 @@ def files(presets):
 # the tied embedding included, is in the one type, as `specbench --dtype` quantizes them.
 PRESETS = {
     "llama3.2-1b": dict(hidden=2048, layers=16, heads=32, kv_heads=8, ffn=8192, vocab=128256, tied=True),
+    "llama3.1-8b": dict(hidden=4096, layers=32, heads=32, kv_heads=8, ffn=14336, vocab=128256, tied=False),
 }
 
 
@@ -115,19 +116,28 @@ def random_gguf(preset, kind):
         writer.add_layer_norm_rms_eps(1e-5)
         writer.add_vocab_size(dims["vocab"])
         writer.add_tokenizer_model("none")
-        normal = lambda *shape: (rng.standard_normal(shape, dtype=np.float32) * 0.02).astype(np.float16)
-        writer.add_tensor("token_embd.weight", normal(dims["vocab"], h))
-        writer.add_tensor("output_norm.weight", np.ones(h, dtype=np.float32))
+        # (name, shape, norm?) in file order; written one tensor at a time, so that the 8B
+        # shape's 16 GB never sit in memory at once.
+        kv = dims["kv_heads"] * d
+        tensors = [("token_embd.weight", (dims["vocab"], h), False), ("output_norm.weight", (h,), True)]
+        if not dims["tied"]:
+            tensors.append(("output.weight", (dims["vocab"], h), False))
         for i in range(dims["layers"]):
-            kv = dims["kv_heads"] * d
             for name, shape in [("attn_q", (h, h)), ("attn_k", (kv, h)), ("attn_v", (kv, h)), ("attn_output", (h, h)),
                                 ("ffn_gate", (dims["ffn"], h)), ("ffn_up", (dims["ffn"], h)), ("ffn_down", (h, dims["ffn"]))]:
-                writer.add_tensor(f"blk.{i}.{name}.weight", normal(*shape))
-            for name in ["attn_norm", "ffn_norm"]:
-                writer.add_tensor(f"blk.{i}.{name}.weight", np.ones(h, dtype=np.float32))
+                tensors.append((f"blk.{i}.{name}.weight", shape, False))
+            tensors += [(f"blk.{i}.attn_norm.weight", (h,), True), (f"blk.{i}.ffn_norm.weight", (h,), True)]
+        for name, shape, norm in tensors:
+            dtype = np.dtype(np.float32 if norm else np.float16)
+            writer.add_tensor_info(name, shape, dtype, int(np.prod(shape)) * dtype.itemsize)
         writer.write_header_to_file()
         writer.write_kv_data_to_file()
-        writer.write_tensors_to_file()
+        writer.write_ti_data_to_file()
+        for name, shape, norm in tensors:
+            if norm:
+                writer.write_tensor_data(np.ones(shape, dtype=np.float32))
+            else:
+                writer.write_tensor_data((rng.standard_normal(shape, dtype=np.float32) * 0.02).astype(np.float16))
         writer.close()
     subprocess.run(
         [str(BIN / "llama-quantize"), "--pure", "--output-tensor-type", kind, "--token-embedding-type", kind,
