@@ -287,6 +287,7 @@ fn shipped_configs_parse() {
         "configs/llama3-8b-1b-random-q8_0.toml",
         "configs/smollm2.toml",
         "configs/smollm2-ngram.toml",
+        "configs/smollm2-bf16.toml",
     ] {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(config);
         specbench::experiment::config::ExperimentConfig::from_file(&path).unwrap();
