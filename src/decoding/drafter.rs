@@ -9,6 +9,8 @@
 //!   n tokens (prompt lookup), looking up again past the end of a copy; its proposals are
 //!   certain (one-hot `q`).
 
+use std::ops::Range;
+
 use rand_chacha::ChaCha8Rng;
 
 use super::acceptance::DraftDistribution;
@@ -231,29 +233,30 @@ impl NgramDrafter {
     /// after every drafted token).
     fn draft(&self, context: &[u32], limit: usize) -> Vec<u32> {
         let mut extended = context.to_vec();
-        while extended.len() - context.len() < limit {
-            let wanted = limit - (extended.len() - context.len());
-            let more = self.continuation(&extended, wanted).to_vec();
+        let end = context.len() + limit;
+        while extended.len() < end {
+            let more = self.continuation(&extended, end - extended.len());
             if more.is_empty() {
                 break;
             }
-            extended.extend(more);
+            extended.extend_from_within(more);
         }
         extended.split_off(context.len())
     }
 
-    /// What followed the latest earlier occurrence of the longest matching suffix (≤ `limit`).
-    fn continuation<'c>(&self, context: &'c [u32], limit: usize) -> &'c [u32] {
+    /// Where in `context` what followed the latest earlier occurrence of its longest matching
+    /// suffix lies (at most `limit` tokens; empty without a match).
+    fn continuation(&self, context: &[u32], limit: usize) -> Range<usize> {
         let len = context.len();
         for n in (self.min_n..=self.max_n.min(len.saturating_sub(1))).rev() {
             let suffix = &context[len - n..];
             // Latest first: nearby repetitions (a loop body, a list) predict best.
             if let Some(start) = (0..len - n).rev().find(|&s| &context[s..s + n] == suffix) {
                 let from = start + n;
-                return &context[from..(from + limit).min(len)];
+                return from..(from + limit).min(len);
             }
         }
-        &[]
+        0..0
     }
 }
 
@@ -384,15 +387,18 @@ mod tests {
     #[test]
     fn ngram_lookup_copies_what_followed_the_latest_longest_match() {
         let drafter = NgramDrafter::new(1, 3).unwrap();
+        let copied = |drafter: &NgramDrafter, context: &[u32], limit| {
+            context[drafter.continuation(context, limit)].to_vec()
+        };
         // "1 2 3" occurred twice; the latest occurrence (followed by 9 8) wins.
         let context = [1, 2, 3, 4, 5, 1, 2, 3, 9, 8, 7, 1, 2, 3];
-        assert_eq!(drafter.continuation(&context, 2), &[9, 8]);
-        assert_eq!(drafter.continuation(&context, 10), &[9, 8, 7, 1, 2, 3]);
+        assert_eq!(copied(&drafter, &context, 2), [9, 8]);
+        assert_eq!(copied(&drafter, &context, 10), [9, 8, 7, 1, 2, 3]);
         // No 3-gram or 2-gram match: falls back to the last token alone.
-        assert_eq!(drafter.continuation(&[5, 6, 7, 5, 8, 6, 9, 7], 3), &[5, 8, 6]);
+        assert_eq!(copied(&drafter, &[5, 6, 7, 5, 8, 6, 9, 7], 3), [5, 8, 6]);
         // Below min_n nothing is proposed.
-        assert!(NgramDrafter::new(2, 3).unwrap().continuation(&[5, 6, 7, 5, 8, 6, 9, 7], 3).is_empty());
-        assert!(drafter.continuation(&[4], 3).is_empty());
+        assert!(copied(&NgramDrafter::new(2, 3).unwrap(), &[5, 6, 7, 5, 8, 6, 9, 7], 3).is_empty());
+        assert!(copied(&drafter, &[4], 3).is_empty());
         assert!(NgramDrafter::new(0, 2).is_err() && NgramDrafter::new(3, 2).is_err());
     }
 
@@ -402,7 +408,7 @@ mod tests {
         // The latest "1 2" is followed only by "3 1 2" before the end; the lookup continues
         // from the drafted suffix.
         let context = [1, 2, 3, 1, 2, 3, 1, 2];
-        assert_eq!(drafter.continuation(&context, 6), &[3, 1, 2]);
+        assert_eq!(context[drafter.continuation(&context, 6)], [3, 1, 2]);
         assert_eq!(drafter.draft(&context, 6), [3, 1, 2, 3, 1, 2]);
         assert_eq!(drafter.draft(&context, 2), [3, 1]);
         // Nothing matches: nothing proposed.

@@ -147,8 +147,9 @@ impl Llama {
     ) -> Result<Tensor<2>> {
         Ok(match self.forward_rows(ids, cache, rows, skip)? {
             Logits::Device(logits) => logits,
-            Logits::Host(logits, rows) => {
-                Tensor::from_data(TensorData::new(logits, [rows, self.config.vocab_size]), &self.device())
+            Logits::Host(logits) => {
+                let shape = [logits.len() / self.config.vocab_size, self.config.vocab_size];
+                Tensor::from_data(TensorData::new(logits, shape), &self.device())
             }
         })
     }
@@ -174,7 +175,7 @@ impl Llama {
                     .expect("logits are read back as f32");
                 flat.chunks(vocab).map(<[f32]>::to_vec).collect()
             }
-            Logits::Host(logits, _) => {
+            Logits::Host(logits) => {
                 logits.chunks(self.config.vocab_size).map(|row| row[..vocab].to_vec()).collect()
             }
         })
@@ -201,17 +202,17 @@ impl Llama {
                     .squeeze_dim::<2>(0);
                 Logits::Device(logits.slice(s![ids.len() - rows..ids.len(), ..]))
             }
-            Engine::Host(host) => Logits::Host(host.forward(ids, cache, rows, skip), rows),
+            Engine::Host(host) => Logits::Host(host.forward(ids, cache, rows, skip)),
         })
     }
 }
 
-/// A forward's logits `[rows, vocab_size]`: on the device (Burn), or on the host with their row count.
+/// A forward's logits `[rows, vocab_size]`: on the device (Burn), or on the host, row-major.
 // Returned once per forward and matched at once: not worth boxing the tensor handle.
 #[allow(clippy::large_enum_variant)]
 enum Logits {
     Device(Tensor<2>),
-    Host(Vec<f32>, usize),
+    Host(Vec<f32>),
 }
 
 impl BurnLlama {

@@ -199,9 +199,7 @@ pub fn write_all(summary: &[SummaryRow], rows: &[RunRow], dir: &Path) -> Result<
         series,
         reference,
     };
-    let each = |f: &SeriesOfGroup| -> Vec<Series> {
-        groups.iter().enumerate().flat_map(|(color, (label, cells))| f(color, label, cells)).collect()
-    };
+    let each = |f: &SeriesOfGroup| series_of(&groups, f);
     let measured_only = |color: usize, label: &str, cells: &[&SummaryRow]| {
         speedup_series(color, label, cells).into_iter().take(1).collect::<Vec<_>>()
     };
@@ -219,9 +217,7 @@ pub fn write_all(summary: &[SummaryRow], rows: &[RunRow], dir: &Path) -> Result<
         for drafter in drafters {
             let own: Vec<SummaryRow> = summary.iter().filter(|r| r.drafter == drafter).cloned().collect();
             let own_groups = self::groups(&own);
-            let of_own = |f: &SeriesOfGroup| -> Vec<Series> {
-                own_groups.iter().enumerate().flat_map(|(c, (l, cells))| f(c, l, cells)).collect()
-            };
+            let of_own = |f: &SeriesOfGroup| series_of(&own_groups, f);
             let stem = file_stem(drafter);
             let title = format!("{title}: {drafter}");
             let series = of_own(&speedup_series);
@@ -264,17 +260,12 @@ pub fn write_all(summary: &[SummaryRow], rows: &[RunRow], dir: &Path) -> Result<
     if drafted.is_empty() {
         return Ok(());
     }
-    render(
-        &chart(
-            "Tokens drafted per step (adaptive draft lengths)",
-            "tokens drafted",
-            "share of steps",
-            drafted,
-            None,
-        ),
-        dir,
-        "drafted_len_hist",
-    )
+    render(&chart(DRAFTED_TITLE, "tokens drafted", "share of steps", drafted, None), dir, "drafted_len_hist")
+}
+
+/// One chart's series: `f` applied to each group, the group's index as its color.
+fn series_of(groups: &[(String, Vec<&SummaryRow>)], f: &SeriesOfGroup) -> Vec<Series> {
+    groups.iter().enumerate().flat_map(|(color, (label, cells))| f(color, label, cells)).collect()
 }
 
 /// A drafter's name as part of a file name.
