@@ -338,8 +338,9 @@ impl Projection {
 /// times slower on ndarray. x · W with W stored `[in, out]` (the layout before) is what Burn's
 /// GPU matmul handled worst at decode shapes: on an H200 (wgpu, Vulkan) its autotuner ran each
 /// projection of the 8B shape through a tiled unit kernel at 47–163 GB/s (the 128256-wide LM
-/// head, same kernel, at 1 TB/s), 166 ms per token; `W · xᵀ` decoded it in 44 ms. On ndarray it
-/// doubles Burn's decode speed too (results/gpu/README.md).
+/// head, same kernel, at 1 TB/s), 166 ms per token; `W · xᵀ` decoded it in 44 ms
+/// (results/gpu/README.md). On ndarray it nearly doubles Burn's decode too (A/B, `specbench
+/// generate --projections backend`: embedded target 117–144 → 171–206 tokens/s, SmolLM2 5.2 → 9.7).
 fn times_transposed(weight: &Tensor<2>, x: Tensor<3>) -> Tensor<3> {
     let [batch, seq, input] = x.dims();
     let out = weight.dims()[0];
