@@ -8,7 +8,12 @@
    (bf16: the checkpoint's own precision, so lossless) and quantized by llama-quantize to q8_0,
    q4_0, q4_1 and q4_k_m; with llama.cpp's last-position logits and greedy continuations of a few
    prompts for each, computed through llama-cpp-python.
-3. tests/fixtures/smollm2/reference.json: llama.cpp's tokenization, greedy continuation and the
+3. tests/fixtures/spm-gguf/: a Llama 2-style GGUF, whose tokenizer is SentencePiece (`llama`):
+   a SentencePiece BPE model trained with Llama 2's trainer settings on the corpus the tiny pair
+   was trained on, in a small random-weight Llama that llama.cpp's converter writes; with
+   SentencePiece's and llama.cpp's tokenizations of awkward strings, llama.cpp's detokenization
+   and its greedy continuations.
+4. tests/fixtures/smollm2/reference.json: llama.cpp's tokenization, greedy continuation and the
    two top logits per step of SmolLM2-135M-Instruct.Q4_1.gguf (scripts/fetch_smollm2.sh) on
    five prompts.
 
@@ -39,6 +44,29 @@ TINY_PROMPTS = [
     "The little dog ran to the",
     "She said, \"Let's go home",
 ]
+SPM_DIR = ROOT / "tests/fixtures/spm-gguf"
+SPM_VOCAB = 1000
+# Strings that exercise what SentencePiece does differently from byte-level BPE: the dummy space
+# prefix, runs of spaces and newlines, digits split one by one, characters outside the
+# vocabulary (byte fallback), control tokens in the text, and the empty string.
+SPM_STRINGS = [
+    "Hello world",
+    "def main():\n    return 42\n",
+    "  two leading spaces,   three inside, one trailing ",
+    "\n\nnewlines first\tand a tab",
+    "Numbers 12345 and 3.14159",
+    "Café, naïve, Ærøskøbing — 日本語 🙂",
+    "<s>[INST] a control token in the text [/INST]</s>",
+    "import os\nimport sys\nfrom pathlib import Path",
+    "",
+]
+SPM_PROMPTS = ["def fibonacci(n):", "The module provides"]
+SPM_CHAT_TEMPLATE = (
+    "{{ bos_token }}{% for message in messages %}{% if message['role'] == 'user' %}"
+    "{{ '[INST] ' + message['content'] + ' [/INST]' }}{% else %}{{ ' ' + message['content'] + eos_token }}"
+    "{% endif %}{% endfor %}"
+)
+SPM_CHAT_QUESTION = "What does os.path.join do?"
 SMOL_PROMPTS = {
     "code": "def fibonacci(n):\n    \"\"\"Return the n-th Fibonacci number.\"\"\"\n",
     "prose": "The history of the printing press begins in",
@@ -155,6 +183,95 @@ def tiny_references():
     (TINY_DIR / "reference.json").write_text(json.dumps(references) + "\n")
 
 
+def spm_model():
+    """A SentencePiece BPE model trained with Llama 2's settings (byte fallback, digits split,
+    whitespace kept as it is) in a random-weight Llama folder, converted by llama.cpp's converter."""
+    import sentencepiece as spm
+    import tempfile
+    import torch
+    from safetensors.torch import save_file
+
+    stdlib = Path(os.__file__).parent
+    text = "\n".join(open(f, encoding="utf-8", errors="replace").read() for f in sorted(stdlib.glob("*.py")))
+    work = Path(tempfile.mkdtemp())
+    (work / "corpus.txt").write_text(text)
+    spm.SentencePieceTrainer.train(
+        input=str(work / "corpus.txt"), model_prefix=str(work / "tokenizer"), model_type="bpe",
+        vocab_size=SPM_VOCAB, byte_fallback=True, split_digits=True, allow_whitespace_only_pieces=True,
+        remove_extra_whitespaces=False, normalization_rule_name="identity", character_coverage=0.9995,
+        max_sentence_length=1 << 16, input_sentence_size=200000, shuffle_input_sentence=False,
+        unk_id=0, bos_id=1, eos_id=2, pad_id=-1, num_threads=2, minloglevel=2,
+    )
+    folder = work / "llama2-style"
+    folder.mkdir()
+    (work / "tokenizer.model").rename(folder / "tokenizer.model")
+    config = {
+        "architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": SPM_VOCAB,
+        "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
+        "num_key_value_heads": 2, "max_position_embeddings": 256, "rms_norm_eps": 1e-5, "rope_theta": 10000.0,
+        "tie_word_embeddings": False, "bos_token_id": 1, "eos_token_id": 2, "hidden_act": "silu",
+        "torch_dtype": "float32",
+    }
+    (folder / "config.json").write_text(json.dumps(config))
+    (folder / "tokenizer_config.json").write_text(json.dumps({
+        "add_bos_token": True, "add_eos_token": False, "bos_token": "<s>", "eos_token": "</s>",
+        "unk_token": "<unk>", "chat_template": SPM_CHAT_TEMPLATE,
+    }))
+    g = torch.Generator().manual_seed(20261126)
+    hidden, inter, kv = 64, 128, 32
+
+    def rand(*shape, scale=0.08):
+        return (torch.randn(*shape, generator=g) * scale).contiguous()
+
+    weights = {"model.embed_tokens.weight": rand(SPM_VOCAB, hidden, scale=0.5),
+               "model.norm.weight": torch.ones(hidden), "lm_head.weight": rand(SPM_VOCAB, hidden, scale=0.5)}
+    for layer in range(2):
+        p = f"model.layers.{layer}."
+        weights |= {
+            p + "input_layernorm.weight": torch.ones(hidden), p + "post_attention_layernorm.weight": torch.ones(hidden),
+            p + "self_attn.q_proj.weight": rand(hidden, hidden), p + "self_attn.k_proj.weight": rand(kv, hidden),
+            p + "self_attn.v_proj.weight": rand(kv, hidden), p + "self_attn.o_proj.weight": rand(hidden, hidden),
+            p + "mlp.gate_proj.weight": rand(inter, hidden), p + "mlp.up_proj.weight": rand(inter, hidden),
+            p + "mlp.down_proj.weight": rand(hidden, inter),
+        }
+    save_file(weights, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    SPM_DIR.mkdir(parents=True, exist_ok=True)
+    (SPM_DIR / "tokenizer.model").write_bytes((folder / "tokenizer.model").read_bytes())
+    convert_embedded(folder, "f32", SPM_DIR / "llama2-style-f32.gguf")
+
+
+def spm_references():
+    """SentencePiece's own tokenization (without BOS) and llama.cpp's (with BOS, control tokens
+    parsed) of each string, llama.cpp's detokenization, and its greedy continuations."""
+    import sentencepiece as spm
+    from jinja2 import Template
+
+    sp = spm.SentencePieceProcessor(model_file=str(SPM_DIR / "tokenizer.model"))
+    model = llama(SPM_DIR / "llama2-style-f32.gguf")
+    strings = []
+    for text in SPM_STRINGS:
+        ids = model.tokenize(text.encode(), add_bos=True, special=True)
+        strings.append({
+            "text": text, "sentencepiece": sp.encode(text), "llama_cpp": ids,
+            "llama_cpp_detokenized": model.detokenize(ids[1:]).decode("utf-8", errors="replace"),
+        })
+    chat = Template(model.metadata["tokenizer.chat_template"]).render(
+        messages=[{"role": "user", "content": SPM_CHAT_QUESTION}], bos_token="<s>", eos_token="</s>",
+        add_generation_prompt=True,
+    )
+    cases = []
+    for text in [*SPM_PROMPTS, chat]:
+        ids = model.tokenize(text.encode(), add_bos=text != chat, special=True)
+        tokens, tops = greedy(model, ids, NEW_TOKENS)
+        case = {"prompt": text, "prompt_ids": ids, "greedy": tokens, "top2": tops}
+        if text == chat:
+            case["chat_message"] = SPM_CHAT_QUESTION
+        cases.append(case)
+    meta = {"engine": "llama.cpp 0c1e57098bba via llama-cpp-python 0.3.36; sentencepiece " + spm.__version__,
+            "strings": strings, "cases": cases}
+    (SPM_DIR / "reference.json").write_text(json.dumps(meta, indent=1, ensure_ascii=False) + "\n")
+
+
 def smol_references():
     from jinja2 import Template
 
@@ -180,12 +297,16 @@ def smol_references():
 
 
 if __name__ == "__main__":
-    steps = sys.argv[1:] or ["blocks", "tiny", "tiny-ref", "smol-ref"]
+    steps = sys.argv[1:] or ["blocks", "tiny", "tiny-ref", "spm", "spm-ref", "smol-ref"]
     if "blocks" in steps:
         block_fixtures()
     if "tiny" in steps:
         convert_tiny_target()
     if "tiny-ref" in steps:
         tiny_references()
+    if "spm" in steps:
+        spm_model()
+    if "spm-ref" in steps:
+        spm_references()
     if "smol-ref" in steps and SMOL_GGUF.exists():
         smol_references()

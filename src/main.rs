@@ -369,7 +369,7 @@ fn generate(args: GenerateArgs) -> Result<()> {
             prompt: &args.prompt,
             prompt_ids: &prompt,
             generated_ids: &generation.tokens,
-            text: target.tokenizer.decode(&generation.tokens),
+            text: target.tokenizer.decode_continuation(&prompt, &generation.tokens),
             stop_token_ids: &config.eos_ids,
             accepted_per_call: &generation.accepted_per_call,
             timings: seconds_by_phase(&generation.timings),
@@ -383,7 +383,7 @@ fn generate(args: GenerateArgs) -> Result<()> {
     if args.top_logits > 0 {
         anyhow::bail!("--top-logits goes with --json");
     }
-    println!("{}{}", args.prompt, target.tokenizer.decode(&generation.tokens));
+    println!("{}{}", args.prompt, target.tokenizer.decode_continuation(&prompt, &generation.tokens));
     let weights = |model: &LoadedModel| model.model.weight_formats().join(" + ");
     let label = match &draft {
         None => format!("{} ({} weights) on {}", target.spec, weights(&target), runtime.describe()),

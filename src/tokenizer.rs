@@ -116,6 +116,19 @@ impl Tokenizer {
         }
     }
 
+    /// The text that `new` adds after `context`. Decoded together and the context's text cut off:
+    /// SentencePiece decoders drop the leading space of what they decode, which alone would drop
+    /// a continuation's first space. Falls back to `new` alone where the context's text is not a
+    /// prefix (it ends inside a character that `new` completes).
+    pub fn decode_continuation(&self, context: &[u32], new: &[u32]) -> String {
+        let head = self.decode(context);
+        let whole = self.decode(&[context, new].concat());
+        match whole.strip_prefix(&head) {
+            Some(tail) => tail.to_string(),
+            None => self.decode(new),
+        }
+    }
+
     /// The string of token `id`, or `None` past the tokenizer's vocabulary.
     pub fn token(&self, id: u32) -> Option<String> {
         match self {

@@ -403,6 +403,17 @@ fn gguf_of_another_architecture_is_refused_by_name() {
 }
 
 #[test]
+fn gguf_with_a_tokenizer_kind_specbench_does_not_rebuild_is_refused_by_name() {
+    // BERT's WordPiece (`bert`), the same length as `gpt2` so the file stays well formed.
+    let (_dir, file) = damaged_gguf(|b| replace_after(b, "tokenizer.ggml.model", b"gpt2", b"bert"));
+    assert_clean_failure(
+        &file,
+        &[],
+        &["damaged.gguf", "`tokenizer.ggml.model` = `bert`", "`llama` (SentencePiece)"],
+    );
+}
+
+#[test]
 fn gguf_whose_metadata_and_tensors_disagree() {
     // One layer more in the metadata than the file has tensors for.
     let (_dir, file) =

@@ -94,11 +94,12 @@ fn check_greedy(
     label: &str,
 ) -> Agreement {
     let prompt_ids = ids(&case["prompt_ids"]);
-    assert_eq!(
-        model.tokenizer.encode(case["prompt"].as_str().unwrap()).unwrap(),
-        prompt_ids,
-        "{label}: tokens"
-    );
+    // A chat case gives the user message its prompt was rendered from.
+    let encoded = match case["chat_message"].as_str() {
+        Some(message) => model.tokenizer.encode_chat(message),
+        None => model.tokenizer.encode(case["prompt"].as_str().unwrap()),
+    };
+    assert_eq!(encoded.unwrap(), prompt_ids, "{label}: tokens");
     let want = ids(&case["greedy"]);
     for (step, (token, logits)) in greedy_with_logits(model, &prompt_ids, want.len()).into_iter().enumerate()
     {
@@ -165,6 +166,46 @@ fn tiny_gguf_files_match_llama_cpp_logits_tokens_and_greedy_output() {
                 }
             }
         }
+    }
+}
+
+/// A Llama 2-style GGUF, whose tokenizer is SentencePiece (`tokenizer.ggml.model = llama`):
+/// llama.cpp's converter wrote it from a SentencePiece model trained with Llama 2's settings
+/// and small random weights. Our tokenization equals llama.cpp's on spaces, newlines, digits,
+/// bytes outside the vocabulary, control tokens in the text and the empty string, and equals
+/// SentencePiece's own where the text holds no control token (which SentencePiece reads as
+/// text); decoding gives the text back (llama.cpp's detokenizer keeps the prefixed space); the
+/// chat template renders and tokenizes as llama.cpp's; greedy output equals llama.cpp's.
+#[test]
+fn sentencepiece_gguf_tokenizes_and_decodes_like_llama_cpp() {
+    let references = reference(&common::fixture_dir("spm-gguf/reference.json"));
+    let model = load(common::fixture_dir("spm-gguf/llama2-style-f32.gguf"), Backend::Flex);
+    for case in references["strings"].as_array().unwrap() {
+        let text = case["text"].as_str().unwrap();
+        let ours = model.tokenizer.encode(text).unwrap();
+        assert_eq!(ours, ids(&case["llama_cpp"]), "{text:?}: llama.cpp's tokens");
+        if text.contains("<s>") {
+            continue;
+        }
+        assert_eq!(ours[1..], ids(&case["sentencepiece"]), "{text:?}: SentencePiece's tokens");
+        let decoded = model.tokenizer.decode(&ours);
+        assert_eq!(decoded, text, "{text:?}: decoded");
+        let theirs = case["llama_cpp_detokenized"].as_str().unwrap();
+        assert_eq!(theirs.strip_prefix(' ').unwrap_or(theirs), decoded, "{text:?}: llama.cpp's text");
+        // A continuation keeps its first space, wherever the text is cut (ASCII: no cut inside
+        // a character).
+        if text.is_ascii() {
+            for cut in 1..ours.len() {
+                let (head, tail) = ours.split_at(cut);
+                let joined = model.tokenizer.decode(head) + &model.tokenizer.decode_continuation(head, tail);
+                assert_eq!(joined, text, "{text:?} cut after {cut} tokens");
+            }
+        }
+    }
+    for case in references["cases"].as_array().unwrap() {
+        let label = format!("SentencePiece GGUF, {:?}", case["prompt"].as_str().unwrap());
+        // f32 on both sides: logits agree to rounding.
+        assert!(matches!(check_greedy(&model, case, 1e-3, EXACT_TIE, &label), Agreement::Whole), "{label}");
     }
 }
 

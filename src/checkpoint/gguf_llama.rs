@@ -1,12 +1,11 @@
 //! A Llama model in a GGUF file, as llama.cpp writes it: `llama.*` metadata into `LlamaConfig`,
-//! `blk.N.*` tensors handed out under our weight table (quantized blocks stay blocks), the
-//! tokenizer rebuilt from `tokenizer.ggml.*`, and the stop tokens.
+//! `blk.N.*` tensors handed out under our weight table (quantized blocks stay blocks), and the
+//! stop tokens. The tokenizer is `gguf_tokenizer`'s.
 
 use std::collections::HashSet;
 use std::path::Path;
 
 use burn::tensor::{DType, Device, Tensor};
-use serde_json::json;
 
 use crate::checkpoint::gguf::{GgufFile, TensorInfo, TensorType, Value};
 use crate::error::{Error, Result};
@@ -14,7 +13,6 @@ use crate::model::config::{LlamaConfig, RopeParameters, TokenIds};
 use crate::model::weights::{
     HostTensor, LayerWeight, Weight, WeightSource, device_tensor, floats_from_le_bytes,
 };
-use crate::tokenizer::ChatTemplate;
 
 /// A GGUF Llama checkpoint, its tensors handed out by our weight names.
 pub struct GgufCheckpoint {
@@ -255,106 +253,6 @@ pub fn config_from(file: &GgufFile) -> Result<LlamaConfig> {
     };
     config.validate().map_err(|e| file.error(e.to_string()))?;
     Ok(config)
-}
-
-/// Rebuilds the Hugging Face tokenizer that the file's `tokenizer.ggml.*` keys describe, as a
-/// tokenizer.json document: byte-level BPE (`gpt2`, as in Llama 3 and SmolLM2) with the
-/// pre-tokenizer `tokenizer.ggml.pre` names. Control and user-defined tokens are special.
-pub fn tokenizer_from(file: &GgufFile) -> Result<tokenizers::Tokenizer> {
-    let meta = &file.metadata;
-    let text = |key: &str| meta.get(key).and_then(Value::as_str);
-    let model = text("tokenizer.ggml.model").ok_or_else(|| file.error("no `tokenizer.ggml.model`"))?;
-    if model != "gpt2" {
-        return Err(file.error(format!(
-            "`tokenizer.ggml.model` = `{model}`: only byte-level BPE tokenizers (`gpt2`) are rebuilt so far"
-        )));
-    }
-    let strings = |key: &str| -> Result<Vec<&str>> {
-        let values =
-            meta.get(key).and_then(Value::as_array).ok_or_else(|| file.error(format!("no `{key}` array")))?;
-        values
-            .iter()
-            .map(|v| v.as_str().ok_or_else(|| file.error(format!("`{key}` holds a non-string"))))
-            .collect()
-    };
-    let tokens = strings("tokenizer.ggml.tokens")?;
-    let merges = strings("tokenizer.ggml.merges")?;
-    let types: Vec<u64> = match meta.get("tokenizer.ggml.token_type").and_then(Value::as_array) {
-        Some(values) => values.iter().map(|v| v.as_u64().unwrap_or(1)).collect(),
-        None => vec![1; tokens.len()],
-    };
-    let vocab: serde_json::Map<String, serde_json::Value> =
-        tokens.iter().enumerate().map(|(id, t)| (t.to_string(), json!(id))).collect();
-    // Token types: 3 = control, 4 = user-defined; both are matched whole, before BPE.
-    let added: Vec<serde_json::Value> = tokens
-        .iter()
-        .zip(&types)
-        .enumerate()
-        .filter(|(_, (_, kind))| matches!(kind, 3 | 4))
-        .map(|(id, (content, kind))| {
-            json!({"id": id, "content": content, "single_word": false, "lstrip": false, "rstrip": false,
-                   "normalized": false, "special": *kind == 3})
-        })
-        .collect();
-    let byte_level =
-        json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true});
-    let pre = match text("tokenizer.ggml.pre").unwrap_or("default") {
-        "default" | "gpt-2" | "gpt2" => byte_level.clone(),
-        "smollm" => json!({"type": "Sequence", "pretokenizers": [
-            {"type": "Digits", "individual_digits": true}, byte_level]}),
-        "llama-bpe" | "llama3" => json!({"type": "Sequence", "pretokenizers": [
-            {"type": "Split", "pattern": {"Regex": LLAMA3_SPLIT}, "behavior": "Isolated", "invert": false},
-            {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": false}]}),
-        other => {
-            return Err(file.error(format!(
-                "`tokenizer.ggml.pre` = `{other}` is not a pre-tokenizer specbench knows (default, gpt-2, smollm, llama-bpe)"
-            )));
-        }
-    };
-    let add_bos = meta.get("tokenizer.ggml.add_bos_token").and_then(Value::as_bool).unwrap_or(false);
-    let post = match (add_bos, meta.get("tokenizer.ggml.bos_token_id").and_then(Value::as_u64)) {
-        (true, Some(bos)) => {
-            let bos_token = tokens
-                .get(bos as usize)
-                .ok_or_else(|| file.error("`tokenizer.ggml.bos_token_id` is past the vocabulary"))?;
-            json!({"type": "TemplateProcessing",
-                   "single": [{"SpecialToken": {"id": bos_token, "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}],
-                   "pair": [{"Sequence": {"id": "A", "type_id": 0}}, {"Sequence": {"id": "B", "type_id": 1}}],
-                   "special_tokens": {*bos_token: {"id": bos_token, "ids": [bos], "tokens": [bos_token]}}})
-        }
-        _ => serde_json::Value::Null,
-    };
-    let document = json!({
-        "version": "1.0", "truncation": null, "padding": null, "added_tokens": added, "normalizer": null,
-        "pre_tokenizer": pre, "post_processor": post,
-        "decoder": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true},
-        "model": {"type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": null,
-                  "end_of_word_suffix": null, "fuse_unk": false, "byte_fallback": false, "ignore_merges": false,
-                  "vocab": vocab, "merges": merges},
-    });
-    document
-        .to_string()
-        .parse::<tokenizers::Tokenizer>()
-        .map_err(|e| file.error(format!("its tokenizer cannot be rebuilt: {e}")))
-}
-
-/// Llama 3's pre-tokenizer split (llama.cpp's `llama-bpe`).
-const LLAMA3_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
-
-/// The chat template the file carries, if any, with its BOS and EOS token strings.
-pub fn chat_template(file: &GgufFile) -> Option<ChatTemplate> {
-    let meta = &file.metadata;
-    let source = meta.get("tokenizer.chat_template").and_then(Value::as_str)?.to_string();
-    let tokens = meta.get("tokenizer.ggml.tokens").and_then(Value::as_array);
-    let token = |key: &str| {
-        let id = meta.get(key).and_then(Value::as_u64)? as usize;
-        tokens?.get(id)?.as_str().map(str::to_string)
-    };
-    Some(ChatTemplate {
-        source,
-        bos_token: token("tokenizer.ggml.bos_token_id").unwrap_or_default(),
-        eos_token: token("tokenizer.ggml.eos_token_id").unwrap_or_default(),
-    })
 }
 
 #[cfg(test)]

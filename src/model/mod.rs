@@ -20,6 +20,7 @@ use crate::backend::Runtime;
 use crate::checkpoint::folder::{self, Checkpoint};
 use crate::checkpoint::gguf::GgufFile;
 use crate::checkpoint::gguf_llama::{self, GgufCheckpoint};
+use crate::checkpoint::gguf_tokenizer;
 use crate::error::{Error, Result};
 use crate::tokenizer::Tokenizer;
 use weights::RandomWeights;
@@ -73,9 +74,9 @@ impl std::fmt::Display for ModelSpec {
 
 fn gguf_tokenizer(file: &GgufFile, path: &Path) -> Result<Tokenizer> {
     Ok(Tokenizer::HuggingFace {
-        inner: Box::new(gguf_llama::tokenizer_from(file)?),
+        inner: Box::new(gguf_tokenizer::tokenizer_from(file)?),
         path: path.to_path_buf(),
-        chat: gguf_llama::chat_template(file),
+        chat: gguf_tokenizer::chat_template(file),
     })
 }
 
