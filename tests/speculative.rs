@@ -13,7 +13,9 @@ use specbench::backend::Backend;
 use specbench::decoding::acceptance::{
     AcceptanceRule, DraftDistribution, RejectionSampling, Verdict, verify_token,
 };
-use specbench::decoding::drafter::{DraftLength, Drafter, LayerSkip, ModelDrafter, NgramDrafter};
+use specbench::decoding::drafter::{
+    DraftLength, Drafter, LayerSkip, ModelDrafter, NgramDrafter, NgramLookup,
+};
 use specbench::decoding::pairing::shared_vocab;
 use specbench::decoding::speculative::Speculative;
 use specbench::decoding::{CausalLm, GenerationConfig, autoregressive};
@@ -104,7 +106,8 @@ fn greedy_equivalence_for_every_drafter_and_schedule() {
         check("q8_0", length, run(&mut ModelDrafter::new(&q8.model, vocab).unwrap()));
         check("q4_0", length, run(&mut ModelDrafter::new(&q4.model, vocab).unwrap()));
         check("layer skip", length, run(&mut ModelDrafter::new(&skipping, vocab).unwrap()));
-        check("ngram", length, run(&mut NgramDrafter::new(1, 3).unwrap()));
+        check("ngram", length, run(&mut NgramDrafter::new(1, 3, NgramLookup::Latest).unwrap()));
+        check("ngram counts", length, run(&mut NgramDrafter::new(1, 4, NgramLookup::Counts).unwrap()));
     }
 }
 
@@ -413,13 +416,16 @@ fn every_drafter_kind_and_schedule_keeps_the_target_distribution() {
     // The n-gram drafter proposes after the repeated [7, 4]: the prompt ends in 4, so the
     // first position drafts [1, 7, ...] whatever was sampled before.
     let repeating: [u32; 6] = [1, 7, 4, 1, 7, 4];
-    let ngram = || NgramDrafter::new(1, 2).unwrap();
+    // Counted lookup needs two occurrences of a 1- or 2-gram before it proposes.
+    let thrice: [u32; 9] = [1, 7, 4, 1, 7, 4, 1, 7, 4];
+    let ngram = || NgramDrafter::new(1, 2, NgramLookup::Latest).unwrap();
+    let counts = || NgramDrafter::new(1, 2, NgramLookup::Counts).unwrap();
     let model = |m| ModelDrafter::new(m, VOCAB).unwrap();
     let heuristic = DraftLength::Heuristic { start: 1, max: 3 };
     let confidence = DraftLength::Confidence { threshold: 0.3, max: 3 };
     let fixed = DraftLength::Fixed(2);
     type PValue<'a> = &'a dyn Fn(&dyn AcceptanceRule) -> f64;
-    let cases: [(&str, PValue); 5] = [
+    let cases: [(&str, PValue); 6] = [
         ("quantized q4_0, k = 2", &|rule| {
             drafter_p_value(&memo, model(&quantized), &PROMPT, t1, fixed, rule)
         }),
@@ -427,6 +433,7 @@ fn every_drafter_kind_and_schedule_keeps_the_target_distribution() {
             drafter_p_value(&memo, ModelDrafter::new(&skipping, VOCAB).unwrap(), &PROMPT, t1, fixed, rule)
         }),
         ("ngram, k = 2", &|rule| drafter_p_value(&memo, ngram(), &repeating, t1, fixed, rule)),
+        ("ngram counts, k = 2", &|rule| drafter_p_value(&memo, counts(), &thrice, t1, fixed, rule)),
         ("draft, heuristic", &|rule| drafter_p_value(&memo, model(&draft), &PROMPT, t1, heuristic, rule)),
         ("draft, confidence 0.3", &|rule| {
             drafter_p_value(&memo, model(&draft), &PROMPT, t1, confidence, rule)
@@ -439,10 +446,12 @@ fn every_drafter_kind_and_schedule_keeps_the_target_distribution() {
         assert!(right > 1e-3, "{name}: speculative output differs from the target (p = {right:.2e})");
         assert!(wrong < 1e-3, "{name}: the test failed to detect always-accept (p = {wrong})");
     }
-    // The lookup did propose on that prompt (the test above is not vacuous for n-grams).
-    let mut spec = Speculative::new(&memo, ngram(), VOCAB, fixed).unwrap();
-    let out = spec.generate(&repeating, &config(SamplingConfig::greedy(), 8, 0)).unwrap();
-    assert!(out.acceptance.proposed > 0);
+    // Both lookups did propose on that prompt (the test above is not vacuous for n-grams).
+    for (drafter, prompt) in [(ngram(), &repeating[..]), (counts(), &thrice[..])] {
+        let mut spec = Speculative::new(&memo, drafter, VOCAB, fixed).unwrap();
+        let out = spec.generate(prompt, &config(SamplingConfig::greedy(), 8, 0)).unwrap();
+        assert!(out.acceptance.proposed > 0);
+    }
 }
 
 /// A model whose next-token logits never depend on the context: acceptance is then i.i.d.

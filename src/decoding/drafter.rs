@@ -6,9 +6,11 @@
 //! - [`ModelDrafter`] samples from a language model: a separate draft checkpoint, the target's
 //!   own weights at another dtype, or the target with layers skipped ([`LayerSkip`]).
 //! - [`NgramDrafter`] copies what followed the latest earlier occurrence of the context's last
-//!   n tokens (prompt lookup), looking up again past the end of a copy; its proposals are
+//!   n tokens (prompt lookup), looking up again past the end of a copy, or proposes the
+//!   continuation seen most often after them (llama.cpp's `llama-lookup`); its proposals are
 //!   certain (one-hot `q`).
 
+use std::collections::HashMap;
 use std::ops::Range;
 
 use rand_chacha::ChaCha8Rng;
@@ -205,24 +207,47 @@ impl CausalLm for LayerSkip<'_> {
     }
 }
 
-/// Prompt lookup (Saxena 2023; transformers' `prompt_lookup_num_tokens`, vLLM's `ngram`): the
-/// last n tokens of the context, for n from `max_n` down to `min_n`, are looked up in the
-/// context before them; the tokens that followed the latest occurrence are proposed. No model,
-/// so proposals are certain and cost only the search.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// How an n-gram drafter picks what follows the context's last n tokens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum NgramLookup {
+    /// Copy what followed the latest earlier occurrence (prompt lookup).
+    #[default]
+    Latest,
+    /// The continuation seen most often after it, one token at a time, when enough occurrences
+    /// agree (llama.cpp's `llama-lookup`, see [`NgramCounts`]).
+    Counts,
+}
+
+impl NgramLookup {
+    /// Its name in configs and results.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Latest => "latest",
+            Self::Counts => "counts",
+        }
+    }
+}
+
+/// Model-free drafting from the context's own n-grams, for n from `max_n` down to `min_n`:
+/// prompt lookup (Saxena 2023; transformers' `prompt_lookup_num_tokens`, vLLM's `ngram`) or
+/// llama.cpp's n-gram statistics. No model, so proposals are certain and cost only the search.
+#[derive(Debug, Clone, PartialEq)]
 pub struct NgramDrafter {
     min_n: usize,
     max_n: usize,
+    /// `Some` for [`NgramLookup::Counts`].
+    counts: Option<NgramCounts>,
 }
 
 impl NgramDrafter {
-    pub fn new(min_n: usize, max_n: usize) -> Result<Self> {
+    pub fn new(min_n: usize, max_n: usize, lookup: NgramLookup) -> Result<Self> {
         if min_n == 0 || min_n > max_n {
             return Err(Error::InvalidConfig(format!(
                 "n-gram sizes {min_n}..={max_n}: need 1 ≤ min_n ≤ max_n"
             )));
         }
-        Ok(Self { min_n, max_n })
+        let counts = (lookup == NgramLookup::Counts).then(NgramCounts::default);
+        Ok(Self { min_n, max_n, counts })
     }
 
     /// Up to `limit` tokens after `context`: what followed the latest earlier occurrence of its
@@ -231,7 +256,7 @@ impl NgramDrafter {
     /// lookup a match near the end (a period-3 repetition, say) could only propose up to the end
     /// (on SmolLM2 it proposed 0.5–2.4 tokens per step at k = 6; llama-lookup looks up again
     /// after every drafted token).
-    fn draft(&self, context: &[u32], limit: usize) -> Vec<u32> {
+    fn draft_latest(&self, context: &[u32], limit: usize) -> Vec<u32> {
         let mut extended = context.to_vec();
         let end = context.len() + limit;
         while extended.len() < end {
@@ -258,10 +283,75 @@ impl NgramDrafter {
         }
         0..0
     }
+
+    /// Up to `limit` tokens after `context`, each the confident continuation (by `counts`) of
+    /// the longest suffix that has one, the drafted tokens included in the suffix.
+    fn draft_counted(&self, counts: &NgramCounts, context: &[u32], limit: usize) -> Vec<u32> {
+        let mut extended = context.to_vec();
+        while extended.len() < context.len() + limit {
+            let len = extended.len();
+            let next = (self.min_n..=self.max_n.min(len))
+                .rev()
+                .find_map(|n| counts.confident_next(&extended[len - n..]));
+            match next {
+                Some(token) => extended.push(token),
+                None => break,
+            }
+        }
+        extended.split_off(context.len())
+    }
+}
+
+/// How often each token followed each n-gram of the tokens committed so far, as llama.cpp's
+/// `common_ngram_cache` counts them for `llama-lookup`. A continuation is proposed when the
+/// n-gram was seen often enough and the most frequent continuation holds a large enough share:
+/// llama.cpp's "lax" thresholds for its context cache (at least 2, 2, 1, 1 occurrences and a 66,
+/// 50, 50, 50% share for n = 1, 2, 3, 4; n > 4 as 4). llama.cpp breaks ties between equally
+/// frequent continuations by hash-map order; here the latest seen wins.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct NgramCounts {
+    /// n-gram → continuation → (count, position last seen).
+    table: HashMap<Vec<u32>, HashMap<u32, (u32, usize)>>,
+    /// How many committed tokens have been counted.
+    counted: usize,
+}
+
+impl NgramCounts {
+    const MIN_OCCURRENCES: [u32; 4] = [2, 2, 1, 1];
+    const MIN_PERCENT: [u32; 4] = [66, 50, 50, 50];
+
+    /// Counts the continuations of `committed` not counted yet, for n-grams of `sizes`.
+    fn observe(&mut self, committed: &[u32], sizes: std::ops::RangeInclusive<usize>) {
+        if committed.len() < self.counted {
+            // Another context than the one counted: start over.
+            *self = Self::default();
+        }
+        for at in self.counted.max(1)..committed.len() {
+            for n in sizes.clone().filter(|&n| n <= at) {
+                let seen = self.table.entry(committed[at - n..at].to_vec()).or_default();
+                let entry = seen.entry(committed[at]).or_insert((0, at));
+                *entry = (entry.0 + 1, at);
+            }
+        }
+        self.counted = committed.len();
+    }
+
+    /// The most frequent continuation of `ngram`, if it passes the thresholds for its size.
+    fn confident_next(&self, ngram: &[u32]) -> Option<u32> {
+        let seen = self.table.get(ngram)?;
+        let total: u32 = seen.values().map(|&(count, _)| count).sum();
+        let (&token, &(count, _)) = seen.iter().max_by_key(|&(_, &(count, last))| (count, last))?;
+        let size = ngram.len().min(4) - 1;
+        (total >= Self::MIN_OCCURRENCES[size] && 100 * count >= Self::MIN_PERCENT[size] * total)
+            .then_some(token)
+    }
 }
 
 impl Drafter for NgramDrafter {
     fn start(&mut self, _: &[u32], _: &mut Timings) -> Result<()> {
+        if let Some(counts) = &mut self.counts {
+            *counts = NgramCounts::default();
+        }
         Ok(())
     }
 
@@ -272,7 +362,15 @@ impl Drafter for NgramDrafter {
         _: &mut ChaCha8Rng,
         timings: &mut Timings,
     ) -> Result<Proposal> {
-        let (tokens, search) = timed_host(|| self.draft(committed, request.limit));
+        let (tokens, search) = timed_host(|| {
+            if let Some(counts) = &mut self.counts {
+                counts.observe(committed, self.min_n..=self.max_n);
+            }
+            match &self.counts {
+                None => self.draft_latest(committed, request.limit),
+                Some(counts) => self.draft_counted(counts, committed, request.limit),
+            }
+        });
         timings.draft += search;
         let qs = tokens.iter().map(|&t| DraftDistribution::Certain(t)).collect();
         Ok(Proposal { tokens, qs })
@@ -386,7 +484,7 @@ mod tests {
 
     #[test]
     fn ngram_lookup_copies_what_followed_the_latest_longest_match() {
-        let drafter = NgramDrafter::new(1, 3).unwrap();
+        let drafter = NgramDrafter::new(1, 3, NgramLookup::Latest).unwrap();
         let copied = |drafter: &NgramDrafter, context: &[u32], limit| {
             context[drafter.continuation(context, limit)].to_vec()
         };
@@ -397,22 +495,52 @@ mod tests {
         // No 3-gram or 2-gram match: falls back to the last token alone.
         assert_eq!(copied(&drafter, &[5, 6, 7, 5, 8, 6, 9, 7], 3), [5, 8, 6]);
         // Below min_n nothing is proposed.
-        assert!(copied(&NgramDrafter::new(2, 3).unwrap(), &[5, 6, 7, 5, 8, 6, 9, 7], 3).is_empty());
+        assert!(
+            copied(&NgramDrafter::new(2, 3, NgramLookup::Latest).unwrap(), &[5, 6, 7, 5, 8, 6, 9, 7], 3)
+                .is_empty()
+        );
         assert!(copied(&drafter, &[4], 3).is_empty());
-        assert!(NgramDrafter::new(0, 2).is_err() && NgramDrafter::new(3, 2).is_err());
+        assert!(
+            NgramDrafter::new(0, 2, NgramLookup::Latest).is_err()
+                && NgramDrafter::new(3, 2, NgramLookup::Counts).is_err()
+        );
     }
 
     #[test]
     fn ngram_drafts_look_up_again_past_the_end_of_a_copy() {
-        let drafter = NgramDrafter::new(1, 2).unwrap();
+        let drafter = NgramDrafter::new(1, 2, NgramLookup::Latest).unwrap();
         // The latest "1 2" is followed only by "3 1 2" before the end; the lookup continues
         // from the drafted suffix.
         let context = [1, 2, 3, 1, 2, 3, 1, 2];
         assert_eq!(context[drafter.continuation(&context, 6)], [3, 1, 2]);
-        assert_eq!(drafter.draft(&context, 6), [3, 1, 2, 3, 1, 2]);
-        assert_eq!(drafter.draft(&context, 2), [3, 1]);
+        assert_eq!(drafter.draft_latest(&context, 6), [3, 1, 2, 3, 1, 2]);
+        assert_eq!(drafter.draft_latest(&context, 2), [3, 1]);
         // Nothing matches: nothing proposed.
-        assert!(drafter.draft(&[7, 8, 9], 4).is_empty());
+        assert!(drafter.draft_latest(&[7, 8, 9], 4).is_empty());
+    }
+
+    /// Drafts with counts over `context`, as a step of a generation that committed it would.
+    fn counted(drafter: &mut NgramDrafter, context: &[u32], limit: usize) -> Vec<u32> {
+        let counts = drafter.counts.as_mut().unwrap();
+        counts.observe(context, drafter.min_n..=drafter.max_n);
+        let counts = drafter.counts.as_ref().unwrap();
+        drafter.draft_counted(counts, context, limit)
+    }
+
+    #[test]
+    fn ngram_counts_propose_the_most_frequent_continuation_that_passes_llama_cpps_thresholds() {
+        let mut drafter = NgramDrafter::new(1, 2, NgramLookup::Counts).unwrap();
+        // After 5: 6 twice, 7 once (67% ≥ 66% of 3 for a 1-gram); after 6: 5 twice; then the
+        // 2-gram "5 6" (followed by 5 both times) decides, not the 1-gram "6".
+        let context = [5, 6, 5, 7, 5, 6, 5];
+        assert_eq!(counted(&mut drafter, &context, 4), [6, 5, 6, 5]);
+        // Counting is incremental: one more "5 7" makes 6 vs 7 a 50% share, below 66% for a
+        // 1-gram, and "7 5" was seen once, below the two occurrences a 2-gram needs.
+        let more = [5, 6, 5, 7, 5, 6, 5, 7, 5];
+        assert!(counted(&mut drafter, &more, 4).is_empty());
+        // A 1-gram seen once is not enough either; a different context starts over.
+        assert!(counted(&mut drafter, &[1, 2, 1], 3).is_empty());
+        assert_eq!(counted(&mut drafter, &[1, 2, 1, 2, 1], 3), [2, 1, 2]);
     }
 
     #[test]

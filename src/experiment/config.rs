@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::backend::Backend;
-use crate::decoding::drafter::DraftLength;
+use crate::decoding::drafter::{DraftLength, NgramLookup};
 use crate::error::{Error, Result};
 use crate::experiment::rows::{CellKey, ENGINE};
 use crate::model::ModelSpec;
@@ -97,6 +97,10 @@ pub struct DrafterEntry {
     pub min_n: Option<usize>,
     #[serde(default)]
     pub max_n: Option<usize>,
+    /// `ngram`: `latest` (copy what followed the latest occurrence; the default) or `counts`
+    /// (the continuation seen most often, as llama.cpp's `llama-lookup`).
+    #[serde(default)]
+    pub lookup: Option<String>,
 }
 
 /// Layer indices as a list (`[0, 1, 5]`) or ranges in a string (`"0-3,5"`).
@@ -155,6 +159,7 @@ pub enum DrafterKind {
     Ngram {
         min_n: usize,
         max_n: usize,
+        lookup: NgramLookup,
     },
 }
 
@@ -221,7 +226,7 @@ impl DrafterEntry {
             "model" => &["path", "dtype"],
             "quantized" => &["dtype"],
             "layer_skip" => &["skip", "layers"],
-            _ => &["min_n", "max_n"],
+            _ => &["min_n", "max_n", "lookup"],
         };
         let given = [
             ("path", self.path.is_some()),
@@ -230,6 +235,7 @@ impl DrafterEntry {
             ("layers", self.layers.is_some()),
             ("min_n", self.min_n.is_some()),
             ("max_n", self.max_n.is_some()),
+            ("lookup", self.lookup.is_some()),
         ];
         if let Some((field, _)) = given.iter().find(|(field, set)| *set && !allowed.contains(field)) {
             return err(format!(
@@ -268,7 +274,7 @@ impl DrafterEntry {
                         key("max_n")
                     ));
                 }
-                Ok(())
+                self.ngram_lookup(&key("lookup")).map(drop)
             }
             _ => Ok(()),
         }
@@ -276,6 +282,16 @@ impl DrafterEntry {
 
     fn ngram_sizes(&self) -> (usize, usize) {
         (self.min_n.unwrap_or(1), self.max_n.unwrap_or(3))
+    }
+
+    fn ngram_lookup(&self, key: &str) -> Result<NgramLookup> {
+        match self.lookup.as_deref() {
+            None | Some("latest") => Ok(NgramLookup::Latest),
+            Some("counts") => Ok(NgramLookup::Counts),
+            Some(other) => {
+                Err(Error::InvalidConfig(format!("`{key}` is `{other}`; choose latest or counts")))
+            }
+        }
     }
 
     /// The checked entry as a run uses it; `model` resolves a checkpoint entry to its spec.
@@ -297,7 +313,7 @@ impl DrafterEntry {
             },
             _ => {
                 let (min_n, max_n) = self.ngram_sizes();
-                DrafterKind::Ngram { min_n, max_n }
+                DrafterKind::Ngram { min_n, max_n, lookup: self.ngram_lookup(&key("lookup"))? }
             }
         };
         Ok(DrafterPlan { name: self.name.clone(), kind })
@@ -312,7 +328,12 @@ impl DrafterPlan {
             DrafterKind::Model { spec, .. } => spec.to_string(),
             DrafterKind::Quantized { dtype } => format!("{target} as {dtype}"),
             DrafterKind::LayerSkip(selection) => format!("{target} {}", selection.describe()),
-            DrafterKind::Ngram { min_n, max_n } => format!("ngram {min_n}..={max_n}"),
+            DrafterKind::Ngram { min_n, max_n, lookup: NgramLookup::Latest } => {
+                format!("ngram {min_n}..={max_n}")
+            }
+            DrafterKind::Ngram { min_n, max_n, lookup } => {
+                format!("ngram {} {min_n}..={max_n}", lookup.name())
+            }
         }
     }
 }
@@ -740,6 +761,10 @@ temperatures = [0.0]
         assert_eq!(plan.kind, DrafterKind::LayerSkip(LayerSelection::Keep(vec![0, 1, 3])));
         assert_eq!(LayerSelection::Keep(vec![0, 1, 3]).skipped(6), vec![2, 4, 5]);
         assert_eq!(ranges_text(&[5, 0, 1, 2, 7, 8]), "0-2,5,7-8");
+        let counts = DRAFTERS.replace("kind = \"ngram\"", "kind = \"ngram\"\nlookup = \"counts\"");
+        let plan =
+            ExperimentConfig::parse(&counts).unwrap().drafters[2].plan(2, |_, _| unreachable!()).unwrap();
+        assert!(matches!(plan.kind, DrafterKind::Ngram { lookup: NgramLookup::Counts, .. }), "{plan:?}");
         // The legacy [models.draft] is one drafter named `draft`.
         assert_eq!(ExperimentConfig::parse(VALID).unwrap().drafter_names(), ["draft"]);
     }
@@ -750,6 +775,8 @@ temperatures = [0.0]
             ("kind = \"ngram\"", "kind = \"ngram\"\ndtype = \"q4_0\"", "drafters[2].dtype"),
             ("kind = \"ngram\"", "kind = \"medusa\"", "drafters[2].kind"),
             ("kind = \"ngram\"", "kind = \"ngram\"\nmin_n = 3\nmax_n = 2", "drafters[2].min_n"),
+            ("kind = \"ngram\"", "kind = \"ngram\"\nlookup = \"statistics\"", "drafters[2].lookup"),
+            ("kind = \"layer_skip\"", "kind = \"layer_skip\"\nlookup = \"counts\"", "drafters[1].lookup"),
             ("dtype = \"q4_0\"", "dtype = \"q3_k\"", "drafters[0].dtype"),
             ("dtype = \"q4_0\"\n", "", "drafters[0].dtype"),
             ("layers = \"0-1,3\"", "layers = \"0-x\"", "drafters[1].layers"),

@@ -510,7 +510,7 @@ impl<'a> BackendSweep<'a> {
                         )
                     }
                     DraftSource::Ngram(ngram) => {
-                        speculate(target, *ngram, vocab, length, prompt, &generation)
+                        speculate(target, ngram.clone(), vocab, length, prompt, &generation)
                     }
                 }
             })(),
@@ -593,9 +593,10 @@ impl LoadedDrafter {
                 LayerSkip::new(&target.model, &skip)?;
                 Self { source: DraftSource::LayerSkip(skip), vocab: own_vocab()? }
             }
-            DrafterKind::Ngram { min_n, max_n } => {
-                Self { source: DraftSource::Ngram(NgramDrafter::new(*min_n, *max_n)?), vocab: own_vocab()? }
-            }
+            DrafterKind::Ngram { min_n, max_n, lookup } => Self {
+                source: DraftSource::Ngram(NgramDrafter::new(*min_n, *max_n, *lookup)?),
+                vocab: own_vocab()?,
+            },
         })
     }
 }
