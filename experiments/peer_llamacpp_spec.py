@@ -8,8 +8,9 @@ config and T = 0:
 - target only: `llama-completion`;
 - `quantized` drafters (q4_0, q8_0): `llama-speculative-simple` with the target quantized by
   `llama-quantize --pure` (every tensor in that type, as specbench quantizes on load);
-- `model` drafters in f32: `llama-speculative-simple` with that GGUF file (the embedded pair's
-  folders are converted to f32 GGUF by llama.cpp's converter first);
+- `model` drafters: `llama-speculative-simple` with that GGUF file as it is, when the drafter
+  loads it without a dtype (or in f32); the embedded pair's folders are converted to f32 GGUF
+  by llama.cpp's converter first;
 - `ngram` drafters: `llama-lookup` (its n-gram sizes are fixed at 1..4 in llama.cpp);
 - the `confidence:P` schedule: `--spec-draft-p-min P` at the largest k (llama.cpp's
   `--draft-p-min`, the same rule: stop before a draft token whose top probability is below P).
@@ -159,6 +160,7 @@ def main():
             if kind == "quantized" and drafter["dtype"] in ("q4_0", "q8_0"):
                 draft = quantized_copy(target, drafter["dtype"].upper())
             elif kind == "model" and drafter.get("dtype", "f32") == "f32" and name in recorded:
+                # Without a dtype a GGUF's quantized blocks stay as they are in specbench too.
                 draft = as_gguf(Path(recorded[name]["spec"]))
             elif kind == "ngram":
                 for k in ks:
