@@ -208,10 +208,9 @@ impl CausalLm for LayerSkip<'_> {
 }
 
 /// How an n-gram drafter picks what follows the context's last n tokens.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum NgramLookup {
     /// Copy what followed the latest earlier occurrence (prompt lookup).
-    #[default]
     Latest,
     /// The continuation seen most often after it, one token at a time, when enough occurrences
     /// agree (llama.cpp's `llama-lookup`, see [`NgramCounts`]).

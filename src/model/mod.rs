@@ -72,7 +72,7 @@ impl std::fmt::Display for ModelSpec {
     }
 }
 
-fn gguf_tokenizer(file: &GgufFile, path: &Path) -> Result<Tokenizer> {
+fn tokenizer_of_gguf(file: &GgufFile, path: &Path) -> Result<Tokenizer> {
     Ok(Tokenizer::HuggingFace {
         inner: Box::new(gguf_tokenizer::tokenizer_from(file)?),
         path: path.to_path_buf(),
@@ -98,7 +98,7 @@ impl ModelSpec {
     pub fn tokenizer(&self) -> Result<Tokenizer> {
         match self {
             Self::Folder(dir) => Tokenizer::from_file(&dir.join("tokenizer.json")),
-            Self::Gguf(path) => gguf_tokenizer(&GgufFile::open(path)?, path),
+            Self::Gguf(path) => tokenizer_of_gguf(&GgufFile::open(path)?, path),
             Self::Random { config, .. } => Ok(Tokenizer::Bytes { bos: config.bos_token_id }),
         }
     }
@@ -167,7 +167,7 @@ impl LoadedModel {
             ModelSpec::Gguf(path) => {
                 let mut source = GgufCheckpoint::open(path, runtime.device(), runtime.dtype())?;
                 let config = gguf_llama::config_from(source.file())?;
-                let tokenizer = gguf_tokenizer(source.file(), path)?;
+                let tokenizer = tokenizer_of_gguf(source.file(), path)?;
                 let stop_ids = config.eos_token_ids();
                 let held = gguf_bytes_per_parameter(source.file().size(), &config, runtime);
                 check_memory(&config, runtime, held, &path.display().to_string())?;
