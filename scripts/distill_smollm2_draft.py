@@ -91,10 +91,9 @@ def sequences(tokenizer, code, prose, length, rng):
         else:
             ids = tokenizer(chunk)["input_ids"] + [tokenizer.eos_token_id]
         stream.extend(ids)
-    seqs = [stream[start : start + length] for start in range(0, len(stream) - length + 1, length)]
-    rng.shuffle(seqs)
+    seqs = windows([stream], length, rng)
     held = max(1, len(seqs) * 3 // 100)
-    return torch.tensor(seqs[held:]), torch.tensor(seqs[:held])
+    return seqs[held:], seqs[:held]
 
 
 def student_config(teacher, hidden, layers, intermediate, heads, kv_heads):
