@@ -22,6 +22,24 @@ pub struct Q8KRow {
 impl Q8KRow {
     /// ggml's `quantize_row_q8_K_ref`: the value of largest magnitude maps to −127.
     pub fn quantize(x: &[f32]) -> Self {
+        #[cfg(target_arch = "x86_64")]
+        if super::matvec::vector_path_available() {
+            // SAFETY: the CPU has AVX2 and FMA.
+            return unsafe { Self::quantize_avx2(x) };
+        }
+        Self::quantize_portable(x)
+    }
+
+    /// The same loops compiled with AVX2, where rounding is `vroundps` rather than a libm call
+    /// per value.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn quantize_avx2(x: &[f32]) -> Self {
+        Self::quantize_portable(x)
+    }
+
+    #[inline(always)]
+    fn quantize_portable(x: &[f32]) -> Self {
         debug_assert_eq!(x.len() % QK_K, 0);
         let blocks = x.len() / QK_K;
         let mut row =

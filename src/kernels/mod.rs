@@ -1,6 +1,7 @@
 //! Host kernels: the projections of the CPU decode path, on weights in host memory: f32 and
 //! half-precision rows (`matvec`) and ggml's quantized blocks (`quant`).
 
+pub mod attention;
 pub mod kquant;
 pub mod matvec;
 pub mod pool;

@@ -11,17 +11,22 @@
 //! the reference, `--projections backend` on the CPU); the parity tests hold both to
 //! transformers.
 
-use rayon::prelude::*;
-
 use crate::backend::Runtime;
 use crate::error::Result;
+use crate::kernels::attention::{add_weighted4, dot4};
 use crate::kernels::dot;
+use crate::kernels::pool::Pool;
 use crate::model::cache::KvCache;
 use crate::model::config::LlamaConfig;
 use crate::model::llama::skips;
 use crate::model::projection::HostMatrix;
 use crate::model::rope::{Rope, rotate_host};
 use crate::model::weights::{LayerWeight, Weight, WeightSource};
+
+/// Attention work (rows × visible positions × heads × head_dim) from which a step's heads are
+/// spread over the kernel pool: 64 cached positions of the embedded target's 4 heads of 64. Below
+/// it, a head's few microseconds are not worth a hand-off.
+const ATTENTION_PARALLEL_MIN: usize = 1 << 14;
 
 #[derive(Debug)]
 pub struct HostLlama {
@@ -204,18 +209,16 @@ impl HostLayer {
         let (keys, values) = cache.append_host(index, &k, &v, kv_width);
         let mut out = vec![0.0f32; seq * q_width];
         let heads = Heads { q: &q, keys, values, start, kv_width, group: d.heads / d.kv_heads, d };
-        // Long prompts are worth the threads; a decode step's few heads are not. The serial loop
-        // is a plain `for` so that it inlines into (and is compiled with the features of) the
-        // AVX2 forward; iterator adapters left out-of-line ran at SSE2 width (a tenth of a long
-        // sampled run).
-        if seq * (start + seq) * d.heads * d.head_dim >= 1 << 20 {
-            out.par_chunks_mut(d.head_dim)
-                .enumerate()
-                .for_each(|(slot, out)| heads.attend(slot, out, &mut Vec::new()));
+        // One task per row and key/value head: the query heads of a group read the same keys.
+        // A decode step's attention was a serial stretch of every layer during which the pool's
+        // worker spun idle (a third of a step of the embedded target at 190 cached positions),
+        // so it goes to the pool as soon as the work outweighs a hand-off.
+        let group_width = heads.group * d.head_dim;
+        if seq * (start + seq) * d.heads * d.head_dim >= ATTENTION_PARALLEL_MIN {
+            Pool::global().for_each_chunk(&mut out, group_width, |index, out| heads.attend_group(index, out));
         } else {
-            let mut scores = Vec::with_capacity(start + seq);
-            for (slot, out) in out.chunks_mut(d.head_dim).enumerate() {
-                heads.attend(slot, out, &mut scores);
+            for (index, out) in out.chunks_mut(group_width).enumerate() {
+                heads.attend_group(index, out);
             }
         }
         out
@@ -234,6 +237,31 @@ struct Heads<'a> {
 }
 
 impl Heads<'_> {
+    /// The query heads of row and key/value head `index` into `out: [group · head_dim]`.
+    fn attend_group(&self, index: usize, out: &mut [f32]) {
+        #[cfg(target_arch = "x86_64")]
+        if crate::kernels::matvec::vector_path_available() {
+            // SAFETY: the CPU has AVX2 and FMA.
+            return unsafe { self.attend_group_avx2(index, out) };
+        }
+        self.attend_group_portable(index, out)
+    }
+
+    /// Compiled with AVX2 and FMA: a pool task is not inlined into the AVX2 forward.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn attend_group_avx2(&self, index: usize, out: &mut [f32]) {
+        self.attend_group_portable(index, out)
+    }
+
+    #[inline(always)]
+    fn attend_group_portable(&self, index: usize, out: &mut [f32]) {
+        let mut scores = Vec::with_capacity(self.start + self.q.len() / (self.d.heads * self.d.head_dim));
+        for (j, out) in out.chunks_exact_mut(self.d.head_dim).enumerate() {
+            self.attend(index * self.group + j, out, &mut scores);
+        }
+    }
+
     /// Head `slot` (row `slot / heads`, head `slot % heads`) into `out: [head_dim]`; `scores` is
     /// scratch reused across heads.
     #[inline(always)]
@@ -245,14 +273,22 @@ impl Heads<'_> {
         let scale = 1.0 / (d.head_dim as f32).sqrt();
         // Causal: row i sits at position start + i and sees every position up to it.
         let visible = self.start + i + 1;
+        let key = |p: usize| &self.keys[p * self.kv_width + offset..][..d.head_dim];
+        let value = |p: usize| &self.values[p * self.kv_width + offset..][..d.head_dim];
         scores.clear();
-        for p in 0..visible {
-            scores.push(dot(query, &self.keys[p * self.kv_width + offset..][..d.head_dim]) * scale);
+        let fours = visible / 4 * 4;
+        for p in (0..fours).step_by(4) {
+            let dots = dot4(query, [key(p), key(p + 1), key(p + 2), key(p + 3)]);
+            scores.extend(dots.map(|s| s * scale));
         }
+        scores.extend((fours..visible).map(|p| dot(query, key(p)) * scale));
         softmax(scores);
-        for (p, &weight) in scores.iter().enumerate() {
-            let value = &self.values[p * self.kv_width + offset..][..d.head_dim];
-            for (o, v) in out.iter_mut().zip(value) {
+        for p in (0..fours).step_by(4) {
+            let w = [scores[p], scores[p + 1], scores[p + 2], scores[p + 3]];
+            add_weighted4(out, w, [value(p), value(p + 1), value(p + 2), value(p + 3)]);
+        }
+        for (p, &weight) in scores.iter().enumerate().skip(fours) {
+            for (o, v) in out.iter_mut().zip(value(p)) {
                 *o += weight * v;
             }
         }
