@@ -406,10 +406,8 @@ impl QuantMatrix {
         let tasks = tasks_per_thread(self.rows * self.cols) * pool.threads();
         let rows_per_task = if parallel { self.rows.div_ceil(tasks).max(8) } else { self.rows };
         let task = |chunk: usize, out: &mut [f32]| {
-            for (i, out) in out.chunks_mut(m).enumerate() {
-                let row = chunk * rows_per_task + i;
-                inputs.multiply_row(self.format, &self.blocks[row * bytes..][..bytes], out);
-            }
+            let weights = &self.blocks[chunk * rows_per_task * bytes..][..out.len() / m * bytes];
+            inputs.multiply_rows(self.format, weights, bytes, out);
         };
         if parallel {
             pool.for_each_chunk(out_t, rows_per_task * m, task);
@@ -451,21 +449,29 @@ impl Inputs {
         }
     }
 
-    /// One weight row against every input row: `out[j]` for input `j`.
-    fn multiply_row(&self, format: BlockFormat, weights: &[u8], out: &mut [f32]) {
-        match self {
-            Self::Q8(rows) => {
-                #[cfg(target_arch = "x86_64")]
-                if crate::kernels::matvec::vector_path_available() {
-                    // SAFETY: the CPU has AVX2, FMA and F16C; every input row has one block
-                    // per weight block.
-                    return unsafe { avx2::multiply_row(format, weights, rows, out) };
+    /// Weight rows of `row_bytes` each against every input row: `out[r · m + j]` for weight row
+    /// `r` and input `j`.
+    fn multiply_rows(&self, format: BlockFormat, weights: &[u8], row_bytes: usize, out: &mut [f32]) {
+        let m = match self {
+            Self::Q8(rows) => rows.len(),
+            Self::Q8K(rows) => rows.len(),
+        };
+        for (weights, out) in weights.chunks_exact(row_bytes).zip(out.chunks_mut(m)) {
+            match self {
+                Self::Q8(rows) => {
+                    #[cfg(target_arch = "x86_64")]
+                    if crate::kernels::matvec::vector_path_available() {
+                        // SAFETY: the CPU has AVX2, FMA and F16C; every input row has one block
+                        // per weight block.
+                        unsafe { avx2::multiply_row(format, weights, rows, out) };
+                        continue;
+                    }
+                    for (o, x) in out.iter_mut().zip(rows) {
+                        *o = dot_q8_scalar(format, weights, x);
+                    }
                 }
-                for (o, x) in out.iter_mut().zip(rows) {
-                    *o = dot_q8_scalar(format, weights, x);
-                }
+                Self::Q8K(rows) => crate::kernels::kquant::multiply_row(format, weights, rows, out),
             }
-            Self::Q8K(rows) => crate::kernels::kquant::multiply_row(format, weights, rows, out),
         }
     }
 }
@@ -532,7 +538,7 @@ fn five_bit_dot(qh_qs: &[u8], xq: &[i8], offset: i32) -> i32 {
 }
 
 #[cfg(target_arch = "x86_64")]
-mod avx2 {
+pub(super) mod avx2 {
     use std::arch::x86_64::*;
 
     use super::{BlockFormat, Q8Row, QK};
@@ -616,7 +622,7 @@ mod avx2 {
     /// The f16 at `ptr`, converted by F16C in a register (the `half` crate's conversion is an
     /// out-of-line call per value, a quarter of the kernel's time when it was used here).
     #[inline(always)]
-    unsafe fn f16_at(ptr: *const u8) -> f32 {
+    pub(in crate::kernels) unsafe fn f16_at(ptr: *const u8) -> f32 {
         // SAFETY: the caller's contract: two readable bytes, and F16C.
         unsafe {
             let bits = std::ptr::read_unaligned(ptr as *const u16);
@@ -887,7 +893,7 @@ mod tests {
         for (format, weights) in cases {
             let scalar = dot_q8_scalar(format, &weights, &row);
             let mut vector = [0.0f32];
-            Inputs::Q8(vec![Q8Row::quantize(&x)]).multiply_row(format, &weights, &mut vector);
+            Inputs::Q8(vec![Q8Row::quantize(&x)]).multiply_rows(format, &weights, weights.len(), &mut vector);
             let vector = vector[0];
             let exact = dot_dequantized(format, &weights, &x);
             assert!((scalar - vector).abs() < 1e-4, "{format}: {scalar} vs {vector}");
