@@ -101,12 +101,13 @@ PRESETS = {
 
 
 def random_gguf(preset, kind):
-    import numpy as np
-    from gguf import GGUFWriter
-
     target = DERIVED / f"random-{preset}-{kind}.gguf"
     if target.exists():
         return target
+    # Only making the files needs numpy and gguf (scripts/setup_python.sh's environment).
+    import numpy as np
+    from gguf import GGUFWriter
+
     dims = PRESETS[preset]
     f16 = DERIVED / f"random-{preset}-f16.gguf"
     if not f16.exists():
