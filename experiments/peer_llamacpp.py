@@ -17,10 +17,10 @@ itself quantized on load (same shapes and types, other random values: the same w
 
 The files: the embedded target as f32/bf16/q8_0/q4_0/Q4_K_M GGUF (tests/fixtures/tiny-gguf, plus
 an f32 copy made by llama-quantize) and SmolLM2-135M-Instruct as shipped (q4_1) and requantized by
-llama-quantize to q8_0, q4_0, Q4_K_M, q5_0, q5_1, f16 and f32 (SmolLM2's width, 576, is no
-multiple of the K-quants' 256: llama-quantize keeps only the 1536-wide down projections in
-K-quants and falls back to q5_0/q8_0 elsewhere) (from the q4_1 weights: the same speed as the original
-precision, not the same quality). llama.cpp comes from scripts/build_llamacpp.sh, SmolLM2 from
+llama-quantize to q8_0, q4_0, Q4_K_M, q5_0, q5_1, f16 and f32 (from the q4_1 weights: the same
+speed as the original precision, not the same quality; SmolLM2's width, 576, is no multiple of the
+K-quants' 256, so llama-quantize keeps only the 1536-wide down projections in K-quants and falls
+back to q5_0/q8_0 elsewhere). llama.cpp comes from scripts/build_llamacpp.sh, SmolLM2 from
 scripts/fetch_smollm2.sh.
 
     python3 experiments/peer_llamacpp.py --out results/decode-llamacpp/$(date +%F) [--repeats 5]
@@ -104,7 +104,7 @@ def random_gguf(preset, kind):
     target = DERIVED / f"random-{preset}-{kind}.gguf"
     if target.exists():
         return target
-    # Only making the files needs numpy and gguf (scripts/setup_python.sh's environment).
+    # Only making the files needs numpy and gguf (`pip install numpy gguf`).
     import numpy as np
     from gguf import GGUFWriter
 
