@@ -5,7 +5,7 @@
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use specbench::backend::{Backend, Runtime};
 use specbench::decoding::CausalLm;
-use specbench::model::{LoadedModel, ModelSpec};
+use specbench::load::{LoadedModel, ModelSpec};
 
 const CONTEXT: usize = 64;
 

@@ -2,8 +2,9 @@
 //! compare with the machine's read bandwidth (experiments/decode_vs_torch.py measures it).
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use specbench::formats::BlockFormat;
 use specbench::kernels::matvec::matmul_transposed;
-use specbench::kernels::quant::{BlockFormat, QuantMatrix};
+use specbench::kernels::quant::QuantMatrix;
 
 fn matvec(c: &mut Criterion) {
     let mut group = c.benchmark_group("host matvec, f32");

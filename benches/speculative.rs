@@ -9,7 +9,7 @@ use specbench::decoding::GenerationConfig;
 use specbench::decoding::acceptance::{DraftDistribution, RejectionSampling, verify_block};
 use specbench::decoding::drafter::{DraftLength, ModelDrafter};
 use specbench::decoding::speculative::Speculative;
-use specbench::model::{LoadedModel, ModelSpec};
+use specbench::load::{LoadedModel, ModelSpec};
 use specbench::sampling::SamplingConfig;
 
 fn distribution(vocab: usize, shift: usize) -> Vec<f64> {

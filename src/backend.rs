@@ -9,11 +9,58 @@ use burn::tensor::{DType, Device, Tensor};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::kernels::quant::BlockFormat;
-use crate::model::ProjectionKernel;
+use crate::formats::BlockFormat;
+use crate::kernels::cpu;
+
+/// Who runs a model's step (`model::executor`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ExecutorKind {
+    /// Burn's tensor ops on the run's backend, in its dtype.
+    Tensor,
+    /// specbench's loops and kernels on weights in host memory, computing in f32.
+    Host,
+}
+
+impl ExecutorKind {
+    /// The host executor on the CPU backends where this CPU has a vector path (or the portable
+    /// kernels are forced, so that they can be tested), the tensor executor elsewhere.
+    pub fn default_for(backend: Backend) -> Self {
+        if backend.uses_host_memory() && (cpu::has_avx2() || cpu::portable_forced()) {
+            Self::Host
+        } else {
+            Self::Tensor
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Tensor => "tensor",
+            Self::Host => "host",
+        }
+    }
+}
+
+impl fmt::Display for ExecutorKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for ExecutorKind {
+    type Err = Error;
+
+    /// `backend` is the tensor executor's older name (Burn's matmul multiplied the projections).
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "tensor" | "backend" => Ok(Self::Tensor),
+            "host" => Ok(Self::Host),
+            other => Err(Error::Usage(format!("executor `{other}`; choose host or tensor (alias backend)"))),
+        }
+    }
+}
 
 /// Where and how a model runs: the backend and its device, the dtype it computes in, the dtype
-/// its projection weights are stored in, and who multiplies the projections. Made once at the
+/// its projection weights are stored in, and which executor runs its steps. Made once at the
 /// edge (CLI, experiment runner) and passed down whole.
 #[derive(Debug, Clone)]
 pub struct Runtime {
@@ -23,61 +70,51 @@ pub struct Runtime {
     weight_dtype: DType,
     /// Set for `q8_0` / `q4_0`: float weights are quantized on load to this block format.
     quantize: Option<BlockFormat>,
-    kernel: ProjectionKernel,
+    executor: ExecutorKind,
 }
 
 impl Runtime {
-    /// `backend`'s device (probed), `dtype` by name, and the projection kernel that is fastest
-    /// there (`ProjectionKernel::default_for`). A dtype the device computes in is used
-    /// throughout; bf16 or f16 on ndarray, which computes in f32 only, means half-precision
-    /// projection weights on the host kernel and f32 everywhere else.
+    /// `backend`'s device (probed), `dtype` by name, and the executor that is fastest there
+    /// (`ExecutorKind::default_for`). The host executor computes in f32 whatever the weights'
+    /// dtype; the tensor executor computes in the weights' dtype, which the device must support.
     pub fn new(backend: Backend, dtype: &str) -> Result<Self> {
         let device = backend.device()?;
-        Self::on(backend, device, dtype)
+        Self::on(backend, device, dtype, ExecutorKind::default_for(backend))
     }
 
-    fn on(backend: Backend, device: Device, name: &str) -> Result<Self> {
-        if let Some(format) = quantized_named(name) {
-            // Quantized weights live in host memory and only the host kernel multiplies them
-            // (its portable path where the CPU lacks AVX2).
-            if !backend.uses_host_memory() {
-                return Err(Error::DtypeUnsupported {
-                    dtype: format!("{name} (quantized weights run on the CPU backends' host kernel)"),
-                    backend: backend.name().into(),
-                });
-            }
-            let (dtype, kernel) = (DType::F32, ProjectionKernel::Host);
-            return Ok(Self { backend, device, dtype, weight_dtype: dtype, quantize: Some(format), kernel });
-        }
-        let weight_dtype = dtype_named(name)?;
-        let kernel = ProjectionKernel::default_for(backend, weight_dtype);
-        let dtype = if device.supports_dtype(weight_dtype) {
-            weight_dtype
-        } else if backend.uses_host_memory() && kernel == ProjectionKernel::Host {
-            DType::F32
-        } else {
-            return Err(Error::DtypeUnsupported { dtype: name.into(), backend: backend.name().into() });
+    fn on(backend: Backend, device: Device, name: &str, executor: ExecutorKind) -> Result<Self> {
+        let quantize = quantized_named(name);
+        let weight_dtype = if quantize.is_some() { DType::F32 } else { dtype_named(name)? };
+        let unsupported = |why: &str| Error::DtypeUnsupported {
+            dtype: format!("{name} ({why})"),
+            backend: backend.name().into(),
         };
-        Ok(Self { backend, device, dtype, weight_dtype, quantize: None, kernel })
+        let dtype = match executor {
+            ExecutorKind::Host if !backend.uses_host_memory() => {
+                return Err(unsupported("the host executor runs on the CPU backends"));
+            }
+            ExecutorKind::Host => DType::F32,
+            ExecutorKind::Tensor if quantize.is_some() => {
+                return Err(unsupported("quantized weights run on the CPU backends' host executor"));
+            }
+            ExecutorKind::Tensor if !device.supports_dtype(weight_dtype) => {
+                return Err(unsupported(
+                    "the device does not compute in it; the host executor keeps such weights",
+                ));
+            }
+            ExecutorKind::Tensor => weight_dtype,
+        };
+        Ok(Self { backend, device, dtype, weight_dtype, quantize, executor })
     }
 
     /// The same device with another dtype (a draft may run in another precision).
     pub fn with_dtype(&self, dtype: &str) -> Result<Self> {
-        Self::on(self.backend, self.device.clone(), dtype)
+        Self::on(self.backend, self.device.clone(), dtype, self.executor)
     }
 
-    /// Another projection kernel, where it can run (Burn's matmul needs weights in the dtype
-    /// the backend computes in).
-    pub fn with_kernel(self, kernel: ProjectionKernel) -> Result<Self> {
-        kernel.check(self.backend, self.weight_dtype)?;
-        if kernel == ProjectionKernel::Backend && (self.weight_dtype != self.dtype || self.quantize.is_some())
-        {
-            return Err(Error::DtypeUnsupported {
-                dtype: format!("{} with backend projections", self.weight_name()),
-                backend: self.backend.name().into(),
-            });
-        }
-        Ok(Self { kernel, ..self })
+    /// Another executor, where it can run the same weights.
+    pub fn with_executor(self, executor: ExecutorKind) -> Result<Self> {
+        Self::on(self.backend, self.device.clone(), self.weight_name(), executor)
     }
 
     /// The dtype projection weights are stored in on the host kernel (before quantizing).
@@ -115,8 +152,8 @@ impl Runtime {
         self.dtype
     }
 
-    pub fn kernel(&self) -> ProjectionKernel {
-        self.kernel
+    pub fn executor(&self) -> ExecutorKind {
+        self.executor
     }
 
     /// Waits for queued device work, so timers measure work done.
@@ -127,14 +164,18 @@ impl Runtime {
         })
     }
 
-    /// One line for manifests and reports: backend, device, dtype, projection kernel.
+    /// One line for manifests and reports: backend, device, dtypes, executor and kernel ISA.
     pub fn describe(&self) -> String {
         let dtypes = if self.weight_name() == dtype_name(self.dtype) {
             dtype_name(self.dtype).to_string()
         } else {
             format!("{} weights, {} compute", self.weight_name(), dtype_name(self.dtype))
         };
-        format!("{}: {:?}; {dtypes}; {} projections", self.backend, self.device, self.kernel)
+        let executor = match self.executor {
+            ExecutorKind::Host => format!("host executor, {} kernels", cpu::describe()),
+            ExecutorKind::Tensor => "tensor executor".into(),
+        };
+        format!("{}: {:?}; {dtypes}; {executor}", self.backend, self.device)
     }
 }
 
@@ -295,26 +336,38 @@ mod tests {
     }
 
     #[test]
-    fn half_precision_on_ndarray_is_half_precision_weights_computed_in_f32() {
-        let runtime = Runtime::new(Backend::Ndarray, "bf16").unwrap();
-        if runtime.kernel() == ProjectionKernel::Host {
-            assert_eq!((runtime.dtype(), runtime.weight_dtype()), (DType::F32, DType::BF16));
-            assert!(runtime.describe().contains("bf16 weights, f32 compute"));
-            assert!(runtime.with_kernel(ProjectionKernel::Backend).is_err());
+    fn half_precision_on_the_host_executor_is_half_precision_weights_computed_in_f32() {
+        for backend in [Backend::Ndarray, Backend::Flex] {
+            let runtime = Runtime::new(backend, "bf16").unwrap();
+            if runtime.executor() == ExecutorKind::Host {
+                assert_eq!((runtime.dtype(), runtime.weight_dtype()), (DType::F32, DType::BF16));
+                assert!(runtime.describe().contains("bf16 weights, f32 compute"), "{}", runtime.describe());
+            }
         }
-        let flex = Runtime::new(Backend::Flex, "bf16").unwrap();
+        // ndarray computes in f32 only: its tensor executor refuses bf16; flex computes in it.
+        let tensor =
+            |backend| Runtime::new(backend, "f32").unwrap().with_executor(ExecutorKind::Tensor).unwrap();
+        assert!(tensor(Backend::Ndarray).with_dtype("bf16").is_err());
+        let flex = tensor(Backend::Flex).with_dtype("bf16").unwrap();
         assert_eq!((flex.dtype(), flex.weight_dtype()), (DType::BF16, DType::BF16));
     }
 
     #[test]
-    fn quantized_dtypes_run_on_the_host_kernel_of_cpu_backends_only() {
-        let runtime = Runtime::new(Backend::Flex, "q4_0").unwrap();
-        assert_eq!((runtime.quantize(), runtime.kernel()), (Some(BlockFormat::Q4_0), ProjectionKernel::Host));
+    fn quantized_dtypes_run_on_the_host_executor_of_cpu_backends_only() {
+        let runtime = Runtime::new(Backend::Flex, "q4_0").unwrap().with_executor(ExecutorKind::Host).unwrap();
+        assert_eq!(runtime.quantize(), Some(BlockFormat::Q4_0));
         assert!(runtime.describe().contains("q4_0 weights, f32 compute"), "{}", runtime.describe());
         assert!((runtime.weight_bytes_per_parameter() - 0.5625).abs() < 1e-9);
-        assert!(runtime.with_kernel(ProjectionKernel::Backend).is_err());
+        assert!(runtime.with_executor(ExecutorKind::Tensor).is_err());
         let err = Runtime::new(Backend::Ndarray, "q3").unwrap_err().to_string();
         assert!(err.contains("q8_0"), "{err}");
+    }
+
+    #[test]
+    fn executors_parse_by_name_and_by_their_older_name() {
+        assert_eq!("backend".parse::<ExecutorKind>().unwrap(), ExecutorKind::Tensor);
+        assert_eq!("host".parse::<ExecutorKind>().unwrap(), ExecutorKind::Host);
+        assert!("gpu".parse::<ExecutorKind>().unwrap_err().to_string().contains("host or tensor"));
     }
 
     #[test]

@@ -2,12 +2,13 @@
 //! models on Burn.
 
 pub mod backend;
-pub mod checkpoint;
 pub mod decoding;
 pub mod error;
 pub mod experiment;
 pub mod files;
+pub mod formats;
 pub mod kernels;
+pub mod load;
 pub mod measure;
 pub mod metrics;
 pub mod model;

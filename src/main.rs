@@ -8,6 +8,7 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 
+use specbench::backend::ExecutorKind;
 use specbench::backend::{Backend, Runtime};
 use specbench::decoding::drafter::{DraftLength, ModelDrafter};
 use specbench::decoding::pairing::shared_vocab;
@@ -16,9 +17,9 @@ use specbench::decoding::{Generation, GenerationConfig, autoregressive};
 use specbench::experiment::config::ExperimentFile;
 use specbench::experiment::config::{MAX_K, MAX_NEW_TOKENS};
 use specbench::experiment::runner::{RunOptions, Shard, load_prompts, run as run_sweep};
+use specbench::load::{LoadedModel, ModelSpec};
 use specbench::measure;
 use specbench::metrics::{cost_ratio, expected_accepted_len, predicted_speedup};
-use specbench::model::{LoadedModel, ModelSpec, ProjectionKernel};
 use specbench::report::regression::{Baseline, Verdict, check, format_check};
 use specbench::report::{cell_table, merge, write_report};
 use specbench::sampling::SamplingConfig;
@@ -321,7 +322,7 @@ fn generate(args: GenerateArgs) -> Result<()> {
     let backend: Backend = args.backend.parse()?;
     let mut runtime = Runtime::new(backend, &args.dtype)?;
     if let Some(name) = &args.projections {
-        runtime = runtime.with_kernel(name.parse::<ProjectionKernel>()?)?;
+        runtime = runtime.with_executor(name.parse::<ExecutorKind>()?)?;
     }
     if args.k == 0 || args.k > MAX_K {
         anyhow::bail!("--k {} is out of range: draft lengths go from 1 to {MAX_K}", args.k);

@@ -10,7 +10,7 @@ use serde::Serialize;
 use crate::backend::Runtime;
 use crate::decoding::CausalLm;
 use crate::error::{Error, Result};
-use crate::model::LoadedModel;
+use crate::load::LoadedModel;
 
 /// Columns of the bandwidth buffer: each row is summed on its own, so the reduction reads every
 /// byte once and writes one value per 16 KiB. (A single sum over a whole buffer of 2²⁴ ones
@@ -23,7 +23,7 @@ const BANDWIDTH_COLUMNS: usize = 4096;
 /// sum in host memory on the kernels' own thread pool (a Burn reduction on flex read 13.5 GB/s
 /// where the kernels stream 20: no floor for them); elsewhere a sum on the device.
 pub fn read_bandwidth(runtime: &Runtime, bytes: usize, repeats: usize) -> Result<f64> {
-    if runtime.kernel() == crate::model::ProjectionKernel::Host {
+    if runtime.executor() == crate::backend::ExecutorKind::Host {
         return Ok(host_read_bandwidth(bytes, repeats));
     }
     let rows = (bytes / 4 / BANDWIDTH_COLUMNS).max(1);
@@ -175,7 +175,7 @@ pub fn append_csv<T: Serialize>(path: &std::path::Path, rows: &[T]) -> Result<()
 mod tests {
     use super::*;
     use crate::backend::Backend;
-    use crate::model::ModelSpec;
+    use crate::load::ModelSpec;
 
     #[test]
     fn a_forward_curve_has_one_row_per_length_relative_to_one_token() {

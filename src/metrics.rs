@@ -1,12 +1,9 @@
 //! What a generation measured: time split by phase, acceptance counts, and the formulas of
 //! Leviathan et al. (2023) that turn them into predictions.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-
-use crate::decoding::CausalLm;
-use crate::error::Result;
 
 /// Wall-clock time per phase. On asynchronous backends every region ends with a device sync, so
 /// the figures are work done, not work queued.
@@ -26,21 +23,6 @@ impl Timings {
     pub fn other(&self) -> Duration {
         self.wall.saturating_sub(self.prefill + self.draft + self.verify + self.sampling)
     }
-}
-
-/// Runs `work` on `model`'s device, waits for it to finish, and returns the elapsed time.
-pub fn timed<M: CausalLm, T>(model: &M, work: impl FnOnce() -> Result<T>) -> Result<(T, Duration)> {
-    let start = Instant::now();
-    let out = work()?;
-    model.sync()?;
-    Ok((out, start.elapsed()))
-}
-
-/// Times host-only work.
-pub fn timed_host<T>(work: impl FnOnce() -> T) -> (T, Duration) {
-    let start = Instant::now();
-    let out = work();
-    (out, start.elapsed())
 }
 
 /// Acceptance counts of one or many generations with draft length `k` (0 for the baseline).

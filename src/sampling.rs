@@ -90,7 +90,7 @@ impl SamplingConfig {
 /// k = 6 fell from 6.0% to 4.6–4.8% of wall time, alternating runs).
 fn exp_weights(logits: &[f32], max: f32, inverse_t: f32) -> Vec<f64> {
     #[cfg(target_arch = "x86_64")]
-    if crate::kernels::matvec::vector_path_available() {
+    if crate::kernels::cpu::has_avx2() {
         // SAFETY: the CPU has AVX2 and FMA.
         return unsafe { exp_weights_avx2(logits, max, inverse_t) };
     }

@@ -18,7 +18,8 @@ use rand_chacha::ChaCha8Rng;
 use specbench::backend::{Backend, Runtime};
 use specbench::experiment::config::ExperimentConfig;
 use specbench::experiment::rows::read_rows;
-use specbench::model::{LlamaConfig, LoadedModel, ModelSpec};
+use specbench::load::{LoadedModel, ModelSpec};
+use specbench::model::LlamaConfig;
 use specbench::report::regression::Baseline;
 use specbench::report::summary::summarize;
 
@@ -112,7 +113,7 @@ fn fuzz_safetensors_headers() {
 #[test]
 fn fuzz_gguf_headers() {
     let bytes = std::fs::read(common::fixture_dir("tiny-gguf/target-q4_0.gguf")).unwrap();
-    let header_end = specbench::checkpoint::gguf::parse(&bytes).unwrap().data_start;
+    let header_end = specbench::formats::gguf::parse(&bytes).unwrap().data_start;
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("model.gguf");
     let runtime = Runtime::new(Backend::Ndarray, "f32").unwrap();

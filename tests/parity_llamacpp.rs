@@ -7,8 +7,8 @@ mod common;
 use std::path::{Path, PathBuf};
 
 use specbench::backend::{Backend, Runtime};
-use specbench::kernels::quant::BlockFormat;
-use specbench::model::{LoadedModel, ModelSpec};
+use specbench::formats::BlockFormat;
+use specbench::load::{LoadedModel, ModelSpec};
 
 fn quant_fixture(name: &str) -> Vec<u8> {
     std::fs::read(common::fixture_dir("quant").join(name)).unwrap()

@@ -33,17 +33,18 @@ fn parity_transformers_logits() {
 /// backends (the transformers parity above runs whichever is the default).
 #[test]
 fn host_kernel_and_backend_matmul_agree_on_the_cpu() {
+    use specbench::backend::ExecutorKind;
     use specbench::backend::{Backend, Runtime};
-    use specbench::model::{LoadedModel, ModelSpec, ProjectionKernel};
+    use specbench::load::{LoadedModel, ModelSpec};
     for backend in [Backend::Ndarray, Backend::Flex] {
         for name in FIXTURES {
             let spec = ModelSpec::Folder(common::fixture_dir(name));
             let logits = |kernel| {
-                let runtime = Runtime::new(backend, "f32").unwrap().with_kernel(kernel).unwrap();
+                let runtime = Runtime::new(backend, "f32").unwrap().with_executor(kernel).unwrap();
                 let model = LoadedModel::load(&spec, &runtime, 0).unwrap().model;
                 to_vec(model.forward_ids(&reference(name).tokens, &mut model.new_cache()).unwrap())
             };
-            let diff = max_abs_diff(&logits(ProjectionKernel::Host), &logits(ProjectionKernel::Backend));
+            let diff = max_abs_diff(&logits(ExecutorKind::Host), &logits(ExecutorKind::Tensor));
             assert!(diff <= 1e-4, "{name} on {backend}: host vs backend projections differ by {diff}");
         }
     }

@@ -68,12 +68,8 @@ fn greedy_equivalence_for_every_drafter_and_schedule() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models/tiny");
     let load = |name: &str, dtype: &str| {
         let runtime = specbench::backend::Runtime::new(Backend::Ndarray, dtype).unwrap();
-        specbench::model::LoadedModel::load(
-            &specbench::model::ModelSpec::Folder(root.join(name)),
-            &runtime,
-            0,
-        )
-        .unwrap()
+        specbench::load::LoadedModel::load(&specbench::load::ModelSpec::Folder(root.join(name)), &runtime, 0)
+            .unwrap()
     };
     let target = load("target", "f32");
     let (draft, q8, q4) = (load("draft", "f32"), load("target", "q8_0"), load("target", "q4_0"));

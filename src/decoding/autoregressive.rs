@@ -6,8 +6,9 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
 use super::{CausalLm, Generation, GenerationConfig, apply_stop_rule, prefill};
+use super::{timed, timed_host};
 use crate::error::Result;
-use crate::metrics::{AcceptanceStats, Timings, timed, timed_host};
+use crate::metrics::{AcceptanceStats, Timings};
 use crate::sampling::sample;
 
 pub fn generate<M: CausalLm>(model: &M, prompt: &[u32], config: &GenerationConfig) -> Result<Generation> {

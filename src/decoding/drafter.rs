@@ -17,8 +17,9 @@ use rand_chacha::ChaCha8Rng;
 
 use super::acceptance::DraftDistribution;
 use super::{CausalLm, prefill};
+use super::{timed, timed_host};
 use crate::error::{Error, Result};
-use crate::metrics::{Timings, timed, timed_host};
+use crate::metrics::Timings;
 use crate::model::{KvCache, Llama};
 use crate::sampling::{SamplingConfig, sample};
 

@@ -7,6 +7,8 @@ pub mod drafter;
 pub mod pairing;
 pub mod speculative;
 
+use std::time::{Duration, Instant};
+
 use crate::error::{Error, Result};
 use crate::metrics::{AcceptanceStats, Timings};
 use crate::model::{KvCache, Llama};
@@ -126,4 +128,19 @@ impl Generation {
         let decode = self.timings.wall.saturating_sub(self.timings.prefill).as_secs_f64();
         self.tokens.len() as f64 / decode.max(f64::MIN_POSITIVE)
     }
+}
+
+/// Runs `work` on `model`'s device, waits for it to finish, and returns the elapsed time.
+pub fn timed<M: CausalLm, T>(model: &M, work: impl FnOnce() -> Result<T>) -> Result<(T, Duration)> {
+    let start = Instant::now();
+    let out = work()?;
+    model.sync()?;
+    Ok((out, start.elapsed()))
+}
+
+/// Times host-only work.
+pub fn timed_host<T>(work: impl FnOnce() -> T) -> (T, Duration) {
+    let start = Instant::now();
+    let out = work();
+    (out, start.elapsed())
 }

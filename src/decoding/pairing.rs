@@ -1,7 +1,7 @@
 //! Draft and target must speak the same vocabulary, or acceptance compares unrelated tokens.
 
 use crate::error::{Error, Result};
-use crate::model::LoadedModel;
+use crate::load::LoadedModel;
 use crate::tokenizer::Tokenizer;
 
 /// The vocabulary both models are scored over. Checkpoints often pad their embedding past the

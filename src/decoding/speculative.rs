@@ -11,8 +11,9 @@ use rand_chacha::ChaCha8Rng;
 use super::acceptance::{AcceptanceRule, RejectionSampling, verify_block};
 use super::drafter::{DraftLength, DraftRequest, Drafter, Schedule};
 use super::{CausalLm, Generation, GenerationConfig, apply_stop_rule, prefill};
+use super::{timed, timed_host};
 use crate::error::{Error, Result};
-use crate::metrics::{AcceptanceStats, Timings, timed, timed_host};
+use crate::metrics::{AcceptanceStats, Timings};
 
 /// A target and its drafter, scored over a shared vocabulary of `vocab` tokens.
 pub struct Speculative<'a, T: CausalLm, D: Drafter> {

@@ -9,7 +9,7 @@ use crate::backend::Backend;
 use crate::decoding::drafter::{DraftLength, NgramLookup};
 use crate::error::{Error, Result};
 use crate::experiment::rows::{CellKey, ENGINE};
-use crate::model::ModelSpec;
+use crate::load::ModelSpec;
 
 /// Limits on sizes taken from a config, so that a typo is a message, not an allocation abort.
 pub const MAX_K: usize = 64;
@@ -431,7 +431,7 @@ impl ExperimentFile {
                 return entry.path.parse();
             }
             let dir = resolve_beside(path, &entry.path, &format!("{key}.path"))?;
-            if crate::model::is_gguf_path(&dir) {
+            if crate::load::is_gguf_path(&dir) {
                 if !dir.is_file() {
                     return Err(Error::InvalidConfig(format!(
                         "`{key}.path` in {}: GGUF file {} does not exist",

@@ -24,7 +24,7 @@ use crate::decoding::pairing::shared_vocab;
 use crate::decoding::speculative::Speculative;
 use crate::decoding::{Generation, GenerationConfig, autoregressive};
 use crate::error::{Error, Result};
-use crate::model::LoadedModel;
+use crate::load::LoadedModel;
 use crate::sampling::SamplingConfig;
 
 /// `--shard i/n`: cells whose index is `i` modulo `n`.

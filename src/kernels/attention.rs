@@ -10,7 +10,7 @@
 pub fn dot4(a: &[f32], b: [&[f32]; 4]) -> [f32; 4] {
     assert!(b.iter().all(|b| b.len() == a.len()), "dot4 of unequal lengths");
     #[cfg(target_arch = "x86_64")]
-    if a.len().is_multiple_of(8) && super::matvec::vector_path_available() {
+    if a.len().is_multiple_of(8) && crate::kernels::cpu::has_avx2() {
         // SAFETY: the CPU has AVX2 and FMA; every vector holds whole 8-lane chunks.
         return unsafe { avx2::dot4(a, b) };
     }
@@ -22,7 +22,7 @@ pub fn dot4(a: &[f32], b: [&[f32]; 4]) -> [f32; 4] {
 pub fn add_weighted4(out: &mut [f32], w: [f32; 4], v: [&[f32]; 4]) {
     assert!(v.iter().all(|v| v.len() == out.len()), "add_weighted4 of unequal lengths");
     #[cfg(target_arch = "x86_64")]
-    if out.len().is_multiple_of(8) && super::matvec::vector_path_available() {
+    if out.len().is_multiple_of(8) && crate::kernels::cpu::has_avx2() {
         // SAFETY: as in `dot4`.
         return unsafe { avx2::add_weighted4(out, w, v) };
     }

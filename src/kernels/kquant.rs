@@ -10,7 +10,7 @@
 //! SSE2-wide (the embedded target's Q4_K_M file decoded at 0.3× llama.cpp). Integer sums are
 //! exact, so both paths give the same products.
 
-use super::quant::{BlockFormat, QK_K, f16_at, scale_min_k4};
+use crate::formats::blocks::{BlockFormat, QK_K, f16_at, scale_min_k4};
 
 /// An input row quantized to `Q8_K` super-blocks.
 #[derive(Debug)]
@@ -25,7 +25,7 @@ impl Q8KRow {
     /// ggml's `quantize_row_q8_K_ref`: the value of largest magnitude maps to −127.
     pub fn quantize(x: &[f32]) -> Self {
         #[cfg(target_arch = "x86_64")]
-        if super::matvec::vector_path_available() {
+        if crate::kernels::cpu::has_avx2() {
             // SAFETY: the CPU has AVX2 and FMA.
             return unsafe { Self::quantize_avx2(x) };
         }
@@ -65,7 +65,7 @@ impl Q8KRow {
 /// One weight row against every input row: `out[j]` for input `j`.
 pub fn multiply_row(format: BlockFormat, weights: &[u8], rows: &[Q8KRow], out: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
-    if super::matvec::vector_path_available() {
+    if crate::kernels::cpu::has_avx2() {
         // SAFETY: the CPU has AVX2 (and FMA, F16C).
         return unsafe { multiply_row_avx2(format, weights, rows, out) };
     }

@@ -9,44 +9,7 @@
 //! of contiguous weight rows, and each row, once in cache, is dotted with up to `TILE` input
 //! rows before the next is read, so a verify block of k + 1 tokens costs about one token.
 
-use std::sync::OnceLock;
-
-/// Whether this CPU runs the vector path (AVX2, FMA and F16C), detected once per process.
-/// Without it the portable path is correct but slow, so `ProjectionKernel::default_for` leaves
-/// the projections to the backend there.
-pub fn vector_path_available() -> bool {
-    static AVAILABLE: OnceLock<bool> = OnceLock::new();
-    *AVAILABLE.get_or_init(|| {
-        #[cfg(target_arch = "x86_64")]
-        {
-            std::arch::is_x86_feature_detected!("avx2")
-                && std::arch::is_x86_feature_detected!("fma")
-                && std::arch::is_x86_feature_detected!("f16c")
-        }
-        #[cfg(not(target_arch = "x86_64"))]
-        {
-            false
-        }
-    })
-}
-
-/// Whether this CPU has AVX-512F (with the vector path's AVX2/FMA/F16C), detected once: where it
-/// does, the f32/bf16/f16 products run sixteen lanes wide. A verify of k + 1 rows is compute-
-/// bound past a few rows on two cores (two flops per weight per row), so the width is what
-/// makes each extra row cheap.
-pub fn avx512_available() -> bool {
-    static AVAILABLE: OnceLock<bool> = OnceLock::new();
-    *AVAILABLE.get_or_init(|| {
-        #[cfg(target_arch = "x86_64")]
-        {
-            vector_path_available() && std::arch::is_x86_feature_detected!("avx512f")
-        }
-        #[cfg(not(target_arch = "x86_64"))]
-        {
-            false
-        }
-    })
-}
+use crate::kernels::cpu;
 
 /// Input rows per block: with two weight rows that is eight accumulators, which fit the 16 AVX
 /// registers beside the loaded vectors.
@@ -272,13 +235,13 @@ fn dot_block<W: WeightElement, const RW: usize, const R: usize>(
     debug_assert!(ws.len() == RW && xs.len() == R);
     debug_assert!(ws.iter().all(|w| w.len() == ws[0].len()) && xs.iter().all(|x| x.len() == ws[0].len()));
     #[cfg(target_arch = "x86_64")]
-    if avx512_available() {
+    if cpu::has_avx512() {
         // SAFETY: the CPU has the features the function is compiled for, and all rows have
         // one length.
         return unsafe { dot_block_avx512::<W, RW, R>(ws, xs) };
     }
     #[cfg(target_arch = "x86_64")]
-    if vector_path_available() {
+    if cpu::has_avx2() {
         // SAFETY: as above.
         return unsafe { dot_block_avx2::<W, RW, R>(ws, xs) };
     }
@@ -440,12 +403,12 @@ mod tests {
         check(dot_block::<f32, 2, 3>(&ws, &xs));
         // Each vector width on its own, whichever `dot_block` picks on this CPU.
         #[cfg(target_arch = "x86_64")]
-        if vector_path_available() {
+        if cpu::has_avx2() {
             // SAFETY: the CPU has AVX2, FMA and F16C; the rows have one length.
             check(unsafe { dot_block_avx2::<f32, 2, 3>(&ws, &xs) });
         }
         #[cfg(target_arch = "x86_64")]
-        if avx512_available() {
+        if cpu::has_avx512() {
             // SAFETY: the CPU has AVX-512F; the rows have one length.
             check(unsafe { dot_block_avx512::<f32, 2, 3>(&ws, &xs) });
         }

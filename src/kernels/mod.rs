@@ -2,6 +2,7 @@
 //! half-precision rows (`matvec`) and ggml's quantized blocks (`quant`).
 
 pub mod attention;
+pub mod cpu;
 pub mod kquant;
 pub mod matvec;
 pub mod pool;

@@ -227,7 +227,7 @@ impl LlamaConfig {
             )));
         }
         self.check_unimplemented_keys()?;
-        crate::model::rope::RopeScalingKind::from_config(self)?;
+        self.rope_kind()?;
         Ok(())
     }
 
@@ -455,6 +455,73 @@ impl CustomDims {
             }
         }
         Ok(dims)
+    }
+}
+
+/// The rope types of transformers' Llama that specbench computes. Others (`dynamic`, `yarn`,
+/// `longrope`) are an error naming them.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RopeScalingKind {
+    None,
+    /// Positions divided by `factor` (equivalently, every frequency).
+    Linear {
+        factor: f64,
+    },
+    Llama3 {
+        factor: f64,
+        low_freq_factor: f64,
+        high_freq_factor: f64,
+        original_max_position_embeddings: usize,
+    },
+}
+
+impl LlamaConfig {
+    /// The rope type as specbench computes it; unimplemented types and keys are errors.
+    pub fn rope_kind(&self) -> Result<RopeScalingKind> {
+        use RopeScalingKind as Kind;
+        let Some(scaling) = self.rope_scaling()? else {
+            return Ok(Kind::None);
+        };
+        let needs =
+            |name: &str| Error::InvalidConfig(format!("rope type `{}` needs `{name}`", scaling.kind()));
+        let kind = match scaling.kind() {
+            "default" => Kind::None,
+            "linear" => Kind::Linear { factor: scaling.factor.ok_or_else(|| needs("factor"))? },
+            "llama3" => Kind::Llama3 {
+                factor: scaling.factor.ok_or_else(|| needs("factor"))?,
+                low_freq_factor: scaling.low_freq_factor.ok_or_else(|| needs("low_freq_factor"))?,
+                high_freq_factor: scaling.high_freq_factor.ok_or_else(|| needs("high_freq_factor"))?,
+                original_max_position_embeddings: scaling
+                    .original_max_position_embeddings
+                    .ok_or_else(|| needs("original_max_position_embeddings"))?,
+            },
+            other => {
+                return Err(Error::Unsupported(format!(
+                    "rope_scaling type `{other}`; supported: default, linear, llama3"
+                )));
+            }
+        };
+        if let Some(key) = scaling.other.keys().next() {
+            return Err(Error::Unsupported(format!(
+                "rope key `{key}` is not part of rope type `{}` as specbench implements it",
+                scaling.kind()
+            )));
+        }
+        match kind {
+            Kind::Linear { factor } | Kind::Llama3 { factor, .. } if !(factor.is_finite() && factor >= 1.0) => {
+                Err(Error::InvalidConfig(format!("rope scaling factor must be ≥ 1, got {factor}")))
+            }
+            Kind::Llama3 { low_freq_factor, high_freq_factor, original_max_position_embeddings, .. }
+                if !(low_freq_factor > 0.0 && high_freq_factor > low_freq_factor)
+                    || original_max_position_embeddings == 0 =>
+            {
+                Err(Error::InvalidConfig(
+                    "rope_scaling: need 0 < low_freq_factor < high_freq_factor and original_max_position_embeddings > 0"
+                        .into(),
+                ))
+            }
+            kind => Ok(kind),
+        }
     }
 }
 

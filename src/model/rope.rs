@@ -1,76 +1,9 @@
 //! Rotary position embeddings in Hugging Face's `rotate_half` layout, with Llama 3 frequency
 //! scaling. Angles are computed on the host in f64 for exactly the positions of each forward, so
-//! no table sized by the (131k) context is kept on the device.
+//! no table sized by the (131k) context is kept; each executor rotates with them.
 
-use burn::tensor::{Device, Tensor, TensorData, s};
-
-use crate::error::{Error, Result};
-use crate::model::config::LlamaConfig;
-
-/// The rope types of transformers' Llama that specbench computes. Others (`dynamic`, `yarn`,
-/// `longrope`) are an error naming them.
-#[derive(Debug, Clone, PartialEq)]
-pub enum RopeScalingKind {
-    None,
-    /// Positions divided by `factor` (equivalently, every frequency).
-    Linear {
-        factor: f64,
-    },
-    Llama3 {
-        factor: f64,
-        low_freq_factor: f64,
-        high_freq_factor: f64,
-        original_max_position_embeddings: usize,
-    },
-}
-
-impl RopeScalingKind {
-    pub fn from_config(config: &LlamaConfig) -> Result<Self> {
-        let Some(scaling) = config.rope_scaling()? else {
-            return Ok(Self::None);
-        };
-        let needs =
-            |name: &str| Error::InvalidConfig(format!("rope type `{}` needs `{name}`", scaling.kind()));
-        let kind = match scaling.kind() {
-            "default" => Self::None,
-            "linear" => Self::Linear { factor: scaling.factor.ok_or_else(|| needs("factor"))? },
-            "llama3" => Self::Llama3 {
-                factor: scaling.factor.ok_or_else(|| needs("factor"))?,
-                low_freq_factor: scaling.low_freq_factor.ok_or_else(|| needs("low_freq_factor"))?,
-                high_freq_factor: scaling.high_freq_factor.ok_or_else(|| needs("high_freq_factor"))?,
-                original_max_position_embeddings: scaling
-                    .original_max_position_embeddings
-                    .ok_or_else(|| needs("original_max_position_embeddings"))?,
-            },
-            other => {
-                return Err(Error::Unsupported(format!(
-                    "rope_scaling type `{other}`; supported: default, linear, llama3"
-                )));
-            }
-        };
-        if let Some(key) = scaling.other.keys().next() {
-            return Err(Error::Unsupported(format!(
-                "rope key `{key}` is not part of rope type `{}` as specbench implements it",
-                scaling.kind()
-            )));
-        }
-        match kind {
-            Self::Linear { factor } | Self::Llama3 { factor, .. } if !(factor.is_finite() && factor >= 1.0) => {
-                Err(Error::InvalidConfig(format!("rope scaling factor must be ≥ 1, got {factor}")))
-            }
-            Self::Llama3 { low_freq_factor, high_freq_factor, original_max_position_embeddings, .. }
-                if !(low_freq_factor > 0.0 && high_freq_factor > low_freq_factor)
-                    || original_max_position_embeddings == 0 =>
-            {
-                Err(Error::InvalidConfig(
-                    "rope_scaling: need 0 < low_freq_factor < high_freq_factor and original_max_position_embeddings > 0"
-                        .into(),
-                ))
-            }
-            kind => Ok(kind),
-        }
-    }
-}
+use crate::error::Result;
+use crate::model::config::{LlamaConfig, RopeScalingKind};
 
 #[derive(Debug, Clone)]
 pub struct Rope {
@@ -83,7 +16,7 @@ impl Rope {
         let theta = config.rope_theta()?;
         let base: Vec<f64> =
             (0..head_dim / 2).map(|i| 1.0 / theta.powf((2 * i) as f64 / head_dim as f64)).collect();
-        let inv_freq = match RopeScalingKind::from_config(config)? {
+        let inv_freq = match config.rope_kind()? {
             RopeScalingKind::None => base,
             RopeScalingKind::Linear { factor } => base.into_iter().map(|freq| freq / factor).collect(),
             RopeScalingKind::Llama3 {
@@ -114,58 +47,18 @@ impl Rope {
         Ok(Self { inv_freq })
     }
 
-    /// Cos and sin `[len, head_dim / 2]` of each frequency at positions `start..start + len`,
-    /// for the host path, which rotates the two halves of each head itself.
-    pub fn host_cos_sin(&self, start: usize, len: usize) -> (Vec<f32>, Vec<f32>) {
+    /// Half the head dimension: the number of frequencies.
+    pub fn half_dim(&self) -> usize {
+        self.inv_freq.len()
+    }
+
+    /// Cos and sin `[positions, head_dim / 2]` of each frequency at each position (angles in
+    /// f64, as transformers computes them before casting).
+    pub fn cos_sin(&self, positions: &[usize]) -> (Vec<f32>, Vec<f32>) {
         let angles =
-            (start..start + len).flat_map(|pos| self.inv_freq.iter().map(move |freq| pos as f64 * freq));
+            positions.iter().flat_map(|&pos| self.inv_freq.iter().map(move |freq| pos as f64 * freq));
         angles.map(|angle| (angle.cos() as f32, angle.sin() as f32)).unzip()
     }
-
-    /// Cos and sin of shape `[1, 1, len, head_dim]` for positions `start..start + len`.
-    pub fn cos_sin(&self, start: usize, len: usize, device: &Device) -> (Tensor<4>, Tensor<4>) {
-        let half = self.inv_freq.len();
-        let mut cos = Vec::with_capacity(len * half * 2);
-        let mut sin = Vec::with_capacity(len * half * 2);
-        for pos in start..start + len {
-            // HF concatenates the frequencies with themselves: [f0..f_{d/2}, f0..f_{d/2}].
-            for _ in 0..2 {
-                for freq in &self.inv_freq {
-                    let angle = pos as f64 * freq;
-                    cos.push(angle.cos() as f32);
-                    sin.push(angle.sin() as f32);
-                }
-            }
-        }
-        let shape = [1, 1, len, half * 2];
-        (
-            Tensor::from_data(TensorData::new(cos, shape), device),
-            Tensor::from_data(TensorData::new(sin, shape), device),
-        )
-    }
-}
-
-/// `x * cos + rotate_half(x) * sin` on one head vector, with `cos`/`sin` of its position
-/// `[head_dim / 2]` (Hugging Face's layout: the first half pairs with the second).
-pub fn rotate_host(x: &mut [f32], cos: &[f32], sin: &[f32]) {
-    let half = x.len() / 2;
-    let (x1, x2) = x.split_at_mut(half);
-    for i in 0..half {
-        let (a, b) = (x1[i], x2[i]);
-        x1[i] = a * cos[i] - b * sin[i];
-        x2[i] = b * cos[i] + a * sin[i];
-    }
-}
-
-/// `x * cos + rotate_half(x) * sin` on `[batch, heads, seq, head_dim]`.
-pub fn apply_rotary(x: Tensor<4>, cos: &Tensor<4>, sin: &Tensor<4>) -> Tensor<4> {
-    let head_dim = x.dims()[3];
-    let half = head_dim / 2;
-    let x1 = x.clone().slice(s![.., .., .., 0..half]);
-    let x2 = x.clone().slice(s![.., .., .., half..head_dim]);
-    let rotated = Tensor::cat(vec![x2.neg(), x1], 3);
-    let dtype = x.dtype();
-    x * cos.clone().cast(dtype) + rotated * sin.clone().cast(dtype)
 }
 
 #[cfg(test)]

@@ -5,7 +5,7 @@
 use burn::tensor::{DType, Device, Distribution, Tensor, TensorData};
 
 use crate::error::Result;
-use crate::kernels::quant::BlockFormat;
+use crate::formats::BlockFormat;
 use crate::model::config::LlamaConfig;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

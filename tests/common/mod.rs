@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use burn::tensor::{DType, Device};
 use specbench::backend::{Backend, Runtime, dtype_name};
-use specbench::model::{LoadedModel, ModelSpec};
+use specbench::load::{LoadedModel, ModelSpec};
 
 pub fn fixture_dir(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
@@ -117,9 +117,8 @@ pub fn to_vec(t: burn::tensor::Tensor<2>) -> Vec<f32> {
 /// A seeded random Llama of the given dimensions on ndarray (Burn's matmul); a large `std`
 /// gives peaked distributions.
 pub fn random_model(dims: &str, seed: u64, std: f64) -> specbench::model::Llama {
-    use specbench::model::ProjectionKernel;
-    let runtime =
-        Runtime::new(Backend::Ndarray, "f32").unwrap().with_kernel(ProjectionKernel::Backend).unwrap();
+    use specbench::backend::ExecutorKind;
+    let runtime = Runtime::new(Backend::Ndarray, "f32").unwrap().with_executor(ExecutorKind::Tensor).unwrap();
     random_model_on(dims, seed, std, &runtime)
 }
 

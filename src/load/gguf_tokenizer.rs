@@ -15,8 +15,8 @@ use std::collections::HashMap;
 
 use serde_json::json;
 
-use crate::checkpoint::gguf::{GgufFile, Value};
 use crate::error::Result;
+use crate::formats::gguf::{GgufFile, Value};
 use crate::tokenizer::ChatTemplate;
 
 /// llama.cpp's token types (`llama_token_type`).

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use memmap2::Mmap;
 
 use crate::error::{Error, Result};
-use crate::kernels::quant::BlockFormat;
+use crate::formats::BlockFormat;
 
 const MAGIC: &[u8; 4] = b"GGUF";
 const DEFAULT_ALIGNMENT: u64 = 32;
@@ -396,7 +396,7 @@ impl<'a> Cursor<'a> {
 #[cfg(test)]
 mod write {
     use super::Value;
-    use crate::kernels::quant::BlockFormat;
+    use crate::formats::BlockFormat;
 
     /// A tensor to write: ggml-order dims and raw bytes of type `ggml_type`.
     pub struct Tensor {

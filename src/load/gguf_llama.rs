@@ -7,8 +7,8 @@ use std::path::Path;
 
 use burn::tensor::{DType, Device, Tensor};
 
-use crate::checkpoint::gguf::{GgufFile, TensorInfo, TensorType, Value};
 use crate::error::{Error, Result};
+use crate::formats::gguf::{GgufFile, TensorInfo, TensorType, Value};
 use crate::model::config::{LlamaConfig, RopeParameters, TokenIds};
 use crate::model::weights::{
     HostTensor, LayerWeight, Weight, WeightSource, device_tensor, floats_from_le_bytes,

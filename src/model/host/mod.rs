@@ -1,0 +1,323 @@
+//! The host executor: the step as plain loops over `f32` rows in host memory, the projections
+//! on specbench's kernels. Burn's CPU backends dispatch each of the ~20 operations of a layer as
+//! a separate tensor op with its own allocation and bookkeeping; for the few rows of decoding
+//! and verification that fixed cost, not arithmetic, sets the time per token. Here each
+//! operation is one pass over its rows, and the whole step is compiled for the vector ISA
+//! (`kernels::cpu::vectorized`, from `Llama`).
+
+mod matrix;
+
+pub use matrix::HostMatrix;
+
+use crate::backend::Runtime;
+use crate::error::Result;
+use crate::kernels::attention::{add_weighted4, dot4};
+use crate::kernels::cpu::{Vectorize, vectorized};
+use crate::kernels::dot;
+use crate::kernels::pool::Pool;
+use crate::model::cache::{HostKv, KvCache, Layers};
+use crate::model::config::LlamaConfig;
+use crate::model::executor::{Dims, Executor};
+use crate::model::rope::Rope;
+use crate::model::step::Geometry;
+use crate::model::weights::{Weight, WeightSource};
+
+/// Attention work (rows × visible positions × heads × head_dim) from which a step's heads are
+/// spread over the kernel pool; below it, a head's few microseconds are not worth a hand-off.
+const ATTENTION_PARALLEL_MIN: usize = 1 << 14;
+
+#[derive(Debug)]
+pub struct HostExecutor {
+    runtime: Runtime,
+}
+
+impl HostExecutor {
+    pub fn new(runtime: &Runtime) -> Self {
+        Self { runtime: runtime.clone() }
+    }
+}
+
+/// Cos and sin `[rows, head_dim / 2]` at each row's position.
+pub struct HostPositions {
+    cos: Vec<f32>,
+    sin: Vec<f32>,
+}
+
+impl Executor for HostExecutor {
+    type Rows = Vec<f32>;
+    type Matrix = HostMatrix;
+    type Norm = Vec<f32>;
+    type LayerCache = HostKv;
+    type Positions = HostPositions;
+
+    fn load_matrix(
+        &self,
+        source: &mut impl WeightSource,
+        weights: &[Weight],
+        config: &LlamaConfig,
+    ) -> Result<HostMatrix> {
+        HostMatrix::load(source, weights, config, &self.runtime)
+    }
+
+    fn load_norm(
+        &self,
+        source: &mut impl WeightSource,
+        weight: Weight,
+        config: &LlamaConfig,
+    ) -> Result<Vec<f32>> {
+        Ok(source.load_host(weight, config)?.into_f32())
+    }
+
+    fn matrix_bytes(matrix: &HostMatrix) -> usize {
+        matrix.bytes()
+    }
+
+    fn matrix_formats(matrix: &HostMatrix) -> Vec<&'static str> {
+        matrix.formats().collect()
+    }
+
+    fn new_cache(&self, layers: usize) -> KvCache {
+        KvCache::new(Layers::Host(vec![HostKv::default(); layers]))
+    }
+
+    fn layer_cache(cache: &mut KvCache, layer: usize) -> Option<&mut HostKv> {
+        match &mut cache.layers {
+            Layers::Host(layers) => layers.get_mut(layer),
+            Layers::Device(_) => None,
+        }
+    }
+
+    fn runtime(&self) -> &Runtime {
+        &self.runtime
+    }
+
+    fn positions(&self, geometry: &Geometry, rope: &Rope) -> HostPositions {
+        let (cos, sin) = rope.cos_sin(&geometry.positions);
+        HostPositions { cos, sin }
+    }
+
+    #[inline(always)]
+    fn embed(&self, table: &HostMatrix, ids: &[u32]) -> Vec<f32> {
+        let mut x = Vec::with_capacity(ids.len() * table.cols());
+        for &id in ids {
+            table.extend_row(id as usize, &mut x);
+        }
+        x
+    }
+
+    #[inline(always)]
+    fn rms_norm(&self, x: &Vec<f32>, weight: &Vec<f32>, eps: f64) -> Vec<f32> {
+        let mut out = vec![0.0; x.len()];
+        for (row, out) in x.chunks_exact(weight.len()).zip(out.chunks_exact_mut(weight.len())) {
+            let mean_square = row.iter().map(|v| v * v).sum::<f32>() / row.len() as f32;
+            let inverse = 1.0 / (mean_square + eps as f32).sqrt();
+            for ((o, v), w) in out.iter_mut().zip(row).zip(weight) {
+                *o = w * (v * inverse);
+            }
+        }
+        out
+    }
+
+    #[inline(always)]
+    fn project(&self, weights: &HostMatrix, x: &Vec<f32>) -> Vec<f32> {
+        weights.multiply(x, x.len() / weights.cols())
+    }
+
+    #[inline(always)]
+    fn attend(
+        &self,
+        mut qkv: Vec<f32>,
+        cache: &mut HostKv,
+        geometry: &Geometry,
+        positions: &HostPositions,
+        d: &Dims,
+    ) -> Vec<f32> {
+        let (q_width, kv_width, half) = (d.q_width(), d.kv_width(), d.head_dim / 2);
+        let (rows, start) = (geometry.rows(), geometry.start);
+        let (mut q, mut k, mut v) = (Vec::with_capacity(rows * q_width), Vec::new(), Vec::new());
+        for (i, row) in qkv.chunks_exact_mut(q_width + 2 * kv_width).enumerate() {
+            let (cos, sin) = (&positions.cos[i * half..][..half], &positions.sin[i * half..][..half]);
+            for head in row[..q_width + kv_width].chunks_exact_mut(d.head_dim) {
+                rotate_half(head, cos, sin);
+            }
+            q.extend_from_slice(&row[..q_width]);
+            k.extend_from_slice(&row[q_width..q_width + kv_width]);
+            v.extend_from_slice(&row[q_width + kv_width..]);
+        }
+        for (store, new) in [(&mut cache.keys, &k), (&mut cache.values, &v)] {
+            store.truncate(start * kv_width);
+            store.extend_from_slice(new);
+        }
+        let mut out = vec![0.0f32; rows * q_width];
+        let heads = Heads {
+            q: &q,
+            keys: &cache.keys,
+            values: &cache.values,
+            geometry,
+            group: d.heads / d.kv_heads,
+            d,
+        };
+        // One task per row and key/value head: the query heads of a group read the same keys.
+        let group_width = heads.group * d.head_dim;
+        if rows * (start + rows) * q_width >= ATTENTION_PARALLEL_MIN {
+            Pool::global().for_each_chunk(&mut out, group_width, |index, out| {
+                vectorized(AttendGroup { heads: &heads, index, out })
+            });
+        } else {
+            for (index, out) in out.chunks_mut(group_width).enumerate() {
+                heads.attend_group(index, out);
+            }
+        }
+        out
+    }
+
+    #[inline(always)]
+    fn add(&self, mut x: Vec<f32>, y: Vec<f32>) -> Vec<f32> {
+        x.iter_mut().zip(&y).for_each(|(a, b)| *a += b);
+        x
+    }
+
+    /// Written over each row's gate half and compacted to `[rows, intermediate]`.
+    #[inline(always)]
+    fn swiglu(&self, mut gate_up: Vec<f32>, intermediate: usize) -> Vec<f32> {
+        let rows = gate_up.len() / (2 * intermediate);
+        for r in 0..rows {
+            let (gate, up) = gate_up[2 * r * intermediate..][..2 * intermediate].split_at_mut(intermediate);
+            for (g, u) in gate.iter_mut().zip(up.iter()) {
+                *g = *g / (1.0 + (-*g).exp()) * u;
+            }
+            gate_up.copy_within(2 * r * intermediate..(2 * r + 1) * intermediate, r * intermediate);
+        }
+        gate_up.truncate(rows * intermediate);
+        gate_up
+    }
+
+    #[inline(always)]
+    fn last_rows(&self, mut x: Vec<f32>, n: usize, width: usize) -> Vec<f32> {
+        x.drain(..x.len() - n * width);
+        x
+    }
+
+    fn read(&self, x: &Vec<f32>) -> Vec<f32> {
+        x.clone()
+    }
+}
+
+/// `x * cos + rotate_half(x) * sin` on one head vector, with `cos`/`sin` of its position
+/// `[head_dim / 2]` (Hugging Face's layout: the first half pairs with the second).
+#[inline(always)]
+fn rotate_half(x: &mut [f32], cos: &[f32], sin: &[f32]) {
+    let half = x.len() / 2;
+    let (x1, x2) = x.split_at_mut(half);
+    for i in 0..half {
+        let (a, b) = (x1[i], x2[i]);
+        x1[i] = a * cos[i] - b * sin[i];
+        x2[i] = b * cos[i] + a * sin[i];
+    }
+}
+
+/// What the attention of one step reads: the rotated queries, the cached keys and values.
+struct Heads<'a> {
+    q: &'a [f32],
+    keys: &'a [f32],
+    values: &'a [f32],
+    geometry: &'a Geometry,
+    group: usize,
+    d: &'a Dims,
+}
+
+/// One pool task: the query heads of one row and key/value head.
+struct AttendGroup<'a, 'h> {
+    heads: &'a Heads<'h>,
+    index: usize,
+    out: &'a mut [f32],
+}
+
+impl Vectorize for AttendGroup<'_, '_> {
+    type Output = ();
+    #[inline(always)]
+    fn run(self) {
+        self.heads.attend_group(self.index, self.out)
+    }
+}
+
+impl Heads<'_> {
+    /// The query heads of row and key/value head `index` into `out: [group · head_dim]`.
+    #[inline(always)]
+    fn attend_group(&self, index: usize, out: &mut [f32]) {
+        let mut scores = Vec::with_capacity(self.geometry.start + self.geometry.rows());
+        for (j, out) in out.chunks_exact_mut(self.d.head_dim).enumerate() {
+            self.attend(index * self.group + j, out, &mut scores);
+        }
+    }
+
+    /// Head `slot` (row `slot / heads`, head `slot % heads`) into `out: [head_dim]`; `scores` is
+    /// scratch reused across heads.
+    #[inline(always)]
+    fn attend(&self, slot: usize, out: &mut [f32], scores: &mut Vec<f32>) {
+        let (d, start) = (self.d, self.geometry.start);
+        let kv_width = d.kv_width();
+        let (i, h) = (slot / d.heads, slot % d.heads);
+        let query = &self.q[i * d.q_width() + h * d.head_dim..][..d.head_dim];
+        let offset = (h / self.group) * d.head_dim;
+        let scale = 1.0 / (d.head_dim as f32).sqrt();
+        // Row i sees every cached position and, of this step's rows, at most rows 0..=i.
+        let visible = start + i + 1;
+        let key = |p: usize| &self.keys[p * kv_width + offset..][..d.head_dim];
+        let value = |p: usize| &self.values[p * kv_width + offset..][..d.head_dim];
+        scores.clear();
+        let fours = visible / 4 * 4;
+        for p in (0..fours).step_by(4) {
+            let dots = dot4(query, [key(p), key(p + 1), key(p + 2), key(p + 3)]);
+            scores.extend(dots.map(|s| s * scale));
+        }
+        scores.extend((fours..visible).map(|p| dot(query, key(p)) * scale));
+        if self.geometry.visible.is_some() {
+            for j in (0..i).filter(|&j| !self.geometry.sees(i, j)) {
+                scores[start + j] = f32::NEG_INFINITY;
+            }
+        }
+        softmax(scores);
+        for p in (0..fours).step_by(4) {
+            let w = [scores[p], scores[p + 1], scores[p + 2], scores[p + 3]];
+            add_weighted4(out, w, [value(p), value(p + 1), value(p + 2), value(p + 3)]);
+        }
+        for (p, &weight) in scores.iter().enumerate().skip(fours) {
+            for (o, v) in out.iter_mut().zip(value(p)) {
+                *o += weight * v;
+            }
+        }
+    }
+}
+
+#[inline(always)]
+fn softmax(scores: &mut [f32]) {
+    let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let mut total = 0.0;
+    for s in scores.iter_mut() {
+        *s = (*s - max).exp();
+        total += *s;
+    }
+    scores.iter_mut().for_each(|s| *s /= total);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn swiglu_compacts_rows() {
+        let runtime = Runtime::new(crate::backend::Backend::Ndarray, "f32").unwrap();
+        let exec = HostExecutor::new(&runtime);
+        let rows = vec![0.0, 1.0, 2.0, 3.0, /* row 2 */ 1.0, -1.0, 1.0, 1.0];
+        let silu = |x: f32| x / (1.0 + (-x).exp());
+        assert_eq!(exec.swiglu(rows, 2), vec![silu(0.0) * 2.0, silu(1.0) * 3.0, silu(1.0), silu(-1.0)]);
+    }
+
+    #[test]
+    fn softmax_sums_to_one_and_survives_large_scores() {
+        let mut scores = vec![1000.0, 1000.0, f32::NEG_INFINITY];
+        softmax(&mut scores);
+        assert_eq!(scores, vec![0.5, 0.5, 0.0]);
+    }
+}
