@@ -10,9 +10,8 @@ use clap::{Args, Parser, Subcommand};
 
 use specbench::backend::ExecutorKind;
 use specbench::backend::{Backend, Runtime};
-use specbench::decoding::drafter::{DraftLength, ModelDrafter};
-use specbench::decoding::pairing::shared_vocab;
-use specbench::decoding::speculative::Speculative;
+use specbench::decoding::draft::DraftLength;
+use specbench::decoding::drafters::{Describe, DraftContext, DrafterSpec};
 use specbench::decoding::{Generation, GenerationConfig, autoregressive};
 use specbench::experiment::config::ExperimentFile;
 use specbench::experiment::config::{MAX_K, MAX_NEW_TOKENS};
@@ -126,9 +125,14 @@ struct GenerateArgs {
     /// llama3.2-3b, llama3.1-8b, custom,hidden=..,layers=..).
     #[arg(long, visible_alias = "target")]
     model: String,
-    /// Draft model (same forms as --model); enables speculative decoding.
-    #[arg(long)]
+    /// Draft model (same forms as --model), in --dtype; enables speculative decoding. Short
+    /// for `--drafter model:PATH`.
+    #[arg(long, conflicts_with = "drafter")]
     draft: Option<String>,
+    /// Any kind of drafter: `model:PATH`, `self:DTYPE` (the target in q8_0, q4_0, bf16, ...),
+    /// `skip:LAYERS` or `keep:LAYERS` (like `4-7,9`), `ngram:MIN-MAX[:counts]`.
+    #[arg(long)]
+    drafter: Option<String>,
     /// Draft tokens proposed per target forward.
     #[arg(long, default_value_t = 4)]
     k: usize,
@@ -330,18 +334,31 @@ fn generate(args: GenerateArgs) -> Result<()> {
     if args.max_new_tokens == 0 || args.max_new_tokens > MAX_NEW_TOKENS {
         anyhow::bail!("--max-new-tokens {} is out of range 1..={MAX_NEW_TOKENS}", args.max_new_tokens);
     }
-    let load = |model: &str, seed: u64| -> Result<LoadedModel> {
-        let spec: ModelSpec = model.parse()?;
-        LoadedModel::load(&spec, &runtime, seed).with_context(|| format!("loading model {spec}"))
+    let spec: ModelSpec = args.model.parse()?;
+    let target =
+        LoadedModel::load(&spec, &runtime, args.seed).with_context(|| format!("loading model {spec}"))?;
+    let drafter_spec = match (&args.draft, &args.drafter) {
+        (Some(path), _) => Some(format!("model:{path}").parse::<DrafterSpec>()?),
+        (None, Some(text)) => Some(text.parse::<DrafterSpec>()?),
+        (None, None) => None,
     };
-    let target = load(&args.model, args.seed)?;
-    // A different seed keeps a random draft from being a copy of a random target.
-    let draft = args.draft.as_deref().map(|d| load(d, args.seed.wrapping_add(1))).transpose()?;
+    let drafter_spec = drafter_spec.map(|spec| match spec {
+        // A draft checkpoint runs in the run's dtype unless it says otherwise.
+        DrafterSpec::Model(mut settings) => {
+            settings.dtype.get_or_insert_with(|| args.dtype.clone());
+            DrafterSpec::Model(settings)
+        }
+        other => other,
+    });
+    let context = DraftContext { target: &target, runtime: &runtime, seed: args.seed, checkpoint: None };
+    let drafter =
+        drafter_spec.as_ref().map(|spec| spec.load(&context).context("loading the drafter")).transpose()?;
     let prompt = target.tokenizer.encode_prompt(&args.prompt, args.chat)?;
-    let k = if draft.is_some() { args.k } else { 0 };
+    let k = if drafter.is_some() { args.k } else { 0 };
     let what =
         format!("the prompt ({} tokens) + --max-new-tokens {} + k {k}", prompt.len(), args.max_new_tokens);
-    for (role, model) in std::iter::once(("target", &target)).chain(draft.iter().map(|d| ("draft", d))) {
+    let draft_model = drafter.as_ref().and_then(|d| d.model());
+    for (role, model) in std::iter::once(("target", &target)).chain(draft_model.map(|d| ("draft", d))) {
         model.check_context(role, prompt.len() + args.max_new_tokens + k, &what)?;
     }
     let config = GenerationConfig {
@@ -350,22 +367,20 @@ fn generate(args: GenerateArgs) -> Result<()> {
         eos_ids: if args.ignore_eos { Vec::new() } else { target.stop_ids(&args.stop_token_ids) },
         seed: args.seed,
     };
-    let generation = match &draft {
+    let generation = match &drafter {
         None => autoregressive::generate(&target.model, &prompt, &config)?,
-        Some(draft) => {
-            let vocab = shared_vocab(&target, draft)?;
-            let drafter = ModelDrafter::new(&draft.model, vocab)?;
-            Speculative::new(&target.model, drafter, vocab, DraftLength::Fixed(args.k))?
-                .generate(&prompt, &config)?
-        }
+        Some(drafter) => drafter.generate(&target.model, DraftLength::Fixed(args.k), &prompt, &config)?,
     };
+    let draft_name = drafter_spec.as_ref().map(|spec| {
+        spec.describe(&Describe { target: &target.spec, checkpoint: draft_model.map(|m| &m.spec) })
+    });
     if args.json {
         let top_logits =
             top_logits(&target, &prompt, &generation.tokens, args.top_logits, args.logit_positions)?;
         let report = GenerateReport {
             model: target.spec.to_string(),
-            draft: draft.as_ref().map(|d| d.spec.to_string()),
-            k: draft.as_ref().map(|_| args.k),
+            draft: draft_name.clone(),
+            k: drafter.as_ref().map(|_| args.k),
             runtime: runtime.describe(),
             prompt: &args.prompt,
             prompt_ids: &prompt,
@@ -375,7 +390,7 @@ fn generate(args: GenerateArgs) -> Result<()> {
             accepted_per_call: &generation.accepted_per_call,
             timings: seconds_by_phase(&generation.timings),
             decode_tokens_per_s: generation.decode_tokens_per_s(),
-            acceptance: draft.as_ref().map(|_| &generation.acceptance),
+            acceptance: drafter.as_ref().map(|_| &generation.acceptance),
             top_logits,
         };
         println!("{}", serde_json::to_string_pretty(&report)?);
@@ -386,19 +401,20 @@ fn generate(args: GenerateArgs) -> Result<()> {
     }
     println!("{}{}", args.prompt, target.tokenizer.decode_continuation(&prompt, &generation.tokens));
     let weights = |model: &LoadedModel| model.model.weight_formats().join(" + ");
-    let label = match &draft {
-        None => format!("{} ({} weights) on {}", target.spec, weights(&target), runtime.describe()),
-        Some(d) => format!(
-            "{} ({} weights) + draft {} ({} weights, k = {}) on {}",
-            target.spec,
-            weights(&target),
-            d.spec,
+    let target_label = format!("{} ({} weights)", target.spec, weights(&target));
+    let label = match (&draft_name, draft_model) {
+        (None, _) => format!("{target_label} on {}", runtime.describe()),
+        (Some(name), Some(d)) => format!(
+            "{target_label} + draft {name} ({} weights, k = {}) on {}",
             weights(d),
             args.k,
             runtime.describe()
         ),
+        (Some(name), None) => {
+            format!("{target_label} + drafter {name} (k = {}) on {}", args.k, runtime.describe())
+        }
     };
-    eprintln!("\n{}", describe(&label, &generation, draft.is_some()));
+    eprintln!("\n{}", describe(&label, &generation, drafter.is_some()));
     Ok(())
 }
 

@@ -13,9 +13,10 @@ use specbench::backend::Backend;
 use specbench::decoding::acceptance::{
     AcceptanceRule, DraftDistribution, RejectionSampling, Verdict, verify_token,
 };
-use specbench::decoding::drafter::{
-    DraftLength, Drafter, LayerSkip, ModelDrafter, NgramDrafter, NgramLookup,
-};
+use specbench::decoding::draft::{DraftLength, Drafter};
+use specbench::decoding::drafters::layer_skip::LayerSkip;
+use specbench::decoding::drafters::model::ModelDrafter;
+use specbench::decoding::drafters::ngram::{NgramDrafter, NgramLookup};
 use specbench::decoding::pairing::shared_vocab;
 use specbench::decoding::speculative::Speculative;
 use specbench::decoding::{CausalLm, GenerationConfig, autoregressive};

@@ -3,7 +3,8 @@
 
 pub mod acceptance;
 pub mod autoregressive;
-pub mod drafter;
+pub mod draft;
+pub mod drafters;
 pub mod pairing;
 pub mod speculative;
 

@@ -9,7 +9,7 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
 use super::acceptance::{AcceptanceRule, RejectionSampling, verify_block};
-use super::drafter::{DraftLength, DraftRequest, Drafter, Schedule};
+use super::draft::{DraftLength, DraftRequest, Drafter, Schedule};
 use super::{CausalLm, Generation, GenerationConfig, apply_stop_rule, prefill};
 use super::{timed, timed_host};
 use crate::error::{Error, Result};

@@ -6,13 +6,15 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::backend::Backend;
-use crate::decoding::drafter::{DraftLength, NgramLookup};
+use crate::decoding::draft::DraftLength;
+pub use crate::decoding::draft::MAX_K;
+use crate::decoding::drafters::model::ModelSettings;
+use crate::decoding::drafters::{DTYPES, Describe, DrafterSpec, KINDS};
 use crate::error::{Error, Result};
 use crate::experiment::rows::{CellKey, ENGINE};
 use crate::load::ModelSpec;
 
 /// Limits on sizes taken from a config, so that a typo is a message, not an allocation abort.
-pub const MAX_K: usize = 64;
 pub const MAX_REPEATS: usize = 1000;
 pub const MAX_WARMUP: usize = 100;
 pub const MAX_NEW_TOKENS: usize = 1 << 20;
@@ -25,8 +27,11 @@ pub struct ExperimentConfig {
     pub sweep: Sweep,
     #[serde(default)]
     pub prompts: Prompts,
-    /// The drafters swept; `[models.draft]` is the one-drafter shorthand (named `draft`).
-    #[serde(default)]
+    /// The drafters swept, as written; `[models.draft]` is the one-drafter shorthand (named
+    /// `draft`). Read into `drafters` by `parse`.
+    #[serde(default, rename = "drafters")]
+    pub drafter_tables: Vec<toml::Table>,
+    #[serde(skip)]
     pub drafters: Vec<DrafterEntry>,
 }
 
@@ -71,272 +76,69 @@ pub struct Models {
     pub draft: Option<ModelEntry>,
 }
 
-/// One `[[drafters]]` entry: a name (its results' `drafter` column), a kind and that kind's
-/// settings. Settings of another kind are errors, not ignored.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+/// One `[[drafters]]` entry: a name (its results' `drafter` column) and a drafter (`kind` and
+/// that kind's settings; `decoding::drafters`). Read from the raw table, so that a wrong key is
+/// named as `drafters[i].key`.
+#[derive(Debug, Clone, PartialEq)]
 pub struct DrafterEntry {
     pub name: String,
-    /// `model`, `quantized`, `layer_skip` or `ngram`.
-    pub kind: String,
-    /// `model`: the draft checkpoint (as `models.target.path`).
-    #[serde(default)]
-    pub path: Option<String>,
-    /// `model`: its dtype (f32 when absent); `quantized`: the dtype the target's own weights
-    /// are loaded in for drafting (q4_0, q8_0, bf16, ...).
-    #[serde(default)]
-    pub dtype: Option<String>,
-    /// `layer_skip`: the layers left out, as indices and ranges (`[10, 11]`, or `"8-11"`).
-    #[serde(default)]
-    pub skip: Option<LayerList>,
-    /// `layer_skip`: the layers kept instead (`"0-11"`); every other layer is skipped.
-    #[serde(default)]
-    pub layers: Option<LayerList>,
-    /// `ngram`: the shortest and longest suffix looked up (1 and 3 when absent).
-    #[serde(default)]
-    pub min_n: Option<usize>,
-    #[serde(default)]
-    pub max_n: Option<usize>,
-    /// `ngram`: `latest` (copy what followed the latest occurrence; the default) or `counts`
-    /// (the continuation seen most often, as llama.cpp's `llama-lookup`).
-    #[serde(default)]
-    pub lookup: Option<String>,
+    pub spec: DrafterSpec,
 }
 
-/// Layer indices as a list (`[0, 1, 5]`) or ranges in a string (`"0-3,5"`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(untagged)]
-pub enum LayerList {
-    Indices(Vec<usize>),
-    Ranges(String),
-}
-
-impl LayerList {
-    fn indices(&self, key: &str) -> Result<Vec<usize>> {
-        let ranges = match self {
-            Self::Indices(list) => return Ok(list.clone()),
-            Self::Ranges(text) => text,
+impl DrafterEntry {
+    fn from_table(i: usize, mut table: toml::Table) -> Result<Self> {
+        let key = |field: &str| format!("drafters[{i}].{field}");
+        let err = |message: String| Err(Error::InvalidConfig(message));
+        let name = match table.remove("name") {
+            Some(toml::Value::String(name)) if !name.is_empty() && !name.contains([',', '"', '\n']) => name,
+            _ => return err(format!("`{}` must be a non-empty name without commas or quotes", key("name"))),
         };
-        let bad = |part: &str| {
-            Error::InvalidConfig(format!(
-                "`{key}` = \"{ranges}\": `{part}` is not a layer index or a range like 0-11"
-            ))
+        let kind = match table.get("kind") {
+            Some(toml::Value::String(kind)) => kind.clone(),
+            _ => return err(format!("`{}` is missing; choose {KINDS}", key("kind"))),
         };
-        let mut out = Vec::new();
-        for part in ranges.split(',').map(str::trim) {
-            let (from, to) = part.split_once('-').unwrap_or((part, part));
-            let (from, to): (usize, usize) =
-                (from.trim().parse().map_err(|_| bad(part))?, to.trim().parse().map_err(|_| bad(part))?);
-            if from > to || to > 1 << 16 {
-                return Err(bad(part));
-            }
-            out.extend(from..=to);
-        }
-        Ok(out)
+        let spec: DrafterSpec =
+            toml::Value::Table(table).try_into().map_err(|e| settings_error(&e.to_string(), &kind, &key))?;
+        spec.check(&key)?;
+        Ok(Self { name, spec })
     }
 }
 
-/// A drafter as a run uses it: paths resolved, settings checked.
+/// serde's message about a drafter's settings, with the key it is about.
+fn settings_error(message: &str, kind: &str, key: &dyn Fn(&str) -> String) -> Error {
+    let quoted = |prefix: &str| {
+        message.split_once(prefix).and_then(|(_, rest)| rest.split('`').next()).map(str::to_string)
+    };
+    let message = message.trim();
+    Error::InvalidConfig(if let Some(field) = quoted("unknown field `") {
+        let expected = message.split_once(", ").map_or("", |(_, rest)| rest);
+        format!("`{}` is not a setting of a `{kind}` drafter ({expected})", key(&field))
+    } else if message.contains("unknown variant") {
+        format!("`{}` is `{kind}`; choose {KINDS}", key("kind"))
+    } else if let Some(field) = quoted("missing field `") {
+        format!("`{}` is missing: a `{kind}` drafter needs it", key(&field))
+    } else {
+        format!("`{}` (a `{kind}` drafter): {message}", key("").trim_end_matches('.'))
+    })
+}
+
+/// A drafter as a run uses it: its own checkpoint, if any, resolved.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DrafterPlan {
     pub name: String,
-    pub kind: DrafterKind,
+    pub spec: DrafterSpec,
+    pub checkpoint: Option<ModelSpec>,
 }
 
-#[derive(Debug, Clone, PartialEq)]
-pub enum DrafterKind {
-    /// A separate checkpoint.
-    Model {
-        spec: ModelSpec,
-        dtype: String,
-    },
-    /// The target's checkpoint loaded again in another dtype.
-    Quantized {
-        dtype: String,
-    },
-    /// The target itself with layers left out; which ones is known once the target's depth is.
-    LayerSkip(LayerSelection),
-    Ngram {
-        min_n: usize,
-        max_n: usize,
-        lookup: NgramLookup,
-    },
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub enum LayerSelection {
-    Skip(Vec<usize>),
-    Keep(Vec<usize>),
-}
-
-impl LayerSelection {
-    /// The skipped layers of a target with `layers` layers.
-    pub fn skipped(&self, layers: usize) -> Vec<usize> {
-        match self {
-            Self::Skip(skip) => skip.clone(),
-            Self::Keep(keep) => (0..layers).filter(|i| !keep.contains(i)).collect(),
-        }
+impl DrafterPlan {
+    /// What drafts, for the `draft` column of results.
+    pub fn describe(&self, target: &ModelSpec) -> String {
+        self.spec.describe(&Describe { target, checkpoint: self.checkpoint.as_ref() })
     }
-
-    fn describe(&self) -> String {
-        let (verb, list) = match self {
-            Self::Skip(list) => ("skipping", list),
-            Self::Keep(list) => ("keeping", list),
-        };
-        format!("{verb} layers {}", ranges_text(list))
-    }
-}
-
-/// `[0, 1, 2, 5]` as `0-2,5`.
-fn ranges_text(list: &[usize]) -> String {
-    let mut sorted = list.to_vec();
-    sorted.sort_unstable();
-    sorted.dedup();
-    let mut parts: Vec<String> = Vec::new();
-    let mut i = 0;
-    while i < sorted.len() {
-        let mut j = i;
-        while j + 1 < sorted.len() && sorted[j + 1] == sorted[j] + 1 {
-            j += 1;
-        }
-        parts.push(if i == j { sorted[i].to_string() } else { format!("{}-{}", sorted[i], sorted[j]) });
-        i = j + 1;
-    }
-    parts.join(",")
 }
 
 /// The name `[models.draft]` gets as a drafter.
 pub const LEGACY_DRAFTER: &str = "draft";
-
-const DTYPES: [&str; 5] = ["f32", "f16", "bf16", "q8_0", "q4_0"];
-const DRAFTER_KINDS: [&str; 4] = ["model", "quantized", "layer_skip", "ngram"];
-
-impl DrafterEntry {
-    /// The kind's settings present and no other kind's; `i` names the entry in errors.
-    fn check(&self, i: usize) -> Result<()> {
-        let key = |field: &str| format!("drafters[{i}].{field}");
-        let err = |message: String| Err(Error::InvalidConfig(message));
-        if self.name.is_empty() || self.name.contains([',', '"', '\n']) {
-            return err(format!("`{}` must be a non-empty name without commas or quotes", key("name")));
-        }
-        if !DRAFTER_KINDS.contains(&self.kind.as_str()) {
-            return err(format!("`{}` is `{}`; choose {}", key("kind"), self.kind, DRAFTER_KINDS.join(", ")));
-        }
-        let allowed: &[&str] = match self.kind.as_str() {
-            "model" => &["path", "dtype"],
-            "quantized" => &["dtype"],
-            "layer_skip" => &["skip", "layers"],
-            _ => &["min_n", "max_n", "lookup"],
-        };
-        let given = [
-            ("path", self.path.is_some()),
-            ("dtype", self.dtype.is_some()),
-            ("skip", self.skip.is_some()),
-            ("layers", self.layers.is_some()),
-            ("min_n", self.min_n.is_some()),
-            ("max_n", self.max_n.is_some()),
-            ("lookup", self.lookup.is_some()),
-        ];
-        if let Some((field, _)) = given.iter().find(|(field, set)| *set && !allowed.contains(field)) {
-            return err(format!(
-                "`{}` is not a setting of a `{}` drafter (its settings: {})",
-                key(field),
-                self.kind,
-                allowed.join(", ")
-            ));
-        }
-        if let Some(dtype) = self.dtype.as_deref().filter(|d| !DTYPES.contains(d)) {
-            return err(format!("`{}` is `{dtype}`; choose {}", key("dtype"), DTYPES.join(", ")));
-        }
-        match self.kind.as_str() {
-            "model" if self.path.is_none() => {
-                err(format!("`{}` is missing: a model drafter needs a checkpoint", key("path")))
-            }
-            "quantized" if self.dtype.is_none() => err(format!(
-                "`{}` is missing: the dtype the target's weights draft in (q4_0, q8_0, bf16)",
-                key("dtype")
-            )),
-            "layer_skip" => match (&self.skip, &self.layers) {
-                (Some(_), Some(_)) | (None, None) => err(format!(
-                    "give one of `{}` (layers left out) or `{}` (layers kept)",
-                    key("skip"),
-                    key("layers")
-                )),
-                (Some(list), None) => list.indices(&key("skip")).map(drop),
-                (None, Some(list)) => list.indices(&key("layers")).map(drop),
-            },
-            "ngram" => {
-                let (min_n, max_n) = self.ngram_sizes();
-                if min_n == 0 || min_n > max_n || max_n > MAX_K {
-                    return err(format!(
-                        "`{}`/`{}` are {min_n} and {max_n}; they need 1 ≤ min_n ≤ max_n ≤ {MAX_K}",
-                        key("min_n"),
-                        key("max_n")
-                    ));
-                }
-                self.ngram_lookup(&key("lookup")).map(drop)
-            }
-            _ => Ok(()),
-        }
-    }
-
-    fn ngram_sizes(&self) -> (usize, usize) {
-        (self.min_n.unwrap_or(1), self.max_n.unwrap_or(3))
-    }
-
-    fn ngram_lookup(&self, key: &str) -> Result<NgramLookup> {
-        match self.lookup.as_deref() {
-            None | Some("latest") => Ok(NgramLookup::Latest),
-            Some("counts") => Ok(NgramLookup::Counts),
-            Some(other) => {
-                Err(Error::InvalidConfig(format!("`{key}` is `{other}`; choose latest or counts")))
-            }
-        }
-    }
-
-    /// The checked entry as a run uses it; `model` resolves a checkpoint entry to its spec.
-    fn plan(&self, i: usize, model: impl Fn(&ModelEntry, &str) -> Result<ModelSpec>) -> Result<DrafterPlan> {
-        let key = |field: &str| format!("drafters[{i}].{field}");
-        let dtype = self.dtype.clone().unwrap_or_else(default_dtype);
-        let kind = match self.kind.as_str() {
-            "model" => {
-                let entry = ModelEntry { path: self.path.clone().expect("checked"), dtype: dtype.clone() };
-                DrafterKind::Model { spec: model(&entry, &key("path"))?, dtype }
-            }
-            "quantized" => DrafterKind::Quantized { dtype },
-            "layer_skip" => match (&self.skip, &self.layers) {
-                (Some(list), _) => DrafterKind::LayerSkip(LayerSelection::Skip(list.indices(&key("skip"))?)),
-                (_, Some(list)) => {
-                    DrafterKind::LayerSkip(LayerSelection::Keep(list.indices(&key("layers"))?))
-                }
-                _ => unreachable!("checked: one of skip and layers"),
-            },
-            _ => {
-                let (min_n, max_n) = self.ngram_sizes();
-                DrafterKind::Ngram { min_n, max_n, lookup: self.ngram_lookup(&key("lookup"))? }
-            }
-        };
-        Ok(DrafterPlan { name: self.name.clone(), kind })
-    }
-}
-
-impl DrafterPlan {
-    /// What drafts, for the `draft` column of results: the checkpoint, or what the target
-    /// becomes.
-    pub fn describe(&self, target: &ModelSpec) -> String {
-        match &self.kind {
-            DrafterKind::Model { spec, .. } => spec.to_string(),
-            DrafterKind::Quantized { dtype } => format!("{target} as {dtype}"),
-            DrafterKind::LayerSkip(selection) => format!("{target} {}", selection.describe()),
-            DrafterKind::Ngram { min_n, max_n, lookup: NgramLookup::Latest } => {
-                format!("ngram {min_n}..={max_n}")
-            }
-            DrafterKind::Ngram { min_n, max_n, lookup } => {
-                format!("ngram {} {min_n}..={max_n}", lookup.name())
-            }
-        }
-    }
-}
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -426,11 +228,11 @@ pub struct ExperimentFile {
 impl ExperimentFile {
     pub fn load(path: &Path) -> Result<Self> {
         let (config, text) = ExperimentConfig::from_file(path)?;
-        let model = |entry: &ModelEntry, key: &str| -> Result<ModelSpec> {
-            if entry.path.starts_with("random:") {
-                return entry.path.parse();
+        let model = |model_path: &str, key: &str| -> Result<ModelSpec> {
+            if model_path.starts_with("random:") {
+                return model_path.parse();
             }
-            let dir = resolve_beside(path, &entry.path, &format!("{key}.path"))?;
+            let dir = resolve_beside(path, model_path, &format!("{key}.path"))?;
             if crate::load::is_gguf_path(&dir) {
                 if !dir.is_file() {
                     return Err(Error::InvalidConfig(format!(
@@ -453,17 +255,25 @@ impl ExperimentFile {
             // Absolute, so that the manifest says which folder whatever the working directory.
             Ok(ModelSpec::Folder(std::fs::canonicalize(&dir).unwrap_or(dir)))
         };
-        let target = model(&config.models.target, "models.target")?;
+        let target = model(&config.models.target.path, "models.target")?;
         let drafters = match &config.models.draft {
             Some(entry) => vec![DrafterPlan {
                 name: LEGACY_DRAFTER.into(),
-                kind: DrafterKind::Model { spec: model(entry, "models.draft")?, dtype: entry.dtype.clone() },
+                spec: DrafterSpec::Model(ModelSettings {
+                    path: entry.path.clone(),
+                    dtype: Some(entry.dtype.clone()),
+                }),
+                checkpoint: Some(model(&entry.path, "models.draft")?),
             }],
             None => config
                 .drafters
                 .iter()
                 .enumerate()
-                .map(|(i, entry)| entry.plan(i, |e, key| model(e, key)))
+                .map(|(i, entry)| {
+                    let checkpoint =
+                        entry.spec.checkpoint().map(|p| model(p, &format!("drafters[{i}]"))).transpose()?;
+                    Ok(DrafterPlan { name: entry.name.clone(), spec: entry.spec.clone(), checkpoint })
+                })
                 .collect::<Result<Vec<_>>>()?,
         };
         let prompts_file =
@@ -483,7 +293,13 @@ impl ExperimentConfig {
     }
 
     pub fn parse(text: &str) -> Result<Self> {
-        let config: Self = toml::from_str(text).map_err(|e| Error::InvalidConfig(e.to_string()))?;
+        let mut config: Self = toml::from_str(text).map_err(|e| Error::InvalidConfig(e.to_string()))?;
+        config.drafters = config
+            .drafter_tables
+            .iter()
+            .enumerate()
+            .map(|(i, table)| DrafterEntry::from_table(i, table.clone()))
+            .collect::<Result<_>>()?;
         config.validate()?;
         Ok(config)
     }
@@ -571,9 +387,6 @@ impl ExperimentConfig {
             }
             _ => {}
         }
-        for (i, entry) in self.drafters.iter().enumerate() {
-            entry.check(i)?;
-        }
         let names: Vec<&str> = self.drafters.iter().map(|d| d.name.as_str()).collect();
         duplicate("drafters.name", &names)?;
         duplicate("sweep.adaptive", &s.adaptive)?;
@@ -660,6 +473,8 @@ pub fn resolve_beside(config_path: &Path, path: &str, key: &str) -> Result<PathB
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::decoding::drafters::layer_skip::LayerSelection;
+    use crate::decoding::drafters::ngram::NgramLookup;
 
     const VALID: &str = r#"
 [experiment]
@@ -757,14 +572,13 @@ temperatures = [0.0]
         assert_eq!(labels[0], "target only");
         assert!(labels.contains(&"skip heuristic:2 (k ≤ 4)".to_string()), "{labels:?}");
         assert!(labels.contains(&"lookup k=1".to_string()), "{labels:?}");
-        let plan = config.drafters[1].plan(1, |_, _| unreachable!("no checkpoint")).unwrap();
-        assert_eq!(plan.kind, DrafterKind::LayerSkip(LayerSelection::Keep(vec![0, 1, 3])));
-        assert_eq!(LayerSelection::Keep(vec![0, 1, 3]).skipped(6), vec![2, 4, 5]);
-        assert_eq!(ranges_text(&[5, 0, 1, 2, 7, 8]), "0-2,5,7-8");
+        let DrafterSpec::LayerSkip(skip) = &config.drafters[1].spec else { panic!("not layer_skip") };
+        assert_eq!(skip.selection(&|f| f.into()).unwrap(), LayerSelection::Keep(vec![0, 1, 3]));
         let counts = DRAFTERS.replace("kind = \"ngram\"", "kind = \"ngram\"\nlookup = \"counts\"");
-        let plan =
-            ExperimentConfig::parse(&counts).unwrap().drafters[2].plan(2, |_, _| unreachable!()).unwrap();
-        assert!(matches!(plan.kind, DrafterKind::Ngram { lookup: NgramLookup::Counts, .. }), "{plan:?}");
+        let DrafterSpec::Ngram(ngram) = &ExperimentConfig::parse(&counts).unwrap().drafters[2].spec else {
+            panic!("not ngram")
+        };
+        assert_eq!(ngram.lookup("lookup").unwrap(), NgramLookup::Counts);
         // The legacy [models.draft] is one drafter named `draft`.
         assert_eq!(ExperimentConfig::parse(VALID).unwrap().drafter_names(), ["draft"]);
     }

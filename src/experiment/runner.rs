@@ -13,15 +13,13 @@ use std::str::FromStr;
 
 use indicatif::{ProgressBar, ProgressStyle};
 
-use super::config::{Cell, DrafterKind, DrafterPlan, ExperimentConfig, ExperimentFile};
+use super::config::{Cell, ExperimentConfig, ExperimentFile};
 use super::lock::FolderLock;
 use super::manifest::{Build, Machine, Manifest, RunModels, now, sha256_hex};
 use super::prompts::{self, Prompt};
 use super::rows::{ENGINE, RowKey, RowWriter, RunRow, done_keys, join_counts, read_rows};
 use crate::backend::{Backend, Runtime};
-use crate::decoding::drafter::{DraftLength, Drafter, LayerSkip, ModelDrafter, NgramDrafter};
-use crate::decoding::pairing::shared_vocab;
-use crate::decoding::speculative::Speculative;
+use crate::decoding::drafters::{DraftContext, LoadedDrafter};
 use crate::decoding::{Generation, GenerationConfig, autoregressive};
 use crate::error::{Error, Result};
 use crate::load::LoadedModel;
@@ -148,10 +146,7 @@ impl Plan {
         let drafters = file
             .drafters
             .iter()
-            .filter_map(|d| match &d.kind {
-                DrafterKind::Model { spec, .. } => Some(spec.identity().map(|id| (d.name.clone(), id))),
-                _ => None,
-            })
+            .filter_map(|d| Some(d.checkpoint.as_ref()?.identity().map(|id| (d.name.clone(), id))))
             .collect::<Result<_>>()?;
         let models = RunModels { target: file.target.identity()?, drafters };
         Ok(Self { file, prompts, shard, cells, models })
@@ -399,25 +394,10 @@ struct BackendSweep<'a> {
     plan: &'a Plan,
     target: LoadedModel,
     /// In the order of `ExperimentFile::drafters`.
-    drafters: Vec<LoadedDrafter>,
+    drafters: Vec<Box<dyn LoadedDrafter>>,
     encoded: Vec<Vec<u32>>,
     /// The target's stop tokens and the config's.
     stop_ids: Vec<u32>,
-}
-
-/// A drafter's loaded part and the vocabulary it and the target are scored over.
-struct LoadedDrafter {
-    source: DraftSource,
-    vocab: usize,
-}
-
-enum DraftSource {
-    /// A checkpoint of its own, or the target's loaded again in another dtype (boxed: the
-    /// other variants are small).
-    Model(Box<LoadedModel>),
-    /// The target's layers to leave out.
-    LayerSkip(Vec<usize>),
-    Ngram(NgramDrafter),
 }
 
 impl<'a> BackendSweep<'a> {
@@ -434,7 +414,15 @@ impl<'a> BackendSweep<'a> {
             .drafters
             .iter()
             .map(|drafter| {
-                LoadedDrafter::load(drafter, &target, &runtime, plan, seed)
+                let context = DraftContext {
+                    target: &target,
+                    runtime: &runtime,
+                    seed,
+                    checkpoint: drafter.checkpoint.as_ref(),
+                };
+                drafter
+                    .spec
+                    .load(&context)
                     .map_err(|e| in_context(format!("loading drafter `{}`", drafter.name), e))
             })
             .collect::<Result<Vec<_>>>()?;
@@ -466,7 +454,7 @@ impl<'a> BackendSweep<'a> {
             let positions = ids.len() + max_new + k_max;
             self.target.check_context("target", positions, &what)?;
             for (plan, drafter) in self.plan.file.drafters.iter().zip(&self.drafters) {
-                if let DraftSource::Model(model) = &drafter.source {
+                if let Some(model) = drafter.model() {
                     model.check_context(&format!("drafter `{}`", plan.name), positions, &what)?;
                 }
             }
@@ -490,30 +478,7 @@ impl<'a> BackendSweep<'a> {
         let target = &self.target.model;
         let result = match cell.draft {
             None => autoregressive::generate(target, prompt, &generation),
-            Some((index, length)) => (|| {
-                let LoadedDrafter { source, vocab } = &self.drafters[index];
-                let vocab = *vocab;
-                match source {
-                    DraftSource::Model(draft) => {
-                        let drafter = ModelDrafter::new(&draft.model, vocab)?;
-                        speculate(target, drafter, vocab, length, prompt, &generation)
-                    }
-                    DraftSource::LayerSkip(skip) => {
-                        let view = LayerSkip::new(target, skip)?;
-                        speculate(
-                            target,
-                            ModelDrafter::new(&view, vocab)?,
-                            vocab,
-                            length,
-                            prompt,
-                            &generation,
-                        )
-                    }
-                    DraftSource::Ngram(ngram) => {
-                        speculate(target, ngram.clone(), vocab, length, prompt, &generation)
-                    }
-                }
-            })(),
+            Some((index, length)) => self.drafters[index].generate(target, length, prompt, &generation),
         };
         result.map_err(|e| {
             let prompt = &self.plan.prompts[prompt_index].id;
@@ -564,53 +529,6 @@ impl<'a> BackendSweep<'a> {
             overlap_count: speculative.then_some(a.overlap_count),
         }
     }
-}
-
-impl LoadedDrafter {
-    fn load(
-        drafter: &DrafterPlan,
-        target: &LoadedModel,
-        runtime: &Runtime,
-        plan: &Plan,
-        seed: u64,
-    ) -> Result<Self> {
-        let own_vocab = || shared_vocab(target, target);
-        Ok(match &drafter.kind {
-            DrafterKind::Model { spec, dtype } => {
-                // Another seed keeps a random draft from being a copy of a random target.
-                let model = LoadedModel::load(spec, &runtime.with_dtype(dtype)?, seed.wrapping_add(1))?;
-                let vocab = shared_vocab(target, &model)?;
-                Self { source: DraftSource::Model(Box::new(model)), vocab }
-            }
-            DrafterKind::Quantized { dtype } => {
-                // The same seed: a random target's drafter is that target in another dtype.
-                let model = LoadedModel::load(&plan.file.target, &runtime.with_dtype(dtype)?, seed)?;
-                Self { source: DraftSource::Model(Box::new(model)), vocab: own_vocab()? }
-            }
-            DrafterKind::LayerSkip(selection) => {
-                let skip = selection.skipped(target.model.config().num_hidden_layers);
-                // Checked here, once, rather than at the first cell.
-                LayerSkip::new(&target.model, &skip)?;
-                Self { source: DraftSource::LayerSkip(skip), vocab: own_vocab()? }
-            }
-            DrafterKind::Ngram { min_n, max_n, lookup } => Self {
-                source: DraftSource::Ngram(NgramDrafter::new(*min_n, *max_n, *lookup)?),
-                vocab: own_vocab()?,
-            },
-        })
-    }
-}
-
-/// One speculative generation with `drafter`.
-fn speculate<D: Drafter>(
-    target: &crate::model::Llama,
-    drafter: D,
-    vocab: usize,
-    length: DraftLength,
-    prompt: &[u32],
-    config: &GenerationConfig,
-) -> Result<Generation> {
-    Speculative::new(target, drafter, vocab, length)?.generate(prompt, config)
 }
 
 fn in_context(context: String, error: Error) -> Error {
