@@ -20,8 +20,8 @@ const BANDWIDTH_COLUMNS: usize = 4096;
 
 /// The read bandwidth in GB/s that `runtime`'s projections see: the best of `repeats` row sums
 /// over a buffer of about `bytes` f32 ones, each result checked. On the host kernels that is a
-/// sum in host memory on the kernels' own thread pool (a Burn reduction on flex read 13.5 GB/s
-/// where the kernels stream 20: no floor for them); elsewhere a sum on the device.
+/// sum in host memory on the kernels' own thread pool (a Burn reduction on flex reads slower
+/// than the kernels stream: no floor for them); elsewhere a sum on the device.
 pub fn read_bandwidth(runtime: &Runtime, bytes: usize, repeats: usize) -> Result<f64> {
     if runtime.executor() == crate::backend::ExecutorKind::Host {
         return Ok(host_read_bandwidth(bytes, repeats));

@@ -83,24 +83,19 @@ impl SamplingConfig {
 }
 
 /// `exp((x − max) · inverse_t)` of every logit, in f32 (the logits' own precision), widened to
-/// f64 for the sums and the acceptance test. The f64 exp of every vocabulary entry was a third
-/// of the speculative step's own time at T = 1, and libm's f32 `expf` (a call per entry) was
-/// still the largest part of it: `exp_nonpositive` is plain arithmetic, so the loop vectorises
-/// (2048 entries in 2.1 µs against 4.2–4.6 µs; the embedded pair's harness share at T = 1,
-/// k = 6 fell from 6.0% to 4.6–4.8% of wall time, alternating runs).
+/// f64 for the sums and the acceptance test. An exp per vocabulary entry in f64, or libm's f32
+/// `expf` (a call per entry), was most of the speculative step's own time at T = 1:
+/// `exp_nonpositive` is plain arithmetic, so the loop vectorises.
 fn exp_weights(logits: &[f32], max: f32, inverse_t: f32) -> Vec<f64> {
-    #[cfg(target_arch = "x86_64")]
-    if crate::kernels::cpu::has_avx2() {
-        // SAFETY: the CPU has AVX2 and FMA.
-        return unsafe { exp_weights_avx2(logits, max, inverse_t) };
+    struct ExpWeights<'a>(&'a [f32], f32, f32);
+    impl crate::kernels::cpu::Vectorize for ExpWeights<'_> {
+        type Output = Vec<f64>;
+        #[inline(always)]
+        fn run(self) -> Vec<f64> {
+            exp_weights_portable(self.0, self.1, self.2)
+        }
     }
-    exp_weights_portable(logits, max, inverse_t)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn exp_weights_avx2(logits: &[f32], max: f32, inverse_t: f32) -> Vec<f64> {
-    exp_weights_portable(logits, max, inverse_t)
+    crate::kernels::cpu::vectorized(ExpWeights(logits, max, inverse_t))
 }
 
 #[inline(always)]

@@ -35,10 +35,8 @@ fn top_logit_values(report: &serde_json::Value) -> Vec<f64> {
 fn the_portable_kernels_compute_what_the_vector_kernels_do() {
     let root = env!("CARGO_MANIFEST_DIR");
     let gguf = |name: &str| format!("{root}/tests/fixtures/tiny-gguf/target-{name}.gguf");
-    let mut cases: Vec<(String, Vec<&str>)> = ["bf16", "q8_0", "q4_0", "q4_1", "q4_k_m"]
-        .into_iter()
-        .map(|name| (gguf(name), vec![]))
-        .collect();
+    let mut cases: Vec<(String, Vec<&str>)> =
+        ["bf16", "q8_0", "q4_0", "q4_1", "q4_k_m"].into_iter().map(|name| (gguf(name), vec![])).collect();
     let tiny = format!("{root}/models/tiny/target");
     cases.push((tiny.clone(), vec![]));
     cases.push((tiny.clone(), vec!["--dtype", "q4_0"]));

@@ -2,12 +2,10 @@
 //! aligned data section, read from a memory map without copying tensor data.
 //!
 //! Written here rather than taken from a crate: candle-core's `gguf_file` (the most used Rust
-//! reader) allocates whatever lengths a file claims (`vec![0; len]` for strings and arrays), so
-//! a damaged file aborts the process instead of failing, and it would bring a second tensor
-//! library and its gemm into a build that already takes most of CI's time; its quantized
-//! kernels work on its own tensors, not on the host buffers our decode path multiplies. The
-//! format is small: every length and count below is checked against the bytes that remain, and
-//! every tensor against the file's size, before anything is allocated.
+//! reader) would bring a second tensor library and its gemm into a build that already takes most
+//! of CI's time, and its quantized kernels work on its own tensors, not on the host buffers our
+//! kernels multiply. The format is small: every length and count below is checked against the
+//! bytes that remain, and every tensor against the file's size, before anything is allocated.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

@@ -11,6 +11,7 @@
 //! exact, so both paths give the same products.
 
 use crate::formats::blocks::{BlockFormat, QK_K, f16_at, scale_min_k4};
+use crate::kernels::cpu::{Vectorize, vectorized};
 
 /// An input row quantized to `Q8_K` super-blocks.
 #[derive(Debug)]
@@ -22,22 +23,18 @@ pub struct Q8KRow {
 }
 
 impl Q8KRow {
-    /// ggml's `quantize_row_q8_K_ref`: the value of largest magnitude maps to −127.
+    /// ggml's `quantize_row_q8_K_ref`: the value of largest magnitude maps to −127. Compiled
+    /// for the vector ISA, where rounding is `vroundps` rather than a libm call per value.
     pub fn quantize(x: &[f32]) -> Self {
-        #[cfg(target_arch = "x86_64")]
-        if crate::kernels::cpu::has_avx2() {
-            // SAFETY: the CPU has AVX2 and FMA.
-            return unsafe { Self::quantize_avx2(x) };
+        struct Quantize<'a>(&'a [f32]);
+        impl Vectorize for Quantize<'_> {
+            type Output = Q8KRow;
+            #[inline(always)]
+            fn run(self) -> Q8KRow {
+                Q8KRow::quantize_portable(self.0)
+            }
         }
-        Self::quantize_portable(x)
-    }
-
-    /// The same loops compiled with AVX2, where rounding is `vroundps` rather than a libm call
-    /// per value.
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn quantize_avx2(x: &[f32]) -> Self {
-        Self::quantize_portable(x)
+        vectorized(Quantize(x))
     }
 
     #[inline(always)]

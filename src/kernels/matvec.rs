@@ -117,16 +117,11 @@ impl WeightElement for half::f16 {
 }
 
 /// Weight rows per parallel task: long enough runs of contiguous rows that each thread streams
-/// (and its prefetcher follows) one region, few enough claims per product. 64 against 16, A/B in
-/// one sitting: SmolLM2 f32 decode 37.8–38.7 → 39.8–40.3 tokens/s, a 5-token verify 36.5–39.1 →
-/// 32.6–34.5 ms; the embedded target 1072–1190 → 1283–1332 tokens/s. 256 was no different.
+/// (and its prefetcher follows) one region, few enough claims per product (docs/performance.md,
+/// "Tuning constants").
 const ROWS_PER_TASK: usize = 64;
-/// Below this many weights (4 MiB of f32) a matrix is multiplied on the calling thread: waking
-/// the pool costs more than it saves. Measured on the embedded target, whose matrices are all
-/// smaller: at 2^18 a third of decode time went to rayon wake-ups and yields; 2^20 decoded 40%
-/// faster on flex (733-775 vs 528-566 tokens/s, results/decode-cpu/2026-11-25-host-threshold) and
-/// no faster beyond noise on ndarray; 2^22 was no better. The 1B shape's matrices
-/// (≥ 2048 × 2048) stay parallel.
+/// Below this many weights a matrix is multiplied on the calling thread: handing it to the pool
+/// costs more than it saves (docs/performance.md, "Tuning constants").
 const PARALLEL_MIN_WEIGHTS: usize = 1 << 16;
 
 /// Whether a matrix of `weights` elements is worth the thread pool (see `PARALLEL_MIN_WEIGHTS`).

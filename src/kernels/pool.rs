@@ -1,8 +1,8 @@
 //! A small fork–join pool for the host kernels, whose workers spin between jobs.
 //!
-//! A decode step is a chain of 100–200 products of 10–300 µs each. Rayon parks idle workers and
-//! wakes them through the kernel, which cost a sixth of SmolLM2's decode time and made two
-//! threads slower than one on the embedded target (its products are ~30 µs). llama.cpp's pool
+//! A decode step is a chain of a few hundred short products. Rayon parks idle workers and wakes
+//! them through the kernel, which cost a large share of a decode step and made two threads
+//! slower than one on the embedded target (docs/performance.md). llama.cpp's pool
 //! spins between the operations of a graph; so does this one: after a job, a worker spins for
 //! `SPIN` before it sleeps, so the next product of the same step finds it awake. The calling
 //! thread takes part in every job, and a call made while the pool is busy (another thread

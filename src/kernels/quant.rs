@@ -177,9 +177,8 @@ impl QuantMatrix {
 /// Below this many weights a product is split into one pool task per thread, above it into four.
 /// Four balance the threads' shares when one is slowed by anything else; for the small,
 /// cache-resident matrices of draft-sized models each extra task's hand-off (a claim and a
-/// completion on cache lines both threads write) costs more than the balance saves: the
-/// embedded target's decode step at 128 cached positions, q8_0, 318–338 → 298–310 µs (q4_0
-/// 356–369 → 329–334 µs), four alternations of `specbench bench forward`.
+/// completion on cache lines both threads write) costs more than the balance saves
+/// (docs/performance.md, "Tuning constants").
 const BALANCED_MIN_WEIGHTS: usize = 1 << 20;
 
 fn tasks_per_thread(weights: usize) -> usize {
