@@ -35,7 +35,7 @@ fn with_draft<'a, T: CausalLm, D: CausalLm>(
     draft: &'a D,
     vocab: usize,
     k: usize,
-) -> Speculative<'a, T, ModelDrafter<'a, D>> {
+) -> Speculative<'a, T, ModelDrafter<&'a D>> {
     Speculative::new(target, ModelDrafter::new(draft, vocab).unwrap(), vocab, DraftLength::Fixed(k)).unwrap()
 }
 

@@ -37,6 +37,36 @@ pub trait CausalLm {
     fn vocab_size(&self) -> usize;
 }
 
+/// A borrowed model is the model.
+impl<T: CausalLm + ?Sized> CausalLm for &T {
+    type Cache = T::Cache;
+
+    fn new_cache(&self) -> T::Cache {
+        (**self).new_cache()
+    }
+    fn cache_len(cache: &T::Cache) -> usize {
+        T::cache_len(cache)
+    }
+    fn truncate(cache: &mut T::Cache, len: usize) {
+        T::truncate(cache, len)
+    }
+    fn logits(
+        &self,
+        tokens: &[u32],
+        cache: &mut T::Cache,
+        rows: usize,
+        vocab: usize,
+    ) -> Result<Vec<Vec<f32>>> {
+        (**self).logits(tokens, cache, rows, vocab)
+    }
+    fn sync(&self) -> Result<()> {
+        (**self).sync()
+    }
+    fn vocab_size(&self) -> usize {
+        (**self).vocab_size()
+    }
+}
+
 impl CausalLm for Llama {
     type Cache = KvCache;
 

@@ -5,10 +5,9 @@ use serde::{Deserialize, Serialize};
 
 use super::model::ModelDrafter;
 use super::{Describe, DraftContext, DrafterKind, LoadedDrafter};
-use crate::decoding::draft::DraftLength;
+use crate::decoding::CausalLm;
+use crate::decoding::draft::Drafter;
 use crate::decoding::pairing::shared_vocab;
-use crate::decoding::speculative::Speculative;
-use crate::decoding::{CausalLm, Generation, GenerationConfig};
 use crate::error::{Error, Result};
 use crate::model::{KvCache, Llama};
 
@@ -74,16 +73,8 @@ impl LoadedDrafter for LoadedLayerSkip {
         self.vocab
     }
 
-    fn generate(
-        &self,
-        target: &Llama,
-        length: DraftLength,
-        prompt: &[u32],
-        config: &GenerationConfig,
-    ) -> Result<Generation> {
-        let view = LayerSkip::new(target, &self.skip)?;
-        Speculative::new(target, ModelDrafter::new(&view, self.vocab)?, self.vocab, length)?
-            .generate(prompt, config)
+    fn drafter<'a>(&'a self, target: &'a Llama) -> Result<Box<dyn Drafter + 'a>> {
+        Ok(Box::new(ModelDrafter::new(LayerSkip::new(target, &self.skip)?, self.vocab)?))
     }
 }
 

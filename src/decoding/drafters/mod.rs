@@ -18,7 +18,8 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
-use super::draft::DraftLength;
+use super::draft::{DraftLength, Drafter};
+use super::speculative::Speculative;
 use super::{Generation, GenerationConfig};
 use crate::backend::Runtime;
 use crate::error::{Error, Result};
@@ -80,6 +81,9 @@ pub trait LoadedDrafter {
     fn model(&self) -> Option<&LoadedModel> {
         None
     }
+    /// A fresh drafter for one generation of `target`.
+    fn drafter<'a>(&'a self, target: &'a Llama) -> Result<Box<dyn Drafter + 'a>>;
+
     /// One speculative generation of `target` drafted by it.
     fn generate(
         &self,
@@ -87,7 +91,10 @@ pub trait LoadedDrafter {
         length: DraftLength,
         prompt: &[u32],
         config: &GenerationConfig,
-    ) -> Result<Generation>;
+    ) -> Result<Generation> {
+        let mut drafter = self.drafter(target)?;
+        Speculative::new(target, &mut *drafter, self.vocab(), length)?.generate(prompt, config)
+    }
 }
 
 impl DrafterSpec {

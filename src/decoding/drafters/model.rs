@@ -6,10 +6,9 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
 use super::{Describe, DraftContext, DrafterKind, LoadedDrafter, check_dtype};
-use crate::decoding::draft::{DraftLength, DraftRequest, Drafter, Proposal};
+use crate::decoding::draft::{DraftRequest, Drafter, Proposal};
 use crate::decoding::pairing::shared_vocab;
-use crate::decoding::speculative::Speculative;
-use crate::decoding::{CausalLm, Generation, GenerationConfig, prefill, timed, timed_host};
+use crate::decoding::{CausalLm, prefill, timed, timed_host};
 use crate::error::{Error, Result};
 use crate::load::LoadedModel;
 use crate::metrics::Timings;
@@ -83,42 +82,37 @@ impl LoadedDrafter for LoadedModelDrafter {
         Some(&self.model)
     }
 
-    fn generate(
-        &self,
-        target: &Llama,
-        length: DraftLength,
-        prompt: &[u32],
-        config: &GenerationConfig,
-    ) -> Result<Generation> {
-        let drafter = ModelDrafter::new(&self.model.model, self.vocab)?;
-        Speculative::new(target, drafter, self.vocab, length)?.generate(prompt, config)
+    fn drafter<'a>(&'a self, _: &'a Llama) -> Result<Box<dyn Drafter + 'a>> {
+        Ok(Box::new(ModelDrafter::new(&self.model.model, self.vocab)?))
     }
 }
 
 /// A language model as drafter (Leviathan et al. 2023, Algorithm 1, lines 1–4), over the first
 /// `vocab` tokens it scores.
-pub struct ModelDrafter<'a, M: CausalLm> {
-    model: &'a M,
+/// `M` is a model (`&Llama`) or a view of one that the drafter owns (`LayerSkip`).
+pub struct ModelDrafter<M: CausalLm> {
+    model: M,
     cache: M::Cache,
     vocab: usize,
 }
 
-impl<'a, M: CausalLm> ModelDrafter<'a, M> {
-    pub fn new(model: &'a M, vocab: usize) -> Result<Self> {
+impl<M: CausalLm> ModelDrafter<M> {
+    pub fn new(model: M, vocab: usize) -> Result<Self> {
         let rows = model.vocab_size();
         if rows < vocab {
             return Err(Error::VocabMismatch(format!(
                 "draft scores {rows} tokens, fewer than the shared vocabulary of {vocab}"
             )));
         }
-        Ok(Self { model, cache: model.new_cache(), vocab })
+        let cache = model.new_cache();
+        Ok(Self { model, cache, vocab })
     }
 }
 
-impl<M: CausalLm> Drafter for ModelDrafter<'_, M> {
+impl<M: CausalLm> Drafter for ModelDrafter<M> {
     fn start(&mut self, prompt: &[u32], timings: &mut Timings) -> Result<()> {
         M::truncate(&mut self.cache, 0);
-        timings.prefill += timed(self.model, || prefill(self.model, prompt, &mut self.cache))?.1;
+        timings.prefill += timed(&self.model, || prefill(&self.model, prompt, &mut self.cache))?.1;
         Ok(())
     }
 
@@ -138,7 +132,7 @@ impl<M: CausalLm> Drafter for ModelDrafter<'_, M> {
                 None => committed[M::cache_len(&self.cache)..].to_vec(),
             };
             let (rows, forward) =
-                timed(self.model, || self.model.logits(&feed, &mut self.cache, 1, self.vocab))?;
+                timed(&self.model, || self.model.logits(&feed, &mut self.cache, 1, self.vocab))?;
             timings.draft += forward;
             let (drawn, sampling) = timed_host(|| {
                 if request.min_confidence.is_some_and(|least| confidence(&rows[0]) < least) {

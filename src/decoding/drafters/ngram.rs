@@ -11,10 +11,9 @@ use serde::{Deserialize, Serialize};
 
 use super::{Describe, DraftContext, DrafterKind, LoadedDrafter};
 use crate::decoding::acceptance::DraftDistribution;
-use crate::decoding::draft::{DraftLength, DraftRequest, Drafter, MAX_K, Proposal};
+use crate::decoding::draft::{DraftRequest, Drafter, MAX_K, Proposal};
 use crate::decoding::pairing::shared_vocab;
-use crate::decoding::speculative::Speculative;
-use crate::decoding::{Generation, GenerationConfig, timed_host};
+use crate::decoding::timed_host;
 use crate::error::{Error, Result};
 use crate::metrics::Timings;
 use crate::model::Llama;
@@ -97,14 +96,8 @@ impl LoadedDrafter for LoadedNgram {
         self.vocab
     }
 
-    fn generate(
-        &self,
-        target: &Llama,
-        length: DraftLength,
-        prompt: &[u32],
-        config: &GenerationConfig,
-    ) -> Result<Generation> {
-        Speculative::new(target, self.drafter.clone(), self.vocab, length)?.generate(prompt, config)
+    fn drafter<'a>(&'a self, _: &'a Llama) -> Result<Box<dyn Drafter + 'a>> {
+        Ok(Box::new(self.drafter.clone()))
     }
 }
 
