@@ -1,5 +1,5 @@
-//! Measurements of the engine itself, for the GPU suite and for README figures: the device's read
-//! bandwidth, and the cost of one forward of 1..n tokens on a filled cache (decode is n = 1; a
+//! Measurements of the engine itself, for the GPU suite and for docs/performance.md: the
+//! device's read bandwidth, and the cost of one forward of 1..n tokens on a filled cache (decode is n = 1; a
 //! verify of k drafts is n = k + 1). Every timed region ends with a device sync.
 
 use std::time::{Duration, Instant};
