@@ -1,6 +1,5 @@
 //! The `specbench` command line: errors become one readable line and exit code 1.
 
-use std::collections::BTreeMap;
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -10,15 +9,12 @@ use clap::{Args, Parser, Subcommand};
 
 use specbench::backend::ExecutorKind;
 use specbench::backend::{Backend, Runtime};
-use specbench::decoding::draft::DraftLength;
-use specbench::decoding::drafters::{Describe, DraftContext, DrafterSpec};
-use specbench::decoding::{Generation, GenerationConfig, autoregressive};
+use specbench::decoding::drafters::DrafterSpec;
 use specbench::experiment::config::ExperimentFile;
-use specbench::experiment::config::{MAX_K, MAX_NEW_TOKENS};
+use specbench::experiment::generate::Request;
 use specbench::experiment::runner::{RunOptions, Shard, load_prompts, run as run_sweep};
 use specbench::load::{LoadedModel, ModelSpec};
 use specbench::measure;
-use specbench::metrics::{cost_ratio, expected_accepted_len, predicted_speedup};
 use specbench::report::regression::{Baseline, Verdict, check, format_check};
 use specbench::report::{cell_table, merge, write_report};
 use specbench::sampling::SamplingConfig;
@@ -328,217 +324,35 @@ fn generate(args: GenerateArgs) -> Result<()> {
     if let Some(name) = &args.projections {
         runtime = runtime.with_executor(name.parse::<ExecutorKind>()?)?;
     }
-    if args.k == 0 || args.k > MAX_K {
-        anyhow::bail!("--k {} is out of range: draft lengths go from 1 to {MAX_K}", args.k);
-    }
-    if args.max_new_tokens == 0 || args.max_new_tokens > MAX_NEW_TOKENS {
-        anyhow::bail!("--max-new-tokens {} is out of range 1..={MAX_NEW_TOKENS}", args.max_new_tokens);
-    }
-    let spec: ModelSpec = args.model.parse()?;
-    let target =
-        LoadedModel::load(&spec, &runtime, args.seed).with_context(|| format!("loading model {spec}"))?;
-    let drafter_spec = match (&args.draft, &args.drafter) {
+    let drafter = match (&args.draft, &args.drafter) {
         (Some(path), _) => Some(format!("model:{path}").parse::<DrafterSpec>()?),
         (None, Some(text)) => Some(text.parse::<DrafterSpec>()?),
         (None, None) => None,
     };
-    let drafter_spec = drafter_spec.map(|spec| match spec {
-        // A draft checkpoint runs in the run's dtype unless it says otherwise.
-        DrafterSpec::Model(mut settings) => {
-            settings.dtype.get_or_insert_with(|| args.dtype.clone());
-            DrafterSpec::Model(settings)
-        }
-        other => other,
-    });
-    let context = DraftContext { target: &target, runtime: &runtime, seed: args.seed, checkpoint: None };
-    let drafter =
-        drafter_spec.as_ref().map(|spec| spec.load(&context).context("loading the drafter")).transpose()?;
-    let prompt = target.tokenizer.encode_prompt(&args.prompt, args.chat)?;
-    let k = if drafter.is_some() { args.k } else { 0 };
-    let what =
-        format!("the prompt ({} tokens) + --max-new-tokens {} + k {k}", prompt.len(), args.max_new_tokens);
-    let draft_model = drafter.as_ref().and_then(|d| d.model());
-    for (role, model) in std::iter::once(("target", &target)).chain(draft_model.map(|d| ("draft", d))) {
-        model.check_context(role, prompt.len() + args.max_new_tokens + k, &what)?;
-    }
-    let config = GenerationConfig {
+    let request = Request {
+        model: args.model.parse()?,
+        drafter,
+        k: args.k,
+        prompt: args.prompt.clone(),
+        chat: args.chat,
         max_new_tokens: args.max_new_tokens,
+        ignore_eos: args.ignore_eos,
+        stop_token_ids: args.stop_token_ids.clone(),
         sampling: SamplingConfig { temperature: args.temperature, top_k: args.top_k, top_p: args.top_p },
-        eos_ids: if args.ignore_eos { Vec::new() } else { target.stop_ids(&args.stop_token_ids) },
         seed: args.seed,
+        top_logits: if args.json { args.top_logits } else { 0 },
+        logit_positions: args.logit_positions,
     };
-    let generation = match &drafter {
-        None => autoregressive::generate(&target.model, &prompt, &config)?,
-        Some(drafter) => drafter.generate(&target.model, DraftLength::Fixed(args.k), &prompt, &config)?,
-    };
-    let draft_name = drafter_spec.as_ref().map(|spec| {
-        spec.describe(&Describe { target: &target.spec, checkpoint: draft_model.map(|m| &m.spec) })
-    });
-    if args.json {
-        let top_logits =
-            top_logits(&target, &prompt, &generation.tokens, args.top_logits, args.logit_positions)?;
-        let report = GenerateReport {
-            model: target.spec.to_string(),
-            draft: draft_name.clone(),
-            k: drafter.as_ref().map(|_| args.k),
-            runtime: runtime.describe(),
-            prompt: &args.prompt,
-            prompt_ids: &prompt,
-            generated_ids: &generation.tokens,
-            text: target.tokenizer.decode_continuation(&prompt, &generation.tokens),
-            stop_token_ids: &config.eos_ids,
-            accepted_per_call: &generation.accepted_per_call,
-            timings: seconds_by_phase(&generation.timings),
-            decode_tokens_per_s: generation.decode_tokens_per_s(),
-            acceptance: drafter.as_ref().map(|_| &generation.acceptance),
-            top_logits,
-        };
-        println!("{}", serde_json::to_string_pretty(&report)?);
-        return Ok(());
-    }
-    if args.top_logits > 0 {
+    if args.top_logits > 0 && !args.json {
         anyhow::bail!("--top-logits goes with --json");
     }
-    println!("{}{}", args.prompt, target.tokenizer.decode_continuation(&prompt, &generation.tokens));
-    let weights = |model: &LoadedModel| model.model.weight_formats().join(" + ");
-    let target_label = format!("{} ({} weights)", target.spec, weights(&target));
-    let label = match (&draft_name, draft_model) {
-        (None, _) => format!("{target_label} on {}", runtime.describe()),
-        (Some(name), Some(d)) => format!(
-            "{target_label} + draft {name} ({} weights, k = {}) on {}",
-            weights(d),
-            args.k,
-            runtime.describe()
-        ),
-        (Some(name), None) => {
-            format!("{target_label} + drafter {name} (k = {}) on {}", args.k, runtime.describe())
-        }
-    };
-    eprintln!("\n{}", describe(&label, &generation, drafter.is_some()));
+    let report = specbench::experiment::generate::generate(&request, &runtime)
+        .with_context(|| format!("generating with {}", args.model))?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        println!("{}{}", args.prompt, report.text);
+        eprintln!("\n{}", report.summary);
+    }
     Ok(())
-}
-
-/// What `generate --json` prints.
-#[derive(serde::Serialize)]
-struct GenerateReport<'a> {
-    model: String,
-    draft: Option<String>,
-    k: Option<usize>,
-    runtime: String,
-    prompt: &'a str,
-    prompt_ids: &'a [u32],
-    generated_ids: &'a [u32],
-    text: String,
-    stop_token_ids: &'a [u32],
-    accepted_per_call: &'a [usize],
-    /// Seconds per phase.
-    timings: BTreeMap<&'static str, f64>,
-    decode_tokens_per_s: f64,
-    acceptance: Option<&'a specbench::metrics::AcceptanceStats>,
-    top_logits: Vec<TopLogits>,
-}
-
-fn seconds_by_phase(t: &specbench::metrics::Timings) -> BTreeMap<&'static str, f64> {
-    [
-        ("prefill", t.prefill),
-        ("draft", t.draft),
-        ("verify", t.verify),
-        ("sampling", t.sampling),
-        ("other", t.other()),
-        ("wall", t.wall),
-    ]
-    .into_iter()
-    .map(|(phase, d)| (phase, d.as_secs_f64()))
-    .collect()
-}
-
-/// The largest logits of the target where generated token `index` was chosen.
-#[derive(serde::Serialize)]
-struct TopLogits {
-    /// 0 for the first generated token.
-    index: usize,
-    ids: Vec<u32>,
-    values: Vec<f32>,
-}
-
-/// One forward over the prompt and all but the last generated token; the rows that predicted
-/// the first `positions` generated tokens, each cut to its `n` largest logits.
-fn top_logits(
-    target: &LoadedModel,
-    prompt: &[u32],
-    generated: &[u32],
-    n: usize,
-    positions: usize,
-) -> Result<Vec<TopLogits>> {
-    let positions = positions.min(generated.len());
-    if n == 0 || positions == 0 {
-        return Ok(Vec::new());
-    }
-    let context: Vec<u32> = prompt.iter().chain(&generated[..positions - 1]).copied().collect();
-    let vocab = target.model.config().vocab_size;
-    let logits: Vec<f32> = target
-        .model
-        .forward_ids(&context, &mut target.model.new_cache())?
-        .into_data()
-        .try_to_vec()
-        .map_err(|e| anyhow::anyhow!("reading logits: {e:?}"))?;
-    let rows = logits.chunks_exact(vocab).skip(prompt.len() - 1);
-    Ok(rows
-        .enumerate()
-        .map(|(index, row)| {
-            let mut order: Vec<u32> = (0..vocab as u32).collect();
-            order.sort_by(|&a, &b| row[b as usize].total_cmp(&row[a as usize]));
-            order.truncate(n);
-            TopLogits { index, values: order.iter().map(|&i| row[i as usize]).collect(), ids: order }
-        })
-        .collect())
-}
-
-/// A human-readable summary of one generation.
-fn describe(label: &str, g: &Generation, speculative: bool) -> String {
-    let t = &g.timings;
-    let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
-    let mut lines = vec![
-        format!("[{label}]"),
-        format!(
-            "prefill {} tokens in {:.1} ms; {} new tokens at {:.2} tokens/s",
-            g.prompt_tokens,
-            ms(t.prefill),
-            g.tokens.len(),
-            g.decode_tokens_per_s()
-        ),
-        format!(
-            "time: draft {:.1} ms, verify {:.1} ms, sampling {:.1} ms, other {:.1} ms, wall {:.1} ms",
-            ms(t.draft),
-            ms(t.verify),
-            ms(t.sampling),
-            ms(t.other()),
-            ms(t.wall)
-        ),
-    ];
-    if speculative {
-        let a = &g.acceptance;
-        let c = cost_ratio(t, a);
-        let per_position: Vec<String> = a.per_position().iter().map(|r| format!("{r:.2}")).collect();
-        lines.push(format!(
-            "acceptance: {}/{} drafted tokens accepted (alpha_hat {:.3}), alpha {:.3}, per position [{}]",
-            a.accepted,
-            a.proposed,
-            a.alpha_hat(),
-            a.alpha(),
-            per_position.join(", ")
-        ));
-        lines.push(format!(
-            "mean accepted length {:.2} tokens per target call (i.i.d. expectation {:.2}); accepted-length histogram {:?}",
-            a.mean_accepted_len(),
-            expected_accepted_len(a.alpha(), a.k),
-            a.accepted_len_hist
-        ));
-        lines.push(format!(
-            "cost ratio c {:.3}; Theorem 3.8 predicts {:.2}x over target-only decoding",
-            c,
-            predicted_speedup(a.alpha(), c, a.k)
-        ));
-    }
-    lines.join("\n")
 }

@@ -25,6 +25,13 @@ pub enum BlockFormat {
     Q6_K = 14,
 }
 
+/// A format's name and block size in elements and bytes.
+struct Layout {
+    name: &'static str,
+    block_len: usize,
+    block_bytes: usize,
+}
+
 impl BlockFormat {
     pub const ALL: [BlockFormat; 8] =
         [Self::Q4_0, Self::Q4_1, Self::Q5_0, Self::Q5_1, Self::Q8_0, Self::Q4_K, Self::Q5_K, Self::Q6_K];
@@ -33,39 +40,33 @@ impl BlockFormat {
         Self::ALL.into_iter().find(|f| *f as u32 == id)
     }
 
+    /// The one table of the formats' layouts, as ggml's `type_traits` gives them.
+    const fn layout(self) -> Layout {
+        let (name, block_len, block_bytes) = match self {
+            Self::Q4_0 => ("q4_0", QK, 2 + QK / 2),
+            Self::Q4_1 => ("q4_1", QK, 4 + QK / 2),
+            Self::Q5_0 => ("q5_0", QK, 2 + 4 + QK / 2),
+            Self::Q5_1 => ("q5_1", QK, 4 + 4 + QK / 2),
+            Self::Q8_0 => ("q8_0", QK, 2 + QK),
+            Self::Q4_K => ("q4_k", QK_K, 4 + 12 + QK_K / 2),
+            Self::Q5_K => ("q5_k", QK_K, 4 + 12 + QK_K / 8 + QK_K / 2),
+            Self::Q6_K => ("q6_k", QK_K, QK_K / 2 + QK_K / 4 + QK_K / 16 + 2),
+        };
+        Layout { name, block_len, block_bytes }
+    }
+
     pub fn name(self) -> &'static str {
-        match self {
-            Self::Q4_0 => "q4_0",
-            Self::Q4_1 => "q4_1",
-            Self::Q5_0 => "q5_0",
-            Self::Q5_1 => "q5_1",
-            Self::Q8_0 => "q8_0",
-            Self::Q4_K => "q4_k",
-            Self::Q5_K => "q5_k",
-            Self::Q6_K => "q6_k",
-        }
+        self.layout().name
     }
 
     /// Elements per block.
     pub fn block_len(self) -> usize {
-        match self {
-            Self::Q4_K | Self::Q5_K | Self::Q6_K => QK_K,
-            _ => QK,
-        }
+        self.layout().block_len
     }
 
     /// Bytes per block (ggml's `type_size`).
     pub fn block_bytes(self) -> usize {
-        match self {
-            Self::Q4_0 => 2 + QK / 2,
-            Self::Q4_1 => 4 + QK / 2,
-            Self::Q5_0 => 2 + 4 + QK / 2,
-            Self::Q5_1 => 4 + 4 + QK / 2,
-            Self::Q8_0 => 2 + QK,
-            Self::Q4_K => 4 + 12 + QK_K / 2,
-            Self::Q5_K => 4 + 12 + QK_K / 8 + QK_K / 2,
-            Self::Q6_K => QK_K / 2 + QK_K / 4 + QK_K / 16 + 2,
-        }
+        self.layout().block_bytes
     }
 
     /// Bytes of `elements` values, or `None` when they do not fill whole blocks.
