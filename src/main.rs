@@ -296,7 +296,7 @@ fn bench(what: BenchCommand) -> Result<()> {
                 LoadedModel::load(&spec, &runtime, 0).with_context(|| format!("loading model {spec}"))?;
             loaded.check_context(
                 "benchmarked",
-                context + max_tokens,
+                context.saturating_add(max_tokens),
                 &format!("--context {context} + --max-tokens {max_tokens}"),
             )?;
             print_or_append(&measure::forward_costs(&loaded, context, max_tokens, repeats)?, &out)

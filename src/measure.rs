@@ -23,6 +23,16 @@ const BANDWIDTH_COLUMNS: usize = 4096;
 /// sum in host memory on the kernels' own thread pool (a Burn reduction on flex reads slower
 /// than the kernels stream: no floor for them); elsewhere a sum on the device.
 pub fn read_bandwidth(runtime: &Runtime, bytes: usize, repeats: usize) -> Result<f64> {
+    // The buffer sits in host memory on the CPU backends: refused, not aborted, when it cannot.
+    let available = crate::files::available_memory_bytes().filter(|_| runtime.backend().uses_host_memory());
+    if let Some(available) = available.filter(|&a| bytes as u64 > a / 2) {
+        let gib = |b: f64| b / (1u64 << 30) as f64;
+        return Err(Error::InsufficientMemory {
+            what: format!("a bandwidth buffer of {bytes} bytes (at most half the free memory)"),
+            needed_gib: gib(bytes as f64),
+            available_gib: gib(available as f64),
+        });
+    }
     if runtime.executor() == crate::backend::ExecutorKind::Host {
         return Ok(host_read_bandwidth(bytes, repeats));
     }

@@ -43,12 +43,7 @@ impl SamplingConfig {
     }
 
     pub fn validate(&self) -> Result<()> {
-        if !self.temperature.is_finite() || self.temperature < 0.0 {
-            return Err(Error::InvalidSampling(format!(
-                "temperature must be a finite number ≥ 0, got {}",
-                self.temperature
-            )));
-        }
+        check_temperature(self.temperature).map_err(Error::InvalidSampling)?;
         if !(self.top_p > 0.0 && self.top_p <= 1.0) {
             return Err(Error::InvalidSampling(format!("top_p must be in (0, 1], got {}", self.top_p)));
         }
@@ -80,6 +75,22 @@ impl SamplingConfig {
         }
         Ok(p)
     }
+}
+/// The smallest positive temperature: below about 3e-39 its reciprocal overflows f32, and every
+/// weight would be NaN.
+pub const MIN_TEMPERATURE: f64 = 1e-30;
+
+/// A temperature the sampler can divide by: 0 (greedy), or at least `MIN_TEMPERATURE`.
+pub fn check_temperature(temperature: f64) -> std::result::Result<(), String> {
+    if temperature == 0.0 {
+        return Ok(());
+    }
+    if !(temperature.is_finite() && temperature >= MIN_TEMPERATURE) {
+        return Err(format!(
+            "temperature must be 0 (greedy) or a finite number ≥ {MIN_TEMPERATURE:e}, got {temperature}"
+        ));
+    }
+    Ok(())
 }
 
 /// `exp((x − max) · inverse_t)` of every logit, in f32 (the logits' own precision), widened to

@@ -28,8 +28,13 @@ pub struct ChatTemplate {
 impl ChatTemplate {
     /// The prompt for one user message, rendered as transformers' `apply_chat_template(...,
     /// add_generation_prompt=True)` renders it (minijinja, as TGI and mistral.rs use).
+    /// A template comes from the model file: its work, nesting and output are bounded
+    /// (`TEMPLATE_FUEL`, `TEMPLATE_RECURSION`, `MAX_RENDERED_BYTES`), so that a hostile one is an
+    /// error rather than a hang or an allocation that aborts.
     pub fn render_user(&self, message: &str) -> std::result::Result<String, String> {
         let mut env = minijinja::Environment::new();
+        env.set_fuel(Some(TEMPLATE_FUEL));
+        env.set_recursion_limit(TEMPLATE_RECURSION);
         // Templates call HF's `raise_exception` to reject conversations they do not support.
         env.add_function(
             "raise_exception",
@@ -38,14 +43,49 @@ impl ChatTemplate {
             },
         );
         let template = env.template_from_str(&self.source).map_err(|e| e.to_string())?;
-        template
-            .render(minijinja::context! {
-                messages => vec![minijinja::context! { role => "user", content => message }],
-                add_generation_prompt => true,
-                bos_token => &self.bos_token,
-                eos_token => &self.eos_token,
-            })
-            .map_err(|e| e.to_string())
+        let limit = MAX_RENDERED_BYTES.max(4 * message.len());
+        let mut out = Capped { text: Vec::new(), limit };
+        let context = minijinja::context! {
+            messages => vec![minijinja::context! { role => "user", content => message }],
+            add_generation_prompt => true,
+            bos_token => &self.bos_token,
+            eos_token => &self.eos_token,
+        };
+        match template.render_captured_to(context, &mut out) {
+            Ok(_) => String::from_utf8(out.text).map_err(|_| "the template rendered invalid UTF-8".into()),
+            Err(_) if out.text.len() > out.limit => {
+                Err(format!("the template rendered more than {limit} bytes for one message"))
+            }
+            Err(e) => Err(e.to_string()),
+        }
+    }
+}
+
+/// Template instructions one render may run: a chat template's few loops over one message take
+/// thousands; nested loops over large ranges run out instead of hanging.
+const TEMPLATE_FUEL: u64 = 5_000_000;
+const TEMPLATE_RECURSION: usize = 64;
+/// The most a template may render beyond four times the message.
+const MAX_RENDERED_BYTES: usize = 1 << 20;
+
+/// A sink that fails once more than `limit` bytes are written to it.
+struct Capped {
+    text: Vec<u8>,
+    limit: usize,
+}
+
+impl std::io::Write for Capped {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        if self.text.len() + bytes.len() > self.limit {
+            self.text.resize(self.limit + 1, 0);
+            return Err(std::io::Error::other("rendered text past the limit"));
+        }
+        self.text.extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
 }
 
@@ -195,6 +235,23 @@ mod tests {
             eos_token: "</s>".into(),
         };
         assert_eq!(template.render_user("Hi?").unwrap(), "<s><|user|>Hi?</s><|assistant|>");
+    }
+
+    #[test]
+    fn hostile_templates_run_out_of_fuel_or_room_instead_of_hanging() {
+        let template = |source: &str| ChatTemplate {
+            source: source.into(),
+            bos_token: String::new(),
+            eos_token: String::new(),
+        };
+        let nested = "{% for i in range(100000) %}{% for j in range(100000) %}x{% endfor %}{% endfor %}";
+        let err = template(nested).render_user("hi").unwrap_err();
+        assert!(err.contains("fuel") || err.contains("more than"), "{err}");
+        let wide = "{% for i in range(100000) %}{{ 'x' * 1000000 }}{% endfor %}";
+        let err = template(wide).render_user("hi").unwrap_err();
+        assert!(err.contains("more than") || err.contains("fuel"), "{err}");
+        let deep = "{% macro f(n) %}{{ f(n + 1) }}{% endmacro %}{{ f(0) }}";
+        assert!(template(deep).render_user("hi").is_err());
     }
 
     #[test]

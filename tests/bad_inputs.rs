@@ -443,3 +443,84 @@ fn requantizing_a_quantized_gguf_is_refused() {
         &["already quantized to q8_0"],
     );
 }
+
+/// The type field of tensor `name`'s info (after its name, `n_dims` and `dims` dimensions).
+fn tensor_type_at(bytes: &[u8], name: &str, dims: usize) -> usize {
+    let at = bytes.windows(name.len()).position(|w| w == name.as_bytes()).unwrap() + name.len();
+    at + 4 + 8 * dims
+}
+
+/// The offset field of tensor `name`'s info.
+fn tensor_offset_at(bytes: &[u8], name: &str, dims: usize) -> usize {
+    tensor_type_at(bytes, name, dims) + 4
+}
+
+#[test]
+fn gguf_norms_in_block_types_load_or_fail_cleanly() {
+    // A 1-D norm stored as q8_0 blocks (its f32 bytes read as blocks): one row of blocks.
+    let (_dir, file) = damaged_gguf(|b| {
+        let at = tensor_type_at(b, "blk.0.attn_norm.weight", 1);
+        b[at..at + 4].copy_from_slice(&8u32.to_le_bytes());
+    });
+    let (code, stderr) = generate(&file, &["--backend", "flex"]);
+    assert!(code == 0 || (code == 1 && stderr.contains("blk.0.attn_norm.weight")), "{code}: {stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+#[test]
+fn gguf_non_finite_block_scales_are_named_at_load() {
+    // The first block's f16 scale of a q8_0 projection set to NaN.
+    let (_dir, file) = damaged_gguf(|b| {
+        let parsed = specbench::formats::gguf::parse(b).unwrap();
+        let start = parsed.tensors["blk.0.ffn_down.weight"].byte_range().start;
+        b[start..start + 2].copy_from_slice(&half::f16::NAN.to_le_bytes());
+    });
+    assert_clean_failure(&file, &["--backend", "flex"], &["blk.0.ffn_down.weight", "NaN or infinite"]);
+}
+
+#[test]
+fn gguf_overlapping_tensors_and_oversized_token_ids_are_refused() {
+    let (_dir, file) = damaged_gguf(|b| {
+        let parsed = specbench::formats::gguf::parse(b).unwrap();
+        // Point `ffn_up` at `ffn_down`'s bytes (offsets are relative to the data section).
+        let down = parsed.tensors["blk.0.ffn_down.weight"].byte_range();
+        let offset = (down.start - parsed.data_start) as u64;
+        let at = tensor_offset_at(b, "blk.0.ffn_up.weight", 2);
+        b[at..at + 8].copy_from_slice(&offset.to_le_bytes());
+    });
+    assert_clean_failure(&file, &[], &["damaged.gguf", "overlap"]);
+}
+
+#[test]
+fn tiny_temperatures_huge_contexts_and_odd_names_are_errors_not_panics() {
+    let fixture = common::fixture_dir("tiny-gqa");
+    assert_clean_failure(fixture.to_str().unwrap(), &["--temperature", "1e-40"], &["temperature", "1e-30"]);
+    let out = Command::new(env!("CARGO_BIN_EXE_specbench"))
+        .args(["bench", "forward", "--model", fixture.to_str().unwrap(), "--context", "18446744073709551615"])
+        .args(["--max-tokens", "1"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("context") && !stderr.contains("panicked"), "{stderr}");
+    let out = Command::new(env!("CARGO_BIN_EXE_specbench"))
+        .args(["bench", "bandwidth", "--backend", "flex", "--mib", "65536"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let available = sysinfo_free_gib();
+    if available < 120.0 {
+        assert_eq!(out.status.code(), Some(1), "{stderr}");
+        assert!(stderr.contains("memory"), "{stderr}");
+    }
+}
+
+/// Free memory in GiB as /proc/meminfo says (the bandwidth buffer check's input), or a lot.
+fn sysinfo_free_gib() -> f64 {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let kib = meminfo
+        .lines()
+        .find(|l| l.starts_with("MemAvailable:"))
+        .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok());
+    kib.map_or(f64::INFINITY, |k| k / (1u64 << 20) as f64)
+}

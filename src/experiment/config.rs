@@ -307,8 +307,8 @@ impl ExperimentConfig {
     fn validate(&self) -> Result<()> {
         let bad = |key: &str, why: &str| Err(Error::InvalidConfig(format!("`{key}` {why}")));
         let e = &self.experiment;
-        if e.name.is_empty() || e.name.contains(['/', '\\']) {
-            return bad("experiment.name", "must be a non-empty name without slashes");
+        if e.name.is_empty() || e.name.contains(['/', '\\']) || e.name == "." || e.name == ".." {
+            return bad("experiment.name", "must be a non-empty name without slashes, and not `.` or `..`");
         }
         for (key, value, max) in [
             ("experiment.repeats", e.repeats, MAX_REPEATS),
@@ -348,10 +348,8 @@ impl ExperimentConfig {
         if s.temperatures.is_empty() {
             return bad("sweep.temperatures", "is empty: list at least one temperature");
         }
-        if let Some(t) = s.temperatures.iter().find(|t| !t.is_finite() || **t < 0.0) {
-            return Err(Error::InvalidConfig(format!(
-                "`sweep.temperatures` contains {t}; temperatures must be ≥ 0"
-            )));
+        if let Some(why) = s.temperatures.iter().find_map(|&t| crate::sampling::check_temperature(t).err()) {
+            return Err(Error::InvalidConfig(format!("`sweep.temperatures`: {why}")));
         }
         // A value listed twice would run its cells twice and count each row twice in n.
         duplicate("sweep.k", &s.k)?;
@@ -389,8 +387,14 @@ impl ExperimentConfig {
         }
         let names: Vec<&str> = self.drafters.iter().map(|d| d.name.as_str()).collect();
         duplicate("drafters.name", &names)?;
-        duplicate("sweep.adaptive", &s.adaptive)?;
-        self.draft_lengths()?;
+        // Compared as parsed (`heuristic:01` is `heuristic:1`), as the results name them.
+        let schedules: Vec<String> = self
+            .draft_lengths()?
+            .iter()
+            .filter(|length| !matches!(length, DraftLength::Fixed(_)))
+            .map(DraftLength::schedule)
+            .collect();
+        duplicate("sweep.adaptive", &schedules)?;
         Ok(())
     }
 
@@ -530,6 +534,8 @@ temperatures = [0.0, 1.0]
             ("k = [1, 2]", "k = [2, 2]", "sweep.k"),
             ("temperatures = [0.0, 1.0]", "temperatures = [0.0, -0.0]", "sweep.temperatures"),
             ("backends = [\"ndarray\"]", "backends = [\"ndarray\", \"ndarray\"]", "sweep.backends"),
+            ("temperatures = [0.0, 1.0]", "temperatures = [1e-40]", "sweep.temperatures"),
+            ("name = \"t\"", "name = \"..\"", "experiment.name"),
         ] {
             let err = error_of(&VALID.replace(from, to));
             assert!(err.contains(key), "{to}: {err}");
@@ -604,6 +610,16 @@ temperatures = [0.0]
             (
                 "adaptive = [\"heuristic:2\", \"confidence:0.4\"]",
                 "adaptive = [\"confidence:2\"]",
+                "sweep.adaptive",
+            ),
+            (
+                "adaptive = [\"heuristic:2\", \"confidence:0.4\"]",
+                "adaptive = [\"heuristic:2\", \"heuristic:02\"]",
+                "sweep.adaptive",
+            ),
+            (
+                "adaptive = [\"heuristic:2\", \"confidence:0.4\"]",
+                "adaptive = [\"confidence:0.4\", \"confidence:0.40\"]",
                 "sweep.adaptive",
             ),
             ("[models.target]", "[models.draft]\npath = \"random:custom\"\n[models.target]", "models.draft"),

@@ -30,6 +30,7 @@ struct Layout {
     name: &'static str,
     block_len: usize,
     block_bytes: usize,
+    scales: &'static [usize],
 }
 
 impl BlockFormat {
@@ -42,17 +43,21 @@ impl BlockFormat {
 
     /// The one table of the formats' layouts, as ggml's `type_traits` gives them.
     const fn layout(self) -> Layout {
-        let (name, block_len, block_bytes) = match self {
-            Self::Q4_0 => ("q4_0", QK, 2 + QK / 2),
-            Self::Q4_1 => ("q4_1", QK, 4 + QK / 2),
-            Self::Q5_0 => ("q5_0", QK, 2 + 4 + QK / 2),
-            Self::Q5_1 => ("q5_1", QK, 4 + 4 + QK / 2),
-            Self::Q8_0 => ("q8_0", QK, 2 + QK),
-            Self::Q4_K => ("q4_k", QK_K, 4 + 12 + QK_K / 2),
-            Self::Q5_K => ("q5_k", QK_K, 4 + 12 + QK_K / 8 + QK_K / 2),
-            Self::Q6_K => ("q6_k", QK_K, QK_K / 2 + QK_K / 4 + QK_K / 16 + 2),
+        // Name, elements and bytes per block, and where in a block its f16 scales (d, and the
+        // minimum or dmin where there is one) lie.
+        let (name, block_len, block_bytes, scales): (_, _, _, &'static [usize]) = match self {
+            Self::Q4_0 => ("q4_0", QK, 2 + QK / 2, &[0]),
+            Self::Q4_1 => ("q4_1", QK, 4 + QK / 2, &[0, 2]),
+            Self::Q5_0 => ("q5_0", QK, 2 + 4 + QK / 2, &[0]),
+            Self::Q5_1 => ("q5_1", QK, 4 + 4 + QK / 2, &[0, 2]),
+            Self::Q8_0 => ("q8_0", QK, 2 + QK, &[0]),
+            Self::Q4_K => ("q4_k", QK_K, 4 + 12 + QK_K / 2, &[0, 2]),
+            Self::Q5_K => ("q5_k", QK_K, 4 + 12 + QK_K / 8 + QK_K / 2, &[0, 2]),
+            Self::Q6_K => {
+                ("q6_k", QK_K, QK_K / 2 + QK_K / 4 + QK_K / 16 + 2, &[QK_K / 2 + QK_K / 4 + QK_K / 16])
+            }
         };
-        Layout { name, block_len, block_bytes }
+        Layout { name, block_len, block_bytes, scales }
     }
 
     pub fn name(self) -> &'static str {
@@ -67,6 +72,15 @@ impl BlockFormat {
     /// Bytes per block (ggml's `type_size`).
     pub fn block_bytes(self) -> usize {
         self.layout().block_bytes
+    }
+
+    /// Whether every block's f16 scales are finite: a NaN or infinite scale would reach the
+    /// integer kernels as an ordinary-looking product.
+    pub fn scales_finite(self, blocks: &[u8]) -> bool {
+        let layout = self.layout();
+        blocks
+            .chunks_exact(layout.block_bytes)
+            .all(|block| layout.scales.iter().all(|&at| f16_at(block, at).is_finite()))
     }
 
     /// Bytes of `elements` values, or `None` when they do not fill whole blocks.
@@ -282,6 +296,17 @@ pub mod testing {
 mod tests {
     use super::testing::values;
     use super::*;
+
+    #[test]
+    fn a_non_finite_scale_is_found_in_every_format() {
+        for format in BlockFormat::ALL {
+            let mut data = testing::blocks(format, 2 * format.block_len(), 1);
+            assert!(format.scales_finite(&data), "{format}");
+            let last_scale = *format.layout().scales.last().unwrap();
+            data[format.block_bytes() + last_scale..][..2].copy_from_slice(&f16::NAN.to_le_bytes());
+            assert!(!format.scales_finite(&data), "{format}");
+        }
+    }
 
     #[test]
     fn block_sizes_are_ggmls() {

@@ -134,6 +134,13 @@ pub struct TensorInfo {
 }
 
 impl TensorInfo {
+    /// Where its bytes lie in the file.
+    pub fn byte_range(&self) -> std::ops::Range<usize> {
+        self.start..self.start + self.len
+    }
+}
+
+impl TensorInfo {
     pub fn elements(&self) -> u64 {
         self.dims.iter().product()
     }
@@ -207,7 +214,7 @@ pub struct Parsed {
 
 /// Parses a whole file image; the message names the key or tensor that is wrong.
 pub fn parse(bytes: &[u8]) -> std::result::Result<Parsed, String> {
-    let mut cursor = Cursor { bytes, at: 0 };
+    let mut cursor = Cursor { bytes, at: 0, values_left: MAX_METADATA_VALUES };
     if cursor.take(4).map_err(|_| "shorter than the 4-byte magic".to_string())? != MAGIC {
         return Err("not a GGUF file (the magic is not `GGUF`)".into());
     }
@@ -216,6 +223,9 @@ pub fn parse(bytes: &[u8]) -> std::result::Result<Parsed, String> {
         return Err(format!("GGUF version {version} is not supported (2 and 3 are)"));
     }
     let tensor_count = cursor.count("tensor count", 8)?;
+    if tensor_count > MAX_TENSORS {
+        return Err(format!("tensor count {tensor_count} is past the {MAX_TENSORS} specbench reads"));
+    }
     let kv_count = cursor.count("metadata count", 8)?;
     let mut metadata = BTreeMap::new();
     for i in 0..kv_count {
@@ -233,7 +243,7 @@ pub fn parse(bytes: &[u8]) -> std::result::Result<Parsed, String> {
             _ => return Err(format!("metadata `general.alignment` = {value:?} is not a power of two")),
         },
     };
-    let mut infos = Vec::with_capacity(tensor_count);
+    let mut infos = Vec::with_capacity(tensor_count.min(RESERVE_AHEAD));
     for i in 0..tensor_count {
         let name = cursor.string().map_err(|e| format!("tensor info {i}: {e}"))?;
         let info = cursor.tensor_info().map_err(|e| format!("tensor `{name}`: {e}"))?;
@@ -248,7 +258,25 @@ pub fn parse(bytes: &[u8]) -> std::result::Result<Parsed, String> {
             return Err(format!("tensor `{name}` appears twice"));
         }
     }
+    check_no_overlap(&tensors)?;
     Ok(Parsed { version, metadata, tensors, data_start: data_start as usize })
+}
+
+/// Two tensors whose bytes overlap would read each other's weights: a crafted or damaged file.
+fn check_no_overlap(tensors: &BTreeMap<String, TensorInfo>) -> std::result::Result<(), String> {
+    let mut spans: Vec<(&str, usize, usize)> = tensors
+        .iter()
+        .filter(|(_, t)| t.len > 0)
+        .map(|(name, t)| (name.as_str(), t.start, t.start + t.len))
+        .collect();
+    spans.sort_by_key(|&(_, start, _)| start);
+    for pair in spans.windows(2) {
+        let ((a, _, a_end), (b, b_start, _)) = (pair[0], pair[1]);
+        if b_start < a_end {
+            return Err(format!("tensors `{a}` and `{b}` overlap in the data section"));
+        }
+    }
+    Ok(())
 }
 
 /// Checks a tensor's type, size and place in the data section.
@@ -292,10 +320,20 @@ fn locate(
 struct Cursor<'a> {
     bytes: &'a [u8],
     at: usize,
+    /// Metadata values still allowed (`MAX_METADATA_VALUES`).
+    values_left: usize,
 }
 
 /// Arrays nested deeper than this are refused (GGUF files use one level).
 const MAX_NESTING: usize = 4;
+/// The most metadata values (array items included) a file may hold: each is held at about 32
+/// bytes however few it takes in the file, so this bounds metadata memory (to about 1 GiB). A
+/// tokenizer of 256k tokens with its merges, scores and types needs about 1M.
+pub const MAX_METADATA_VALUES: usize = 32 << 20;
+/// The most tensors a file may describe; real models have thousands.
+pub const MAX_TENSORS: usize = 1 << 20;
+/// Items reserved ahead of reading them: a count is only trusted as far as its bytes are read.
+const RESERVE_AHEAD: usize = 1 << 12;
 
 impl<'a> Cursor<'a> {
     fn take(&mut self, n: usize) -> std::result::Result<&'a [u8], String> {
@@ -341,6 +379,11 @@ impl<'a> Cursor<'a> {
     }
 
     fn value(&mut self, kind: u32, depth: usize) -> std::result::Result<Value, String> {
+        self.values_left = self.values_left.checked_sub(1).ok_or_else(|| {
+            format!(
+                "the metadata holds more than {MAX_METADATA_VALUES} values, past the limit specbench reads"
+            )
+        })?;
         Ok(match kind {
             0 => Value::U8(self.array::<1>()?[0]),
             1 => Value::I8(self.array::<1>()?[0] as i8),
@@ -367,7 +410,7 @@ impl<'a> Cursor<'a> {
                     _ => 8,
                 };
                 let n = self.count("array length", min_bytes)?;
-                let mut items = Vec::with_capacity(n);
+                let mut items = Vec::with_capacity(n.min(RESERVE_AHEAD));
                 for _ in 0..n {
                     items.push(self.value(item_kind, depth + 1)?);
                 }
@@ -557,6 +600,23 @@ mod tests {
         bytes.extend(u64::MAX.to_le_bytes()); // key length
         let err = parse(&bytes).unwrap_err();
         assert!(err.contains("string length"), "{err}");
+    }
+
+    #[test]
+    fn overlapping_tensors_and_oversized_counts_are_errors() {
+        let tensor =
+            |name: &str| Tensor { name: name.into(), dims: vec![32], ggml_type: 0, data: vec![0; 128] };
+        let mut bytes = to_bytes(&[], &[tensor("a"), tensor("b")]);
+        // Point `b` at `a`'s bytes: its info is the name, one dimension, the type, the offset.
+        let b_name = bytes.windows(2).rposition(|w| w == b"b\x01").expect("b's info: name then 1 dim");
+        let b_offset = b_name + 1 + 4 + 8 + 4;
+        bytes[b_offset..b_offset + 8].copy_from_slice(&0u64.to_le_bytes());
+        assert!(parse(&bytes).unwrap_err().contains("overlap"), "{:?}", parse(&bytes).err());
+        // A tensor count past the limit is refused before anything is reserved for it.
+        let mut counted = to_bytes(&[], &[]);
+        counted[8..16].copy_from_slice(&((MAX_TENSORS as u64) + 1).to_le_bytes());
+        counted.resize(counted.len() + 8 * (MAX_TENSORS + 1), 0);
+        assert!(parse(&counted).unwrap_err().contains("tensor count"), "{:?}", parse(&counted).err());
     }
 
     #[test]

@@ -121,10 +121,22 @@ impl WeightSource for GgufCheckpoint {
             TensorType::Bf16 => {
                 HostTensor::Half { values: floats_from_le_bytes(&data, DType::BF16), dtype: DType::BF16 }
             }
+            // Rows along the last dimension: a 1-D norm in a block type is one row.
             TensorType::Blocks(format) => {
-                HostTensor::Blocks { format, bytes: data, cols: info.torch_shape()[1] }
+                let cols = info.torch_shape().last().copied().unwrap_or(0);
+                if !format.scales_finite(&data) {
+                    return Err(self
+                        .file
+                        .error(format!("tensor `{name}` has a NaN or infinite block scale")));
+                }
+                HostTensor::Blocks { format, bytes: data, cols }
             }
         };
+        if let HostTensor::F32(values) | HostTensor::Half { values, .. } = &tensor
+            && !values.iter().all(|v| v.is_finite())
+        {
+            return Err(self.file.error(format!("tensor `{name}` holds a NaN or infinite value")));
+        }
         self.used.insert(name);
         Ok(tensor)
     }
@@ -222,10 +234,14 @@ pub fn config_from(file: &GgufFile) -> Result<LlamaConfig> {
             )));
         }
     };
+    let token_id = |key: &str| -> Result<Option<u32>> {
+        number(key)?
+            .map(|v| u32::try_from(v).map_err(|_| file.error(format!("`{key}` = {v} is not a token id"))))
+            .transpose()
+    };
     let stop_ids: Vec<u32> = ["tokenizer.ggml.eos_token_id", "tokenizer.ggml.eot_token_id"]
         .iter()
-        .filter_map(|key| number(key).transpose())
-        .map(|v| v.map(|v| v as u32))
+        .filter_map(|key| token_id(key).transpose())
         .collect::<Result<_>>()?;
     let config = LlamaConfig {
         architectures: Some(vec!["LlamaForCausalLM".into()]),
@@ -244,7 +260,7 @@ pub fn config_from(file: &GgufFile) -> Result<LlamaConfig> {
             .ok_or_else(|| file.error("metadata `llama.attention.layer_norm_rms_epsilon` is missing"))?,
         tie_word_embeddings: !file.tensors.contains_key("output.weight"),
         max_position_embeddings: required("llama.context_length")?,
-        bos_token_id: number("tokenizer.ggml.bos_token_id")?.map(|v| v as u32),
+        bos_token_id: token_id("tokenizer.ggml.bos_token_id")?,
         eos_token_id: Some(TokenIds::Many(stop_ids)),
         hidden_act: "silu".into(),
         attention_bias: false,
