@@ -44,3 +44,28 @@ pub fn available_memory_bytes() -> Option<u64> {
     );
     Some(system.available_memory()).filter(|&bytes| bytes > 0)
 }
+
+/// Makes a SIGBUS, which a memory-mapped model file raises when another process truncates or
+/// rewrites it while it is read, end the process with a one-line error and exit code 1 instead
+/// of a crash. Unix only; elsewhere a no-op.
+pub fn exit_cleanly_on_sigbus() {
+    #[cfg(unix)]
+    {
+        extern "C" fn on_sigbus(_: libc::c_int) {
+            const MESSAGE: &[u8] =
+                b"error: a model file changed while in use (truncated or rewritten while mapped); run again\n";
+            // SAFETY: write(2) and _exit(2) are async-signal-safe; the buffer is static.
+            unsafe {
+                libc::write(2, MESSAGE.as_ptr().cast(), MESSAGE.len());
+                libc::_exit(1);
+            }
+        }
+        // SAFETY: installs a handler that only calls async-signal-safe functions.
+        unsafe {
+            let mut action: libc::sigaction = std::mem::zeroed();
+            action.sa_sigaction = on_sigbus as extern "C" fn(libc::c_int) as usize;
+            libc::sigemptyset(&mut action.sa_mask);
+            libc::sigaction(libc::SIGBUS, &action, std::ptr::null_mut());
+        }
+    }
+}

@@ -180,12 +180,29 @@ struct GenerateArgs {
 }
 
 fn main() -> ExitCode {
-    match run(Cli::parse()) {
-        Ok(code) => code,
-        Err(error) => {
+    let cli = Cli::parse();
+    specbench::files::exit_cleanly_on_sigbus();
+    // A panic is a bug, not the input's fault: one line naming where, and exit code 1. (The
+    // backend probe swaps this hook while it runs, and restores it.)
+    std::panic::set_hook(Box::new(|info| {
+        let message = info
+            .payload()
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| info.payload().downcast_ref::<&str>().copied())
+            .unwrap_or("a panic");
+        let place = info.location().map(|l| format!(" at {}:{}", l.file(), l.line())).unwrap_or_default();
+        eprintln!(
+            "error: internal error{place}: {message}; please report it with the command that caused it"
+        );
+    }));
+    match std::panic::catch_unwind(|| run(cli)) {
+        Ok(Ok(code)) => code,
+        Ok(Err(error)) => {
             eprintln!("error: {error:#}");
             ExitCode::FAILURE
         }
+        Err(_) => ExitCode::FAILURE,
     }
 }
 

@@ -524,3 +524,32 @@ fn sysinfo_free_gib() -> f64 {
         .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok());
     kib.map_or(f64::INFINITY, |k| k / (1u64 << 20) as f64)
 }
+
+/// A mapped file truncated under the reader raises SIGBUS; with the handler specbench installs,
+/// the process says so in one line and exits 1. Run in a child process (this test binary again),
+/// since the signal ends the process.
+#[cfg(unix)]
+#[test]
+fn a_model_file_truncated_while_mapped_is_an_error_not_a_crash() {
+    const CHILD: &str = "SPECBENCH_SIGBUS_CHILD";
+    if let Ok(path) = std::env::var(CHILD) {
+        specbench::files::exit_cleanly_on_sigbus();
+        let file = std::fs::File::open(&path).unwrap();
+        // SAFETY: the point of the test is what happens when the file shrinks under the map.
+        let map = unsafe { memmap2::Mmap::map(&file).unwrap() };
+        std::fs::OpenOptions::new().write(true).open(&path).unwrap().set_len(0).unwrap();
+        let sum: u64 = map.iter().map(|&b| b as u64).sum();
+        panic!("read {sum} from a truncated map without a signal");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("model.gguf");
+    std::fs::write(&path, vec![7u8; 1 << 16]).unwrap();
+    let out = Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "a_model_file_truncated_while_mapped_is_an_error_not_a_crash", "--nocapture"])
+        .env(CHILD, &path)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("changed while in use"), "{stderr}");
+}
