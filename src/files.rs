@@ -69,3 +69,49 @@ pub fn exit_cleanly_on_sigbus() {
         }
     }
 }
+
+/// SHA-256 of a file's bytes, as hex. Cached by path, size and modification time in
+/// `$SPECBENCH_CACHE` (default `$XDG_CACHE_HOME/specbench` or `~/.cache/specbench`), so that a
+/// resume does not reread many GB of weights; a file rewritten in place changes its time. Where
+/// no cache folder can be written the hash is computed each time.
+pub fn content_sha256(path: &Path) -> Result<String> {
+    use sha2::{Digest, Sha256};
+    use std::io::Read;
+    let meta = std::fs::metadata(path).map_err(io_error("read", path))?;
+    let modified = meta.modified().ok().and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok());
+    let canonical = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+    let key = format!("{}|{}|{}", canonical.display(), meta.len(), modified.map_or(0, |d| d.as_nanos()));
+    let cache = cache_dir().map(|dir| dir.join("content-sha256.json"));
+    let mut known: std::collections::BTreeMap<String, String> =
+        cache.as_deref().and_then(|file| read_json(file).ok()).unwrap_or_default();
+    if let Some(hash) = known.get(&key) {
+        return Ok(hash.clone());
+    }
+    let mut file = std::fs::File::open(path).map_err(io_error("read", path))?;
+    let mut hash = Sha256::new();
+    let mut buffer = vec![0u8; 1 << 20];
+    loop {
+        let n = file.read(&mut buffer).map_err(io_error("read", path))?;
+        if n == 0 {
+            break;
+        }
+        hash.update(&buffer[..n]);
+    }
+    let hex: String = hash.finalize().iter().map(|b| format!("{b:02x}")).collect();
+    if let Some(file) = cache {
+        known.insert(key, hex.clone());
+        // Best effort, written whole and renamed so that a reader never sees half a file.
+        let temp = file.with_extension(format!("json.{}", std::process::id()));
+        if create_dir(file.parent().unwrap_or(Path::new("."))).is_ok() && write_json(&temp, &known).is_ok() {
+            let _ = std::fs::rename(&temp, &file);
+        }
+    }
+    Ok(hex)
+}
+
+fn cache_dir() -> Option<std::path::PathBuf> {
+    let from = |var: &str| std::env::var_os(var).filter(|v| !v.is_empty()).map(std::path::PathBuf::from);
+    from("SPECBENCH_CACHE")
+        .or_else(|| from("XDG_CACHE_HOME").map(|d| d.join("specbench")))
+        .or_else(|| from("HOME").map(|d| d.join(".cache").join("specbench")))
+}

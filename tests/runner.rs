@@ -446,6 +446,44 @@ fn resume_refuses_other_models_behind_the_same_config() {
     std::fs::write(&norm, text).unwrap();
     let stderr = failure(&specbench(&["run", config.to_str().unwrap(), "--resume", dir.to_str().unwrap()]));
     assert!(stderr.contains("other models") && stderr.contains("changed on disk"), "{stderr}");
+    // The config back, and one weight byte rewritten in place: same headers, other weights.
+    let text =
+        std::fs::read_to_string(&norm).unwrap().replace("\"rms_norm_eps\": 2e-05", "\"rms_norm_eps\": 1e-05");
+    std::fs::write(&norm, text).unwrap();
+    ok(&specbench(&["run", config.to_str().unwrap(), "--resume", dir.to_str().unwrap()]));
+    let weights = models.join("tiny-gqa/model.safetensors");
+    let mut bytes = std::fs::read(&weights).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0x40;
+    std::fs::write(&weights, bytes).unwrap();
+    let stderr = failure(&specbench(&["run", config.to_str().unwrap(), "--resume", dir.to_str().unwrap()]));
+    assert!(stderr.contains("same headers, other weights"), "{stderr}");
+}
+
+#[test]
+fn resume_and_merge_refuse_prompts_whose_texts_changed_under_the_same_ids() {
+    let tmp = tempfile::tempdir().unwrap();
+    let prompts = tmp.path().join("prompts.jsonl");
+    let write = |second: &str| {
+        let lines = [
+            serde_json::json!({"id": "a", "category": "code", "prompt": "def f(x):"}),
+            serde_json::json!({"id": "b", "category": "chat", "prompt": second}),
+        ];
+        std::fs::write(&prompts, lines.map(|l| l.to_string()).join("\n")).unwrap();
+    };
+    write("Hello there");
+    let config = sweep_copy(tmp.path(), &[("limit = 4", "file = \"prompts.jsonl\"")]);
+    let dir = tmp.path().join("run");
+    ok(&specbench(&["run", config.to_str().unwrap(), "--out", dir.to_str().unwrap()]));
+    write("Goodbye now");
+    let stderr = failure(&specbench(&["run", config.to_str().unwrap(), "--resume", dir.to_str().unwrap()]));
+    assert!(stderr.contains("same ids and other texts"), "{stderr}");
+    let other = tmp.path().join("other");
+    ok(&specbench(&["run", config.to_str().unwrap(), "--out", other.to_str().unwrap()]));
+    let merged = tmp.path().join("merged");
+    let out =
+        specbench(&["merge", dir.to_str().unwrap(), other.to_str().unwrap(), "-o", merged.to_str().unwrap()]);
+    assert!(failure(&out).contains("other texts"));
 }
 
 #[test]

@@ -22,6 +22,10 @@ pub struct Manifest {
     /// The prompts run, in order: what `merge` expects every cell to hold.
     #[serde(default)]
     pub prompt_ids: Vec<String>,
+    /// SHA-256 over each prompt's id, category and text, in order: the same ids with other
+    /// texts are other prompts. Absent in folders made before it was recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prompts_sha256: Option<String>,
     /// The token ids generation stopped on (the target's and the config's).
     #[serde(default)]
     pub stop_token_ids: Vec<u32>,
@@ -60,12 +64,16 @@ impl RunModels {
     pub fn difference(&self, other: &RunModels) -> Option<String> {
         let one = |role: &str, a: &ModelIdentity, b: &ModelIdentity| {
             let short = |f: &str| f.chars().take(12).collect::<String>();
-            (a.fingerprint != b.fingerprint).then(|| {
+            let content_differs = matches!((&a.content, &b.content), (Some(x), Some(y)) if x != y);
+            (a.fingerprint != b.fingerprint || content_differs).then(|| {
                 let place = if a.spec == b.spec {
                     format!("{} (changed on disk)", a.spec)
                 } else {
                     format!("{} vs {}", a.spec, b.spec)
                 };
+                if a.fingerprint == b.fingerprint {
+                    return format!("{role} {place}: same headers, other weights");
+                }
                 format!("{role} {place}, fingerprint {} vs {}", short(&a.fingerprint), short(&b.fingerprint))
             })
         };

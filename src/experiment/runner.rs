@@ -159,6 +159,15 @@ impl Plan {
     fn prompt_ids(&self) -> Vec<String> {
         self.prompts.iter().map(|p| p.id.clone()).collect()
     }
+
+    fn prompts_sha256(&self) -> String {
+        let text: Vec<String> = self
+            .prompts
+            .iter()
+            .map(|p| format!("{:?}\u{1f}{:?}\u{1f}{:?}", p.id, p.category, p.prompt))
+            .collect();
+        sha256_hex(&text.join("\u{1e}"))
+    }
 }
 
 /// A result folder held by this process.
@@ -210,6 +219,7 @@ impl ResultFolder {
             config_sha256: sha256_hex(&plan.file.text),
             models: Some(plan.models.clone()),
             prompt_ids: plan.prompt_ids(),
+            prompts_sha256: Some(plan.prompts_sha256()),
             stop_token_ids: Vec::new(),
             git_commit: build.commit_label(),
             crate_version: env!("CARGO_PKG_VERSION").into(),
@@ -273,6 +283,12 @@ impl ResultFolder {
                 self.dir.display(),
                 self.manifest.prompt_ids.len(),
                 plan.prompts.len()
+            )));
+        }
+        if self.manifest.prompts_sha256.as_ref().is_some_and(|recorded| *recorded != plan.prompts_sha256()) {
+            return Err(Error::Usage(format!(
+                "{} was run on prompts with the same ids and other texts; resume needs the same prompts",
+                self.dir.display()
             )));
         }
         self.manifest.resumed.push(now());

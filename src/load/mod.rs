@@ -87,6 +87,11 @@ pub struct ModelIdentity {
     /// and everything before the tensor data (metadata, tokenizer, tensor infos); for presets,
     /// over the config.
     pub fingerprint: String,
+    /// SHA-256 over the weights' bytes (every weight file of a folder, a GGUF file whole), so
+    /// that weights rewritten under the same headers are another model. Absent in folders made
+    /// before it was recorded, which are compared by `fingerprint` alone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content: Option<String>,
 }
 
 impl ModelSpec {
@@ -127,9 +132,25 @@ impl ModelSpec {
                 hash.update(serde_json::to_vec(config).expect("configs serialize"));
             }
         }
-        let fingerprint = hash.finalize().iter().map(|b| format!("{b:02x}")).collect();
-        Ok(ModelIdentity { spec: self.to_string(), fingerprint })
+        let fingerprint = hex(&hash.finalize());
+        let content = match self {
+            Self::Folder(dir) => {
+                let mut hash = Sha256::new();
+                for (name, _, _) in folder::weight_headers(dir)? {
+                    hash.update(name.as_bytes());
+                    hash.update(crate::files::content_sha256(&dir.join(&name))?.as_bytes());
+                }
+                Some(hex(&hash.finalize()))
+            }
+            Self::Gguf(path) => Some(crate::files::content_sha256(path)?),
+            Self::Random { .. } => None,
+        };
+        Ok(ModelIdentity { spec: self.to_string(), fingerprint, content })
     }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// A model ready to run, with the tokenizer and stop tokens that go with it.

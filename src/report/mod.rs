@@ -165,6 +165,15 @@ pub fn merge(dirs: &[PathBuf], out: &Path) -> Result<Merged> {
                 manifest.experiment
             )));
         }
+        if let (Some(a), Some(b)) = (&first.prompts_sha256, &manifest.prompts_sha256)
+            && a != b
+        {
+            return Err(Error::Usage(format!(
+                "cannot merge runs of different prompts: {} and {} ran prompts with the same ids and other texts",
+                dirs[0].display(),
+                dir.display()
+            )));
+        }
         match (&first.models, &manifest.models) {
             (Some(a), Some(b)) => {
                 if let Some(what) = a.difference(b) {
