@@ -209,17 +209,27 @@ fn sentencepiece_bpe(vocabulary: &Vocabulary) -> Result<serde_json::Value> {
         "decoder": {"type": "Sequence", "decoders": decoders},
         "model": {"type": "BPE", "dropout": null, "unk_token": unknown, "continuing_subword_prefix": null,
                   "end_of_word_suffix": null, "fuse_unk": true, "byte_fallback": true, "ignore_merges": false,
-                  "vocab": vocabulary.vocab_map(), "merges": merges_by_score(&vocabulary.tokens, &scores)},
+                  "vocab": vocabulary.vocab_map(),
+                  "merges": merges_by_score(&vocabulary.tokens, &scores).map_err(|e| file.error(e))?},
     }))
 }
+
+/// Pieces longer than this many bytes are not split into merges (each split hashes both halves,
+/// so a piece costs the square of its length): SentencePiece vocabularies' longest pieces are
+/// runs of 16 word marks, 48 bytes. A longer piece can only be produced whole (as an added token).
+const MAX_SPLIT_PIECE_BYTES: usize = 128;
+/// The most merges a vocabulary may imply: Llama 2's 32k pieces imply 0.06M; a crafted one of
+/// long repeated pieces implies the square of their count.
+const MAX_MERGES: usize = 1 << 22;
 
 /// Every split of a piece into two pieces of the vocabulary is a merge, ranked by the merged
 /// piece's score (highest first), so BPE applies them in the order llama.cpp's SentencePiece
 /// tokenizer does. Splits of one piece keep the order of their halves' ids, as transformers'.
-fn merges_by_score(tokens: &[&str], scores: &[f64]) -> Vec<[String; 2]> {
+fn merges_by_score(tokens: &[&str], scores: &[f64]) -> std::result::Result<Vec<[String; 2]>, String> {
     let ids: HashMap<&str, usize> = tokens.iter().enumerate().map(|(id, &t)| (t, id)).collect();
     let mut merges: Vec<(f64, usize, usize)> = Vec::new();
-    for (piece, &score) in tokens.iter().zip(scores) {
+    for (piece, &score) in tokens.iter().zip(scores).filter(|(piece, _)| piece.len() <= MAX_SPLIT_PIECE_BYTES)
+    {
         let mut splits: Vec<(usize, usize)> = piece
             .char_indices()
             .skip(1)
@@ -227,10 +237,18 @@ fn merges_by_score(tokens: &[&str], scores: &[f64]) -> Vec<[String; 2]> {
             .collect();
         splits.sort_unstable();
         merges.extend(splits.into_iter().map(|(left, right)| (score, left, right)));
+        if merges.len() > MAX_MERGES {
+            return Err(format!(
+                "its pieces imply more than {MAX_MERGES} merges, past what specbench rebuilds (Llama 2's imply 0.06M)"
+            ));
+        }
     }
     // Stable: equal scores keep the vocabulary's order.
     merges.sort_by(|a, b| b.0.total_cmp(&a.0));
-    merges.into_iter().map(|(_, left, right)| [tokens[left].to_string(), tokens[right].to_string()]).collect()
+    Ok(merges
+        .into_iter()
+        .map(|(_, left, right)| [tokens[left].to_string(), tokens[right].to_string()])
+        .collect())
 }
 
 /// The chat template the file carries, if any, with its BOS and EOS token strings.
@@ -259,8 +277,33 @@ mod tests {
         // halves' ids; single characters merge nothing.
         let tokens = ["a", "b", "c", "bc", "ab", "abc"];
         let scores = [0.0, 0.0, 0.0, -2.0, -1.0, -3.0];
-        let merges = merges_by_score(&tokens, &scores);
+        let merges = merges_by_score(&tokens, &scores).unwrap();
         let names: Vec<String> = merges.iter().map(|[l, r]| format!("{l} {r}")).collect();
         assert_eq!(names, ["a b", "b c", "a bc", "ab c"]);
+    }
+
+    #[test]
+    fn long_and_repeated_pieces_cost_bounded_time_and_merges() {
+        // One 3 MB piece: not split (quadratic before: minutes).
+        let long = "a".repeat(3 << 20);
+        let tokens = ["a", "aa", long.as_str()];
+        let started = std::time::Instant::now();
+        assert_eq!(merges_by_score(&tokens, &[0.0; 3]).unwrap().len(), 1);
+        assert!(started.elapsed().as_secs() < 5, "{:?}", started.elapsed());
+        // Every run of `a` up to 128 bytes and then many of 2..128 other letters: the merges
+        // they imply pass the limit and are refused by name instead of filling memory.
+        let pieces: Vec<String> = (0..40_000)
+            .map(|i| format!("{}{}", char::from(b'a' + (i % 26) as u8), "b".repeat(i % 120 + 1)))
+            .collect();
+        let mut tokens: Vec<&str> = pieces.iter().map(String::as_str).collect();
+        let bs: Vec<String> = (1..=120).map(|n| "b".repeat(n)).collect();
+        tokens.extend(bs.iter().map(String::as_str));
+        let singles: Vec<String> = (b'a'..=b'z').map(|c| char::from(c).to_string()).collect();
+        tokens.extend(singles.iter().map(String::as_str));
+        let scores = vec![0.0; tokens.len()];
+        match merges_by_score(&tokens, &scores) {
+            Ok(merges) => assert!(merges.len() <= MAX_MERGES),
+            Err(e) => assert!(e.contains("merges"), "{e}"),
+        }
     }
 }
