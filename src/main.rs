@@ -38,7 +38,7 @@ enum Command {
     Run {
         config: PathBuf,
         /// Complete an interrupted run in this result folder.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "out")]
         resume: Option<PathBuf>,
         /// Run only the cells i, i + n, i + 2n, ... (0-based), e.g. 0/4.
         #[arg(long)]

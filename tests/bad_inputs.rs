@@ -553,3 +553,14 @@ fn a_model_file_truncated_while_mapped_is_an_error_not_a_crash() {
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("changed while in use"), "{stderr}");
 }
+
+#[test]
+fn layer_lists_past_the_target_and_nan_rope_bases_are_named() {
+    let fixture = common::fixture_dir("tiny-gqa");
+    let model = fixture.to_str().unwrap();
+    assert_clean_failure(model, &["--drafter", "keep:0-400"], &["layer 2", "cannot be kept"]);
+    assert_clean_failure(model, &["--drafter", "skip:0-400"], &["cannot be skipped"]);
+    let dir = common::copy_fixture("tiny-gqa");
+    edit_config(dir.path(), |c| c["rope_theta"] = serde_json::json!(-1.0));
+    assert_clean_failure(path(&dir), &[], &["rope_theta", "positive"]);
+}

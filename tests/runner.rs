@@ -565,3 +565,24 @@ fn a_run_that_cannot_start_leaves_no_folder_and_says_why() {
     assert!(failure(&specbench(&["run", twice.to_str().unwrap()])).contains("twice"));
     assert!(!tmp.path().join("results").exists());
 }
+
+#[test]
+fn result_folder_mistakes_say_what_is_wrong() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = sweep_copy(tmp.path(), &[]);
+    let config = config.to_str().unwrap();
+    // --out below a file.
+    let file = tmp.path().join("a-file");
+    std::fs::write(&file, "x").unwrap();
+    let out = file.join("run");
+    let stderr = failure(&specbench(&["run", config, "--out", out.to_str().unwrap()]));
+    assert!(stderr.contains("is a file, not a folder"), "{stderr}");
+    // --resume of a folder that holds no run.
+    let missing = tmp.path().join("no-run");
+    let stderr = failure(&specbench(&["run", config, "--resume", missing.to_str().unwrap()]));
+    assert!(stderr.contains("no run there"), "{stderr}");
+    // --resume and --out together.
+    let out = specbench(&["run", config, "--resume", missing.to_str().unwrap(), "--out", "x"]);
+    assert_ne!(out.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot be used with"), "{:?}", out);
+}

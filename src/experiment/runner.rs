@@ -240,6 +240,12 @@ impl ResultFolder {
     /// Opens a folder to complete: same config byte for byte, same models as fingerprinted when
     /// it started, same shard (a shard folder resumes as its own shard without `--shard`).
     fn resume(dir: &Path, file: &ExperimentFile, shard: Option<Shard>) -> Result<Self> {
+        if !dir.join("manifest.json").is_file() {
+            return Err(Error::Usage(format!(
+                "--resume {}: no run there (a result folder holds the manifest.json and runs.csv of an earlier run)",
+                dir.display()
+            )));
+        }
         let lock = FolderLock::acquire(dir)?;
         report_stale_lock(&lock, dir);
         let manifest = Manifest::read(dir)?;
@@ -307,6 +313,13 @@ impl ResultFolder {
 
 /// `Ok(true)` when this call made `dir`; `Ok(false)` when it already existed (parents are made).
 fn make_dir_exclusive(dir: &Path) -> Result<bool> {
+    if let Some(file) = dir.ancestors().skip(1).find(|p| p.exists() && !p.is_dir()) {
+        return Err(Error::Usage(format!(
+            "cannot make the result folder {}: {} is a file, not a folder",
+            dir.display(),
+            file.display()
+        )));
+    }
     if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
         crate::files::create_dir(parent)?;
     }

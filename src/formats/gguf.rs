@@ -230,6 +230,9 @@ pub fn parse(bytes: &[u8]) -> std::result::Result<Parsed, String> {
     let mut metadata = BTreeMap::new();
     for i in 0..kv_count {
         let key = cursor.string().map_err(|e| format!("metadata key {i}: {e}"))?;
+        if key.chars().any(char::is_control) {
+            return Err(format!("metadata key {i}: the key {key:?} holds a control character"));
+        }
         let kind = cursor.u32().map_err(|e| format!("metadata `{key}`: {e}"))?;
         let value = cursor.value(kind, 0).map_err(|e| format!("metadata `{key}`: {e}"))?;
         if metadata.insert(key.clone(), value).is_some() {
@@ -246,6 +249,9 @@ pub fn parse(bytes: &[u8]) -> std::result::Result<Parsed, String> {
     let mut infos = Vec::with_capacity(tensor_count.min(RESERVE_AHEAD));
     for i in 0..tensor_count {
         let name = cursor.string().map_err(|e| format!("tensor info {i}: {e}"))?;
+        if name.chars().any(char::is_control) {
+            return Err(format!("tensor info {i}: the name {name:?} holds a control character"));
+        }
         let info = cursor.tensor_info().map_err(|e| format!("tensor `{name}`: {e}"))?;
         infos.push((name, info));
     }

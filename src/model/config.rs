@@ -241,6 +241,11 @@ impl LlamaConfig {
             ("rope_scaling.rope_theta", self.rope_scaling.as_ref().and_then(|r| r.rope_theta)),
         ];
         let given: Vec<(&str, f64)> = places.iter().filter_map(|(k, v)| v.map(|v| (*k, v))).collect();
+        if let Some((key, theta)) = given.iter().find(|(_, v)| !(v.is_finite() && *v > 0.0)) {
+            return Err(Error::InvalidConfig(format!(
+                "`{key}` = {theta}: the RoPE base must be a positive number"
+            )));
+        }
         if let Some(((a, x), (b, y))) = given.first().zip(given.iter().find(|(_, v)| *v != given[0].1)) {
             return Err(Error::InvalidConfig(format!("`{a}` = {x} disagrees with `{b}` = {y}")));
         }

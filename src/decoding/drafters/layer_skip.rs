@@ -56,7 +56,16 @@ impl DrafterKind for LayerSkipSettings {
 
     fn load(&self, context: &DraftContext) -> Result<Box<dyn LoadedDrafter>> {
         let target = &context.target.model;
-        let skip = self.selection(&|field| field.to_string())?.skipped(target.config().num_hidden_layers);
+        let layers = target.config().num_hidden_layers;
+        let selection = self.selection(&|field| field.to_string())?;
+        if let LayerSelection::Keep(keep) = &selection
+            && let Some(bad) = keep.iter().find(|&&i| i >= layers)
+        {
+            return Err(Error::InvalidConfig(format!(
+                "layer {bad} cannot be kept: the target has layers 0..{layers}"
+            )));
+        }
+        let skip = selection.skipped(layers);
         // Checked here, once, rather than at the first generation.
         LayerSkip::new(target, &skip)?;
         Ok(Box::new(LoadedLayerSkip { skip, vocab: shared_vocab(context.target, context.target)? }))
