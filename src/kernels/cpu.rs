@@ -1,6 +1,10 @@
 //! What this CPU can run, detected once per process, and the one place where code is compiled
-//! for an instruction set it may lack (`vectorized`). `SPECBENCH_KERNELS=portable` forces the
-//! portable path everywhere, so that the tests can run the whole model through it.
+//! for an instruction set it may lack (`vectorized`).
+//!
+//! `SPECBENCH_KERNELS` takes away what the kernels may use, to test and time each path on one
+//! machine: `portable` (no vector code at all: the tests run the whole model through it),
+//! `no-avx512`, `no-avx-vnni`, `no-avx512-vnni`, comma-separated (`no-avx-vnni` makes a Zen 5 or
+//! Sapphire Rapids take the path a Zen 4 or Ice Lake takes).
 
 use std::sync::OnceLock;
 
@@ -20,6 +24,8 @@ pub enum Isa {
 pub struct Extensions {
     /// AVX-VNNI (`vpdpbusd` on 256-bit registers, VEX-encoded).
     pub avx_vnni: bool,
+    /// AVX512-VNNI with AVX512VL (`vpdpbusd`, EVEX-encoded, on 256-bit registers too).
+    pub avx512_vnni: bool,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -28,23 +34,40 @@ struct Detected {
     extensions: Extensions,
 }
 
-/// The environment variable that forces the portable kernels.
-pub const FORCE_PORTABLE: &str = "SPECBENCH_KERNELS";
+/// The environment variable that restricts the kernels (see the module note).
+pub const KERNELS_VAR: &str = "SPECBENCH_KERNELS";
+
+/// What `SPECBENCH_KERNELS` takes away, comma-separated.
+fn restrictions() -> Vec<String> {
+    std::env::var(KERNELS_VAR).unwrap_or_default().split(',').map(|s| s.trim().to_string()).collect()
+}
 
 /// Whether `SPECBENCH_KERNELS=portable` is set.
 pub fn portable_forced() -> bool {
     static FORCED: OnceLock<bool> = OnceLock::new();
-    *FORCED.get_or_init(|| std::env::var(FORCE_PORTABLE).is_ok_and(|v| v == "portable"))
+    *FORCED.get_or_init(|| restrictions().iter().any(|r| r == "portable"))
 }
 
 fn detected() -> Detected {
     static DETECTED: OnceLock<Detected> = OnceLock::new();
-    *DETECTED.get_or_init(|| {
-        if portable_forced() {
-            return Detected { isa: Isa::Portable, extensions: Extensions::default() };
+    *DETECTED.get_or_init(|| restrict(detect(), &restrictions()))
+}
+
+/// `detected` less what `restrictions` take away.
+fn restrict(mut detected: Detected, restrictions: &[String]) -> Detected {
+    for restriction in restrictions {
+        match restriction.as_str() {
+            "portable" => detected = Detected { isa: Isa::Portable, extensions: Extensions::default() },
+            "no-avx512" => {
+                detected.isa = detected.isa.min(Isa::Avx2);
+                detected.extensions.avx512_vnni = false;
+            }
+            "no-avx-vnni" => detected.extensions.avx_vnni = false,
+            "no-avx512-vnni" => detected.extensions.avx512_vnni = false,
+            _ => {}
         }
-        detect()
-    })
+    }
+    detected
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -56,7 +79,8 @@ fn detect() -> Detected {
         (true, false) => Isa::Avx2,
         (true, true) => Isa::Avx512,
     };
-    Detected { isa, extensions: Extensions { avx_vnni: avx2 && has!("avxvnni") } }
+    let avx512_vnni = isa == Isa::Avx512 && has!("avx512vl") && has!("avx512vnni");
+    Detected { isa, extensions: Extensions { avx_vnni: avx2 && has!("avxvnni"), avx512_vnni } }
 }
 
 #[cfg(not(target_arch = "x86_64"))]
@@ -93,6 +117,9 @@ pub fn describe() -> String {
     .to_string();
     if extensions().avx_vnni {
         out += " +avx-vnni";
+    }
+    if extensions().avx512_vnni {
+        out += " +avx512-vnni";
     }
     out
 }
@@ -143,6 +170,20 @@ mod tests {
     fn vectorized_work_computes_what_the_portable_work_does() {
         let values: Vec<f32> = (0..100).map(|i| i as f32 * 0.5).collect();
         assert_eq!(vectorized(Sum(&values)), Sum(&values).run());
+    }
+
+    #[test]
+    fn restrictions_take_away_what_they_name() {
+        let all = Detected { isa: Isa::Avx512, extensions: Extensions { avx_vnni: true, avx512_vnni: true } };
+        let less = |r: &[&str]| restrict(all, &r.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+        assert_eq!(less(&["no-avx-vnni"]).extensions, Extensions { avx_vnni: false, avx512_vnni: true });
+        let avx2 = less(&["no-avx512"]);
+        assert_eq!(
+            (avx2.isa, avx2.extensions.avx512_vnni, avx2.extensions.avx_vnni),
+            (Isa::Avx2, false, true)
+        );
+        assert_eq!(less(&["portable"]).isa, Isa::Portable);
+        assert_eq!(less(&["no-avx-vnni", "no-avx512-vnni"]).extensions, Extensions::default());
     }
 
     #[test]

@@ -310,15 +310,26 @@ pub(super) mod avx2 {
     const Q5_0: u8 = 3;
     const Q5_1: u8 = 4;
 
+    // How 32 unsigned × signed bytes are summed into i32 lanes: AVX2's `vpmaddubsw` +
+    // `vpmaddwd`, or one `vpdpbusd`, VEX-encoded (AVX-VNNI: Intel since Alder Lake, AMD Zen 5) or
+    // EVEX-encoded on 256-bit registers (AVX512-VNNI with AVX512VL: Intel since Cascade Lake, AMD
+    // Zen 4).
+    const DOT_AVX2: u8 = 0;
+    const DOT_AVX_VNNI: u8 = 1;
+    const DOT_AVX512_VNNI: u8 = 2;
+
     /// One weight row in `format` against every quantized input row, `TILE` rows per pass.
     ///
     /// # Safety
     /// The CPU has AVX2, FMA and F16C; every input row has one block per weight block.
     pub(super) unsafe fn multiply_row(format: BlockFormat, weights: &[u8], rows: &[Q8Row], out: &mut [f32]) {
-        // SAFETY: the caller's contract, and AVX-VNNI where it is used.
+        let extensions = crate::kernels::cpu::extensions();
+        // SAFETY: the caller's contract, and the VNNI extension where it is used.
         unsafe {
-            if crate::kernels::cpu::extensions().avx_vnni {
-                multiply_row_vnni(format, weights, rows, out)
+            if extensions.avx_vnni {
+                multiply_row_avx_vnni(format, weights, rows, out)
+            } else if extensions.avx512_vnni {
+                multiply_row_avx512_vnni(format, weights, rows, out)
             } else {
                 multiply_row_avx2(format, weights, rows, out)
             }
@@ -328,41 +339,47 @@ pub(super) mod avx2 {
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn multiply_row_avx2(format: BlockFormat, weights: &[u8], rows: &[Q8Row], out: &mut [f32]) {
         // SAFETY: the caller's contract.
-        unsafe { tiles::<false>(format, weights, rows, out) }
+        unsafe { tiles::<DOT_AVX2>(format, weights, rows, out) }
     }
 
     #[target_feature(enable = "avx2,fma,f16c,avxvnni")]
-    unsafe fn multiply_row_vnni(format: BlockFormat, weights: &[u8], rows: &[Q8Row], out: &mut [f32]) {
+    unsafe fn multiply_row_avx_vnni(format: BlockFormat, weights: &[u8], rows: &[Q8Row], out: &mut [f32]) {
         // SAFETY: the caller's contract.
-        unsafe { tiles::<true>(format, weights, rows, out) }
+        unsafe { tiles::<DOT_AVX_VNNI>(format, weights, rows, out) }
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl,avx512vnni")]
+    unsafe fn multiply_row_avx512_vnni(format: BlockFormat, weights: &[u8], rows: &[Q8Row], out: &mut [f32]) {
+        // SAFETY: the caller's contract.
+        unsafe { tiles::<DOT_AVX512_VNNI>(format, weights, rows, out) }
     }
 
     /// Inlined into each entry point above, so that it is compiled with that one's features.
     #[inline(always)]
-    unsafe fn tiles<const VNNI: bool>(format: BlockFormat, weights: &[u8], rows: &[Q8Row], out: &mut [f32]) {
+    unsafe fn tiles<const DOT: u8>(format: BlockFormat, weights: &[u8], rows: &[Q8Row], out: &mut [f32]) {
         // SAFETY: the caller's contract.
         unsafe {
             match format {
-                BlockFormat::Q4_0 => tiles_of::<Q4_0, VNNI>(weights, rows, out),
-                BlockFormat::Q4_1 => tiles_of::<Q4_1, VNNI>(weights, rows, out),
-                BlockFormat::Q5_0 => tiles_of::<Q5_0, VNNI>(weights, rows, out),
-                BlockFormat::Q5_1 => tiles_of::<Q5_1, VNNI>(weights, rows, out),
-                BlockFormat::Q8_0 => tiles_of::<Q8_0, VNNI>(weights, rows, out),
+                BlockFormat::Q4_0 => tiles_of::<Q4_0, DOT>(weights, rows, out),
+                BlockFormat::Q4_1 => tiles_of::<Q4_1, DOT>(weights, rows, out),
+                BlockFormat::Q5_0 => tiles_of::<Q5_0, DOT>(weights, rows, out),
+                BlockFormat::Q5_1 => tiles_of::<Q5_1, DOT>(weights, rows, out),
+                BlockFormat::Q8_0 => tiles_of::<Q8_0, DOT>(weights, rows, out),
                 _ => unreachable!("only 8-bit-input formats have integer kernels"),
             }
         }
     }
 
     #[inline(always)]
-    unsafe fn tiles_of<const KIND: u8, const VNNI: bool>(weights: &[u8], rows: &[Q8Row], out: &mut [f32]) {
+    unsafe fn tiles_of<const KIND: u8, const DOT: u8>(weights: &[u8], rows: &[Q8Row], out: &mut [f32]) {
         for (xs, out) in rows.chunks(TILE).zip(out.chunks_mut(TILE)) {
             // SAFETY: the caller's contract.
             unsafe {
                 match xs.len() {
-                    1 => tile::<KIND, 1, VNNI>(weights, xs, out),
-                    2 => tile::<KIND, 2, VNNI>(weights, xs, out),
-                    3 => tile::<KIND, 3, VNNI>(weights, xs, out),
-                    _ => tile::<KIND, 4, VNNI>(weights, xs, out),
+                    1 => tile::<KIND, 1, DOT>(weights, xs, out),
+                    2 => tile::<KIND, 2, DOT>(weights, xs, out),
+                    3 => tile::<KIND, 3, DOT>(weights, xs, out),
+                    _ => tile::<KIND, 4, DOT>(weights, xs, out),
                 }
             }
         }
@@ -420,12 +437,12 @@ pub(super) mod avx2 {
 
     /// Σ u·s over 32 unsigned × signed bytes, as eight i32 lanes converted to f32.
     #[inline(always)]
-    unsafe fn dot_unsigned<const VNNI: bool>(u: __m256i, s: __m256i) -> __m256 {
+    unsafe fn dot_unsigned<const DOT: u8>(u: __m256i, s: __m256i) -> __m256 {
         unsafe {
-            let sums = if VNNI {
-                _mm256_dpbusd_avx_epi32(_mm256_setzero_si256(), u, s)
-            } else {
-                _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1))
+            let sums = match DOT {
+                DOT_AVX_VNNI => _mm256_dpbusd_avx_epi32(_mm256_setzero_si256(), u, s),
+                DOT_AVX512_VNNI => _mm256_dpbusd_epi32(_mm256_setzero_si256(), u, s),
+                _ => _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1)),
             };
             _mm256_cvtepi32_ps(sums)
         }
@@ -433,7 +450,7 @@ pub(super) mod avx2 {
 
     /// `TILE` or fewer input rows (`R`) against one weight row of format `KIND`.
     #[inline(always)]
-    unsafe fn tile<const KIND: u8, const R: usize, const VNNI: bool>(
+    unsafe fn tile<const KIND: u8, const R: usize, const DOT: u8>(
         weights: &[u8],
         xs: &[Q8Row],
         out: &mut [f32],
@@ -498,9 +515,9 @@ pub(super) mod avx2 {
                     let xq = _mm256_loadu_si256(x.qs.as_ptr().add(b * QK) as *const __m256i);
                     let products = if with_min {
                         offsets[j] += min * *x.s.get_unchecked(b);
-                        dot_unsigned::<VNNI>(wv, xq)
+                        dot_unsigned::<DOT>(wv, xq)
                     } else {
-                        dot_unsigned::<VNNI>(magnitude, _mm256_sign_epi8(xq, wv))
+                        dot_unsigned::<DOT>(magnitude, _mm256_sign_epi8(xq, wv))
                     };
                     let scale = _mm256_set1_ps(d * *x.d.get_unchecked(b));
                     acc[j] = _mm256_fmadd_ps(scale, products, acc[j]);
@@ -549,8 +566,14 @@ pub(super) mod avx2 {
                 if crate::kernels::cpu::extensions().avx_vnni {
                     let mut out = [0.0f32; 7];
                     // SAFETY: and AVX-VNNI here.
-                    unsafe { multiply_row_vnni(format, &weights, &rows, &mut out) };
-                    variants.push(("vnni", out));
+                    unsafe { multiply_row_avx_vnni(format, &weights, &rows, &mut out) };
+                    variants.push(("avx-vnni", out));
+                }
+                if crate::kernels::cpu::extensions().avx512_vnni {
+                    let mut out = [0.0f32; 7];
+                    // SAFETY: and AVX512-VNNI with AVX512VL here.
+                    unsafe { multiply_row_avx512_vnni(format, &weights, &rows, &mut out) };
+                    variants.push(("avx512-vnni", out));
                 }
                 for (name, got) in variants {
                     for (g, w) in got.iter().zip(&want) {
