@@ -4,14 +4,17 @@
 #
 #   experiments/ab_forward.sh BEFORE AFTER [ROUNDS] > results/profile/DATE-name.csv
 #
+# BEFORE and AFTER are commands (a binary, or a script that sets SPECBENCH_KERNELS and runs one);
+# MODELS overrides the embedded GGUF files (space-separated), CONTEXT the cached positions.
+#
 # Prints CSV: round, binary (a or b), model, backend, tokens (rows of the step), context, µs (the
 # median of --repeats forwards). Summarise with experiments/ab_summary.py. Stop background builds
 # first: two cores, and the kernels' spinning pool shares them with anything else that runs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 a=$1 b=$2 rounds=${3:-3}
-models=(tests/fixtures/tiny-gguf/target-bf16.gguf tests/fixtures/tiny-gguf/target-q8_0.gguf
-  tests/fixtures/tiny-gguf/target-q4_0.gguf tests/fixtures/tiny-gguf/target-q4_k_m.gguf)
+models=(${MODELS:-tests/fixtures/tiny-gguf/target-bf16.gguf tests/fixtures/tiny-gguf/target-q8_0.gguf
+  tests/fixtures/tiny-gguf/target-q4_0.gguf tests/fixtures/tiny-gguf/target-q4_k_m.gguf})
 [ -f models/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf ] && models+=(models/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf)
 context=${CONTEXT:-190}
 echo "round,binary,model,backend,tokens,context,us"
