@@ -101,6 +101,16 @@ impl TensorType {
         }
     }
 
+    /// ggml's id of the type, as a file stores it.
+    pub fn ggml_type(self) -> u32 {
+        match self {
+            Self::F32 => 0,
+            Self::F16 => 1,
+            Self::Bf16 => 30,
+            Self::Blocks(format) => format as u32,
+        }
+    }
+
     /// Bytes of `elements` values, `None` when they do not fill whole blocks.
     fn bytes_for(self, elements: u64) -> Option<u64> {
         match self {
@@ -440,12 +450,14 @@ impl<'a> Cursor<'a> {
 }
 
 /// Writes GGUF files: what the tests build their small files and damaged files with.
-#[cfg(test)]
-mod write {
+/// Writing GGUF files (version 3, default alignment), for fixtures and the fuzzer: what `parse`
+/// reads, `write::to_bytes` writes back.
+pub mod write {
     use super::Value;
     use crate::formats::BlockFormat;
 
     /// A tensor to write: ggml-order dims and raw bytes of type `ggml_type`.
+    #[derive(Debug, Clone)]
     pub struct Tensor {
         pub name: String,
         pub dims: Vec<u64>,
@@ -511,6 +523,7 @@ mod write {
     }
 
     /// A version-3 file with 32-byte alignment.
+    /// A whole file: header, metadata, tensor infos, and the data aligned to 32 bytes.
     pub fn to_bytes(metadata: &[(&str, Value)], tensors: &[Tensor]) -> Vec<u8> {
         let mut out = b"GGUF".to_vec();
         out.extend(3u32.to_le_bytes());
