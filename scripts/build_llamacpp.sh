@@ -20,7 +20,7 @@ options=(-DGGML_NATIVE=OFF)
 if [ "$(uname -m)" = x86_64 ]; then
   flags=" $(grep -m1 '^flags' /proc/cpuinfo | cut -d: -f2) "
   for pair in avx:GGML_AVX avx2:GGML_AVX2 fma:GGML_FMA f16c:GGML_F16C bmi2:GGML_BMI2 \
-    avx512f:GGML_AVX512 avx512_vbmi:GGML_AVX512_VBMI avx512_vnni:GGML_AVX512_VNNI \
+    avx512f:GGML_AVX512 avx512vbmi:GGML_AVX512_VBMI avx512_vnni:GGML_AVX512_VNNI \
     avx512_bf16:GGML_AVX512_BF16 avx_vnni:GGML_AVX_VNNI; do
     flag=${pair%%:*} option=${pair##*:}
     if [[ $flags == *" $flag "* ]]; then options+=("-D$option=ON"); else options+=("-D$option=OFF"); fi
