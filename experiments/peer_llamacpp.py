@@ -54,6 +54,30 @@ PROMPT = (
 )
 
 
+def machine_facts():
+    """The CPU (model, family, the vector extensions that decide kernel paths), how llama.cpp was
+    built for it, and which kernel path specbench takes: every figure holds for this CPU."""
+    info = {}
+    for line in open("/proc/cpuinfo"):
+        key, _, value = line.partition(":")
+        info.setdefault(key.strip(), value.strip())
+    flags = set(info.get("flags", "").split())
+    wanted = ["avx2", "fma", "f16c", "avx512f", "avx512vl", "avx512_vnni", "avx512_bf16", "avx_vnni", "amx_tile"]
+    features = BIN / "FEATURES"
+    runtime = subprocess.run([SPECBENCH, "generate", "--model", "random:custom", "--prompt", "a", "--max-new-tokens", "1",
+                              "--backend", "flex", "--json"], capture_output=True, text=True)
+    kernels = json.loads(runtime.stdout)["runtime"].split("; ")[-1] if runtime.returncode == 0 else "unknown"
+    return {
+        "cpu": f"{info.get('model name', '')} (family {info.get('cpu family')}, model {info.get('model')})",
+        "extensions": [f for f in wanted if f in flags],
+        "cores": os.cpu_count(), "platform": platform.platform(), "threads": THREADS,
+        "llama.cpp": "0c1e57098bba (llama-cpp-python 0.3.36 sdist), built with "
+                     + (features.read_text().strip() if features.exists() else "unrecorded options"),
+        "specbench": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout.strip(),
+        "specbench kernels": kernels,
+    }
+
+
 def quantize(source, target, kind):
     if not target.exists():
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -230,12 +254,10 @@ def main():
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "")
-    machine = {"cpu": cpu, "cores": os.cpu_count(), "platform": platform.platform(), "threads": THREADS,
-               "llama.cpp": "0c1e57098bba (llama-cpp-python 0.3.36 sdist), GGML_NATIVE=OFF + AVX2/AVX-512/VNNI",
-               "specbench": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout.strip()}
+    machine = machine_facts()
     (args.out / "machine.json").write_text(json.dumps(machine, indent=1) + "\n")
-    lines = [f"# specbench vs llama.cpp, {THREADS} threads, same sitting ({cpu})", "",
+    cpu = machine["cpu"]
+    lines = [f"# specbench vs llama.cpp, {THREADS} threads, same sitting ({cpu}; specbench {machine['specbench kernels']})", "",
              "| model | weights | test | cached positions | llama.cpp tok/s | specbench tok/s | ratio | peak RSS MB (llama.cpp / specbench) |",
              "|---|---|---|---|---|---|---|---|"]
     index = {(r["engine"], r["model"], r["dtype"], r["test"]): r for r in rows}
