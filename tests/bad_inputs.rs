@@ -564,3 +564,32 @@ fn layer_lists_past_the_target_and_nan_rope_bases_are_named() {
     edit_config(dir.path(), |c| c["rope_theta"] = serde_json::json!(-1.0));
     assert_clean_failure(path(&dir), &[], &["rope_theta", "positive"]);
 }
+
+#[test]
+fn gguf_token_ids_past_u32_are_named_not_truncated() {
+    use specbench::formats::gguf::write::{Tensor, to_bytes};
+    use specbench::formats::gguf::{Value, parse};
+    let original = std::fs::read(common::fixture_dir("tiny-gguf/target-q8_0.gguf")).unwrap();
+    let parsed = parse(&original).unwrap();
+    let tensors: Vec<Tensor> = parsed
+        .tensors
+        .iter()
+        .map(|(name, info)| Tensor {
+            name: name.clone(),
+            dims: info.dims.clone(),
+            ggml_type: info.kind.ggml_type(),
+            data: original[info.byte_range()].to_vec(),
+        })
+        .collect();
+    let metadata: Vec<(&str, Value)> = parsed
+        .metadata
+        .iter()
+        .map(|(k, v)| match k.as_str() {
+            // 2^32 + 262: truncated to u32, this was stop token 262.
+            "tokenizer.ggml.eos_token_id" => (k.as_str(), Value::U64(4_294_967_558)),
+            _ => (k.as_str(), v.clone()),
+        })
+        .collect();
+    let (_dir, file) = damaged_gguf(|b| *b = to_bytes(&metadata, &tensors));
+    assert_clean_failure(&file, &[], &["tokenizer.ggml.eos_token_id", "4294967558", "not a token id"]);
+}

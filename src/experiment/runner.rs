@@ -106,7 +106,16 @@ pub fn run(config_path: &Path, options: &RunOptions) -> Result<PathBuf> {
 }
 
 fn finish(mut folder: ResultFolder, plan: &Plan, options: &RunOptions) -> Result<PathBuf> {
-    match execute(plan, &folder, options.progress) {
+    // A panic (a bug) is an error here like any other, so that a folder it leaves without a row
+    // is removed as well.
+    let executed =
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| execute(plan, &folder, options.progress)))
+            .unwrap_or_else(|_| {
+                Err(Error::Usage(
+                    "the sweep stopped on an internal error; finished rows are kept for --resume".into(),
+                ))
+            });
+    match executed {
         Ok(executed) => {
             folder.manifest.finished = Some(now());
             if !executed.devices.is_empty() {

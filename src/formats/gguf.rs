@@ -622,6 +622,15 @@ mod tests {
     }
 
     #[test]
+    fn metadata_past_its_value_limit_is_refused_not_held() {
+        // One u8 array one item longer than the limit allows: 4 MiB in the file, 128 MiB if held.
+        let items = vec![Value::U8(1); MAX_METADATA_VALUES];
+        let bytes = to_bytes(&[("big", Value::Array(items))], &[]);
+        let err = parse(&bytes).unwrap_err();
+        assert!(err.contains("more than") && err.contains("values"), "{err}");
+    }
+
+    #[test]
     fn overlapping_tensors_and_oversized_counts_are_errors() {
         let tensor =
             |name: &str| Tensor { name: name.into(), dims: vec![32], ggml_type: 0, data: vec![0; 128] };
