@@ -9,7 +9,8 @@
 //!
 //! The cases run in a child process (this test binary again) under an address-space limit
 //! (`ADDRESS_SPACE`: an allocation past it aborts the child, which the parent reports with the
-//! case), and the parent kills the child when one case runs past `CASE_SECONDS`.
+//! case); the parent kills the child when one case runs past `CASE_SECONDS`, and fails the test
+//! when the child's peak resident memory passed `PEAK_RESIDENT_MB`.
 
 mod common;
 
@@ -34,6 +35,10 @@ const CASE_SECONDS: u64 = 20;
 /// Virtual memory the child may map: the tiny model and its runtime need well under 1 GiB of
 /// it; a count trusted from the file would ask for far more.
 const ADDRESS_SPACE: u64 = 4 << 30;
+/// The most the child may hold resident at any time over all cases: the 3 MB file, the model it
+/// becomes, the runtime, and the largest vocabulary a case builds. A reader that held what a
+/// file claims rather than what it holds would pass it.
+const PEAK_RESIDENT_MB: i64 = 512;
 
 #[cfg(unix)]
 #[test]
@@ -91,7 +96,17 @@ fn fuzz_gguf_structure() {
         "the child died at {last_case} ({status}): an abort, a signal or memory past {ADDRESS_SPACE} bytes\n{}",
         stderr.lines().rev().take(5).collect::<Vec<_>>().join("\n")
     );
-    eprintln!("{}", done.unwrap());
+    // SAFETY: getrusage fills the struct it is given.
+    let peak_mb = unsafe {
+        let mut usage: libc::rusage = std::mem::zeroed();
+        libc::getrusage(libc::RUSAGE_CHILDREN, &mut usage);
+        usage.ru_maxrss / 1024
+    };
+    assert!(
+        peak_mb <= PEAK_RESIDENT_MB,
+        "the child held {peak_mb} MB at its peak, past {PEAK_RESIDENT_MB} MB"
+    );
+    eprintln!("{}; peak resident memory {peak_mb} MB", done.unwrap());
 }
 
 fn run_cases() {
