@@ -90,7 +90,7 @@ pub fn generate(request: &Request, runtime: &Runtime) -> Result<Report> {
     check_context(&target, drafter.as_deref(), &prompt, request)?;
     let config = GenerationConfig {
         max_new_tokens: request.max_new_tokens,
-        sampling: request.sampling.clone(),
+        sampling: request.sampling,
         eos_ids: if request.ignore_eos { Vec::new() } else { target.stop_ids(&request.stop_token_ids) },
         seed: request.seed,
     };

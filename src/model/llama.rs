@@ -27,6 +27,8 @@ impl std::fmt::Debug for Llama {
     }
 }
 
+// One per model, matched once per step: not worth boxing the tensor executor's handles.
+#[allow(clippy::large_enum_variant)]
 enum Engine {
     Tensor(Body<TensorExecutor>),
     Host(Body<HostExecutor>),
