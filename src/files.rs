@@ -115,3 +115,15 @@ fn cache_dir() -> Option<std::path::PathBuf> {
         .or_else(|| from("XDG_CACHE_HOME").map(|d| d.join("specbench")))
         .or_else(|| from("HOME").map(|d| d.join(".cache").join("specbench")))
 }
+
+/// Gives back the pages of `range` of a read-only file map once its bytes have been copied out:
+/// a page read once would otherwise stay resident beside the copy (a loaded model's peak was the
+/// file twice over). Pages are read again from the file if touched.
+pub fn release_mapped(map: &memmap2::Mmap, range: std::ops::Range<usize>) {
+    #[cfg(unix)]
+    // SAFETY: the map is a read-only mapping of a file: pages given back are read again from the
+    // file when touched, with the same bytes, so no reference into it sees a change.
+    unsafe {
+        let _ = map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, range.start, range.len());
+    }
+}

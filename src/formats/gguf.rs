@@ -211,6 +211,13 @@ impl GgufFile {
     pub fn tensor_data(&self, info: &TensorInfo) -> &[u8] {
         &self.map[info.start..info.start + info.len]
     }
+
+    /// A copy of the bytes of a tensor, after which the map's pages for it are given back.
+    pub fn copy_out(&self, info: &TensorInfo) -> Vec<u8> {
+        let bytes = self.tensor_data(info).to_vec();
+        crate::files::release_mapped(&self.map, info.byte_range());
+        bytes
+    }
 }
 
 /// A parsed header.

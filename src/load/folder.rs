@@ -154,6 +154,19 @@ impl Checkpoint {
     }
 }
 
+impl Checkpoint {
+    /// Gives back the map's pages of `bytes` (a slice of one of the shards), once copied out.
+    fn release(&self, bytes: &[u8]) {
+        let start = bytes.as_ptr() as usize;
+        for (_, map) in &self.shards {
+            let base = map.as_ptr() as usize;
+            if (base..base + map.len()).contains(&start) {
+                crate::files::release_mapped(map, start - base..start - base + bytes.len());
+            }
+        }
+    }
+}
+
 impl WeightSource for Checkpoint {
     fn load<const D: usize>(&mut self, weight: Weight, config: &LlamaConfig) -> Result<Tensor<D>> {
         let values = self.load_host(weight, config)?.into_f32();
@@ -164,6 +177,7 @@ impl WeightSource for Checkpoint {
         let name = weight.hf_name();
         let (dtype, bytes) = self.tensor_bytes(&name, &weight.hf_shape(config))?;
         let values = to_f32(&name, dtype, bytes)?;
+        self.release(bytes);
         self.used.insert(name);
         Ok(HostTensor::F32(values))
     }

@@ -103,7 +103,7 @@ impl WeightSource for GgufCheckpoint {
 
     fn load_host(&mut self, weight: Weight, config: &LlamaConfig) -> Result<HostTensor> {
         let (name, info) = self.info(weight, config)?;
-        let mut data = self.file.tensor_data(info).to_vec();
+        let mut data = self.file.copy_out(info);
         if let Some(heads) = Self::permuted_heads(weight, config) {
             let rows = info.torch_shape()[0];
             if rows % (2 * heads) != 0 {
