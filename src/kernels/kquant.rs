@@ -136,7 +136,7 @@ fn scale_at<const VECTOR: bool>(block: &[u8], at: usize) -> f32 {
     if VECTOR {
         assert!(at + 2 <= block.len());
         // SAFETY: two bytes in bounds; VECTOR is only set where the CPU has F16C.
-        return unsafe { super::quant::avx2::f16_at(block.as_ptr().add(at)) };
+        return unsafe { crate::kernels::x86::f16_at(block.as_ptr().add(at)) };
     }
     f16_at(block, at)
 }

@@ -7,6 +7,8 @@ pub mod kquant;
 pub mod matvec;
 pub mod pool;
 pub mod quant;
+#[cfg(target_arch = "x86_64")]
+mod x86;
 
 /// `a · b` in eight independent lanes, which the compiler keeps in one vector register (a plain
 /// sum is one serial chain it may not reorder).

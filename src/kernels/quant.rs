@@ -298,6 +298,7 @@ pub(super) mod avx2 {
     use std::arch::x86_64::*;
 
     use super::{BlockFormat, Q8Row, QK};
+    use crate::kernels::x86::f16_at;
 
     /// Input rows per pass over a weight row: each unpacked weight block serves all of them.
     const TILE: usize = 4;
@@ -382,17 +383,6 @@ pub(super) mod avx2 {
                     _ => tile::<KIND, 4, DOT>(weights, xs, out),
                 }
             }
-        }
-    }
-
-    /// The f16 at `ptr`, converted by F16C in a register (the `half` crate's conversion is an
-    /// out-of-line call per value, a quarter of the kernel's time when it was used here).
-    #[inline(always)]
-    pub(in crate::kernels) unsafe fn f16_at(ptr: *const u8) -> f32 {
-        // SAFETY: the caller's contract: two readable bytes, and F16C.
-        unsafe {
-            let bits = std::ptr::read_unaligned(ptr as *const u16);
-            _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32)))
         }
     }
 
