@@ -567,22 +567,10 @@ fn layer_lists_past_the_target_and_nan_rope_bases_are_named() {
 
 #[test]
 fn gguf_token_ids_past_u32_are_named_not_truncated() {
-    use specbench::formats::gguf::write::{Tensor, to_bytes};
-    use specbench::formats::gguf::{Value, parse};
-    let original = std::fs::read(common::fixture_dir("tiny-gguf/target-q8_0.gguf")).unwrap();
-    let parsed = parse(&original).unwrap();
-    let tensors: Vec<Tensor> = parsed
-        .tensors
-        .iter()
-        .map(|(name, info)| Tensor {
-            name: name.clone(),
-            dims: info.dims.clone(),
-            ggml_type: info.kind.ggml_type(),
-            data: original[info.byte_range()].to_vec(),
-        })
-        .collect();
-    let metadata: Vec<(&str, Value)> = parsed
-        .metadata
+    use specbench::formats::gguf::Value;
+    use specbench::formats::gguf::write::to_bytes;
+    let (metadata, tensors) = common::gguf_parts("tiny-gguf/target-q8_0.gguf");
+    let metadata: Vec<(&str, Value)> = metadata
         .iter()
         .map(|(k, v)| match k.as_str() {
             // 2^32 + 262: truncated to u32, this was stop token 262.

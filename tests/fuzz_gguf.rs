@@ -23,8 +23,8 @@ use std::time::{Duration, Instant};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use specbench::backend::{Backend, Runtime};
+use specbench::formats::gguf::Value;
 use specbench::formats::gguf::write::{Tensor, to_bytes};
-use specbench::formats::gguf::{Value, parse};
 use specbench::load::{LoadedModel, ModelSpec};
 
 const CHILD: &str = "SPECBENCH_FUZZ_GGUF_CHILD";
@@ -110,19 +110,7 @@ fn fuzz_gguf_structure() {
 }
 
 fn run_cases() {
-    let original = std::fs::read(common::fixture_dir("tiny-gguf/target-q4_0.gguf")).unwrap();
-    let parsed = parse(&original).unwrap();
-    let base_metadata: Vec<(String, Value)> = parsed.metadata.clone().into_iter().collect();
-    let base_tensors: Vec<Tensor> = parsed
-        .tensors
-        .iter()
-        .map(|(name, info)| Tensor {
-            name: name.clone(),
-            dims: info.dims.clone(),
-            ggml_type: info.kind.ggml_type(),
-            data: original[info.byte_range()].to_vec(),
-        })
-        .collect();
+    let (base_metadata, base_tensors) = common::gguf_parts("tiny-gguf/target-q4_0.gguf");
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("fuzzed.gguf");
     let runtime = Runtime::new(Backend::Flex, "f32").unwrap();

@@ -131,3 +131,24 @@ pub fn random_model_on(dims: &str, seed: u64, std: f64, runtime: &Runtime) -> sp
     let mut source = RandomWeights::new(runtime.device(), DType::F32, seed).with_std(std);
     Llama::build(config, &mut source, runtime).unwrap()
 }
+
+/// A GGUF fixture decoded into what `formats::gguf::write::to_bytes` writes back: its metadata
+/// in key order and its tensors with their bytes, for tests that rewrite a part of it.
+pub fn gguf_parts(
+    name: &str,
+) -> (Vec<(String, specbench::formats::gguf::Value)>, Vec<specbench::formats::gguf::write::Tensor>) {
+    use specbench::formats::gguf::{parse, write::Tensor};
+    let bytes = std::fs::read(fixture_dir(name)).unwrap();
+    let parsed = parse(&bytes).unwrap();
+    let tensors = parsed
+        .tensors
+        .iter()
+        .map(|(name, info)| Tensor {
+            name: name.clone(),
+            dims: info.dims.clone(),
+            ggml_type: info.kind.ggml_type(),
+            data: bytes[info.byte_range()].to_vec(),
+        })
+        .collect();
+    (parsed.metadata.into_iter().collect(), tensors)
+}
