@@ -9,7 +9,7 @@ use crate::backend::Backend;
 use crate::decoding::draft::DraftLength;
 pub use crate::decoding::draft::MAX_K;
 use crate::decoding::drafters::model::ModelSettings;
-use crate::decoding::drafters::{DTYPES, Describe, DrafterSpec, KINDS};
+use crate::decoding::drafters::{Describe, DrafterSpec, KINDS, check_dtype};
 use crate::error::{Error, Result};
 use crate::experiment::rows::{CellKey, ENGINE};
 use crate::load::ModelSpec;
@@ -365,13 +365,7 @@ impl ExperimentConfig {
         let models =
             [("models.target", Some(&self.models.target)), ("models.draft", self.models.draft.as_ref())];
         for (key, entry) in models.into_iter().filter_map(|(key, entry)| Some((key, entry?))) {
-            if !DTYPES.contains(&entry.dtype.as_str()) {
-                return Err(Error::InvalidConfig(format!(
-                    "`{key}.dtype` is `{}`; choose {}",
-                    entry.dtype,
-                    DTYPES.join(", ")
-                )));
-            }
+            check_dtype(&entry.dtype, &format!("{key}.dtype"))?;
         }
         match (&self.models.draft, self.drafters.is_empty()) {
             (Some(_), false) => {

@@ -152,7 +152,7 @@ fn bad_short(text: &str) -> Error {
 }
 
 /// The dtypes a drafter's weights may take.
-pub(crate) const DTYPES: [&str; 5] = ["f32", "f16", "bf16", "q8_0", "q4_0"];
+const DTYPES: [&str; 5] = ["f32", "f16", "bf16", "q8_0", "q4_0"];
 
 pub(crate) fn check_dtype(dtype: &str, key: &str) -> Result<()> {
     if DTYPES.contains(&dtype) {
