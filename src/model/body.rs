@@ -11,7 +11,7 @@ use crate::model::step::{Geometry, Step};
 use crate::model::weights::{LayerWeight, Weight, WeightSource};
 
 pub struct Body<E: Executor> {
-    pub(crate) exec: E,
+    exec: E,
     embed: E::Matrix,
     layers: Vec<Layer<E>>,
     norm: E::Norm,

@@ -3,7 +3,6 @@
 //! tensor ops (`model::tensor`: the GPU, half-precision compute, the reference on the CPU) or
 //! specbench's host loops and kernels (`model::host`: the CPU in f32).
 
-use crate::backend::Runtime;
 use crate::error::Result;
 use crate::model::cache::KvCache;
 use crate::model::config::LlamaConfig;
@@ -77,7 +76,6 @@ pub trait Executor: Sized {
     /// Layer `layer` of `cache`, or `None` when the cache was made by the other executor.
     fn layer_cache(cache: &mut KvCache, layer: usize) -> Option<&mut Self::LayerCache>;
 
-    fn runtime(&self) -> &Runtime;
     fn positions(&self, geometry: &Geometry, rope: &Rope) -> Self::Positions;
 
     /// Rows `ids` of the embedding table.

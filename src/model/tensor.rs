@@ -82,10 +82,6 @@ impl Executor for TensorExecutor {
         }
     }
 
-    fn runtime(&self) -> &Runtime {
-        &self.runtime
-    }
-
     fn positions(&self, geometry: &Geometry, rope: &Rope) -> TensorPositions {
         let device = self.runtime.device();
         let (rows, half) = (geometry.rows(), rope.half_dim());

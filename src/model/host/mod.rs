@@ -87,10 +87,6 @@ impl Executor for HostExecutor {
         }
     }
 
-    fn runtime(&self) -> &Runtime {
-        &self.runtime
-    }
-
     fn positions(&self, geometry: &Geometry, rope: &Rope) -> HostPositions {
         let (cos, sin) = rope.cos_sin(&geometry.positions);
         HostPositions { cos, sin }
