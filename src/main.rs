@@ -228,10 +228,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 let mut line = serde_json::to_value(&prompt)?;
                 if let Some(tokenizer) = &tokenizer {
                     let chat = file.config.prompts.chat;
-                    let text =
-                        if chat { tokenizer.render_chat(&prompt.prompt)? } else { prompt.prompt.clone() };
+                    // Of the first turn: later ones follow the model's own answers.
+                    let first = prompt.first_turn();
+                    let text = if chat { tokenizer.render_chat(first)? } else { first.to_string() };
                     line["text"] = text.into();
-                    line["ids"] = tokenizer.encode_prompt(&prompt.prompt, chat)?.into();
+                    line["ids"] = tokenizer.encode_prompt(first, chat)?.into();
                 }
                 println!("{line}");
             }

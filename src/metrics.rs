@@ -18,6 +18,16 @@ pub struct Timings {
     pub wall: Duration,
 }
 
+impl std::ops::AddAssign for Timings {
+    fn add_assign(&mut self, other: Self) {
+        self.prefill += other.prefill;
+        self.draft += other.draft;
+        self.verify += other.verify;
+        self.sampling += other.sampling;
+        self.wall += other.wall;
+    }
+}
+
 impl Timings {
     /// Wall time in no measured phase (cache bookkeeping, loop overhead).
     pub fn other(&self) -> Duration {
@@ -79,6 +89,24 @@ impl AcceptanceStats {
         self.drafted_len_hist[proposed] += 1;
         self.overlap_sum += overlaps.iter().sum::<f64>();
         self.overlap_count += overlaps.len() as u64;
+    }
+
+    /// Adds the counts of another generation with the same k (a later turn of a conversation).
+    pub fn absorb(&mut self, other: &Self) {
+        debug_assert_eq!(self.k, other.k);
+        self.target_calls += other.target_calls;
+        self.proposed += other.proposed;
+        self.accepted += other.accepted;
+        let add = |into: &mut Vec<u64>, from: &[u64]| {
+            into.resize(into.len().max(from.len()), 0);
+            into.iter_mut().zip(from).for_each(|(a, b)| *a += b);
+        };
+        add(&mut self.position_proposed, &other.position_proposed);
+        add(&mut self.position_accepted, &other.position_accepted);
+        add(&mut self.accepted_len_hist, &other.accepted_len_hist);
+        add(&mut self.drafted_len_hist, &other.drafted_len_hist);
+        self.overlap_sum += other.overlap_sum;
+        self.overlap_count += other.overlap_count;
     }
 
     /// α̂ = accepted / proposed (vLLM's and llama.cpp's "acceptance rate"); NaN without drafts.
@@ -170,6 +198,20 @@ mod tests {
         assert_eq!((stats.proposed, stats.accepted), (7, 5));
         assert_eq!(stats.position_proposed, vec![3, 2, 2]);
         assert_eq!(stats.drafted_len_hist, vec![0, 1, 0, 2]);
+    }
+
+    #[test]
+    fn absorbing_adds_every_count() {
+        let (mut a, mut b) = (AcceptanceStats::new(2), AcceptanceStats::new(2));
+        a.record_step(2, 1, &[0.5, 0.25]);
+        b.record_step(2, 2, &[0.75, 0.5]);
+        b.record_step(1, 0, &[0.125]);
+        let mut both = AcceptanceStats::new(2);
+        both.record_step(2, 1, &[0.5, 0.25]);
+        both.record_step(2, 2, &[0.75, 0.5]);
+        both.record_step(1, 0, &[0.125]);
+        a.absorb(&b);
+        assert_eq!(a, both);
     }
 
     #[test]

@@ -25,13 +25,32 @@ pub struct ChatTemplate {
     pub eos_token: String,
 }
 
+/// One message of a conversation, as chat templates take it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Message<'a> {
+    /// `user` or `assistant`.
+    pub role: &'a str,
+    pub content: &'a str,
+}
+
+impl<'a> Message<'a> {
+    pub fn user(content: &'a str) -> Self {
+        Self { role: "user", content }
+    }
+
+    pub fn assistant(content: &'a str) -> Self {
+        Self { role: "assistant", content }
+    }
+}
+
 impl ChatTemplate {
-    /// The prompt for one user message, rendered as transformers' `apply_chat_template(...,
-    /// add_generation_prompt=True)` renders it (minijinja, as TGI and mistral.rs use).
+    /// The prompt for a conversation that ends with a user message, rendered as transformers'
+    /// `apply_chat_template(..., add_generation_prompt=True)` renders it (minijinja, as TGI and
+    /// mistral.rs use).
     /// A template comes from the model file: its work, nesting and output are bounded
     /// (`TEMPLATE_FUEL`, `TEMPLATE_RECURSION`, `MAX_RENDERED_BYTES`), so that a hostile one is an
     /// error rather than a hang or an allocation that aborts.
-    pub fn render_user(&self, message: &str) -> std::result::Result<String, String> {
+    pub fn render(&self, messages: &[Message]) -> std::result::Result<String, String> {
         let mut env = minijinja::Environment::new();
         env.set_fuel(Some(TEMPLATE_FUEL));
         env.set_recursion_limit(TEMPLATE_RECURSION);
@@ -43,10 +62,13 @@ impl ChatTemplate {
             },
         );
         let template = env.template_from_str(&self.source).map_err(|e| e.to_string())?;
-        let limit = MAX_RENDERED_BYTES.max(4 * message.len());
+        let limit = MAX_RENDERED_BYTES.max(4 * messages.iter().map(|m| m.content.len()).sum::<usize>());
         let mut out = Capped { text: Vec::new(), limit };
         let context = minijinja::context! {
-            messages => vec![minijinja::context! { role => "user", content => message }],
+            messages => messages
+                .iter()
+                .map(|m| minijinja::context! { role => m.role, content => m.content })
+                .collect::<Vec<_>>(),
             add_generation_prompt => true,
             bos_token => &self.bos_token,
             eos_token => &self.eos_token,
@@ -54,7 +76,7 @@ impl ChatTemplate {
         match template.render_captured_to(context, &mut out) {
             Ok(_) => String::from_utf8(out.text).map_err(|_| "the template rendered invalid UTF-8".into()),
             Err(_) if out.text.len() > out.limit => {
-                Err(format!("the template rendered more than {limit} bytes for one message"))
+                Err(format!("the template rendered more than {limit} bytes for one conversation"))
             }
             Err(e) => Err(e.to_string()),
         }
@@ -117,21 +139,37 @@ impl Tokenizer {
         }
     }
 
-    /// `message` as one user turn of the model's chat template, tokenized. The template writes
-    /// any BOS itself, so none is added (as `apply_chat_template(tokenize=True)` does).
-    pub fn encode_chat(&self, message: &str) -> Result<Vec<u32>> {
-        let text = self.render_chat(message)?;
-        self.encode_with(&text, false)
-    }
-
     /// A prompt as a run gives it to the model: one user turn of the chat template when `chat`,
     /// else the text with the tokenizer's own special tokens.
     pub fn encode_prompt(&self, prompt: &str, chat: bool) -> Result<Vec<u32>> {
-        if chat { self.encode_chat(prompt) } else { self.encode(prompt) }
+        self.encode_conversation(&[Message::user(prompt)], chat)
+    }
+
+    /// A conversation that ends with a user turn, as the model is asked to answer it: rendered
+    /// by the chat template when `chat` (which writes any BOS itself, so none is added, as
+    /// `apply_chat_template(tokenize=True)` does); else its messages' texts joined by blank
+    /// lines, with the tokenizer's own special tokens.
+    pub fn encode_conversation(&self, messages: &[Message], chat: bool) -> Result<Vec<u32>> {
+        if chat {
+            self.encode_with(&self.render_conversation(messages)?, false)
+        } else {
+            let text: Vec<&str> = messages.iter().map(|m| m.content).collect();
+            self.encode(&text.join("\n\n"))
+        }
+    }
+
+    /// `message` as one user turn of the model's chat template, tokenized.
+    pub fn encode_chat(&self, message: &str) -> Result<Vec<u32>> {
+        self.encode_conversation(&[Message::user(message)], true)
     }
 
     /// The text `encode_chat` tokenizes: `message` as one user turn of the chat template.
     pub fn render_chat(&self, message: &str) -> Result<String> {
+        self.render_conversation(&[Message::user(message)])
+    }
+
+    /// The text the chat template makes of a conversation, with the generation prompt.
+    pub fn render_conversation(&self, messages: &[Message]) -> Result<String> {
         let Self::HuggingFace { path, chat, .. } = self else {
             return Err(Error::Usage("random presets have no chat template".into()));
         };
@@ -142,7 +180,7 @@ impl Tokenizer {
                 .into(),
         })?;
         template
-            .render_user(message)
+            .render(messages)
             .map_err(|e| Error::Tokenizer { path: path.clone(), message: format!("chat template: {e}") })
     }
 
@@ -226,7 +264,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_chat_template_renders_one_user_turn_with_the_generation_prompt() {
+    fn a_chat_template_renders_a_conversation_with_the_generation_prompt() {
         let template = ChatTemplate {
             source: "{{ bos_token }}{% for m in messages %}<|{{ m.role }}|>{{ m.content }}{{ eos_token }}{% endfor %}\
                      {% if add_generation_prompt %}<|assistant|>{% endif %}"
@@ -234,7 +272,12 @@ mod tests {
             bos_token: "<s>".into(),
             eos_token: "</s>".into(),
         };
-        assert_eq!(template.render_user("Hi?").unwrap(), "<s><|user|>Hi?</s><|assistant|>");
+        assert_eq!(template.render(&[Message::user("Hi?")]).unwrap(), "<s><|user|>Hi?</s><|assistant|>");
+        let conversation = [Message::user("Hi?"), Message::assistant("Hello."), Message::user("Bye?")];
+        assert_eq!(
+            template.render(&conversation).unwrap(),
+            "<s><|user|>Hi?</s><|assistant|>Hello.</s><|user|>Bye?</s><|assistant|>"
+        );
     }
 
     #[test]
@@ -245,13 +288,13 @@ mod tests {
             eos_token: String::new(),
         };
         let nested = "{% for i in range(100000) %}{% for j in range(100000) %}x{% endfor %}{% endfor %}";
-        let err = template(nested).render_user("hi").unwrap_err();
+        let err = template(nested).render(&[Message::user("hi")]).unwrap_err();
         assert!(err.contains("fuel") || err.contains("more than"), "{err}");
         let wide = "{% for i in range(100000) %}{{ 'x' * 1000000 }}{% endfor %}";
-        let err = template(wide).render_user("hi").unwrap_err();
+        let err = template(wide).render(&[Message::user("hi")]).unwrap_err();
         assert!(err.contains("more than") || err.contains("fuel"), "{err}");
         let deep = "{% macro f(n) %}{{ f(n + 1) }}{% endmacro %}{{ f(0) }}";
-        assert!(template(deep).render_user("hi").is_err());
+        assert!(template(deep).render(&[Message::user("hi")]).is_err());
     }
 
     #[test]
@@ -261,6 +304,6 @@ mod tests {
             bos_token: String::new(),
             eos_token: String::new(),
         };
-        assert!(template.render_user("x").unwrap_err().contains("only user turns"));
+        assert!(template.render(&[Message::user("x")]).unwrap_err().contains("only user turns"));
     }
 }

@@ -151,6 +151,28 @@ fn run_writes_the_whole_result_folder_and_report_reproduces_it() {
     }
     assert!(!dir.join("plots/drafted_len_hist.svg").exists(), "fixed k drafts k at every step: no histogram");
 
+    // Per-position acceptance: a CSV line per cell and position, and a specdec_bench profile per
+    // speculative cell that passes that tool's own checks and agrees with the rows' τ.
+    let positions = std::fs::read_to_string(dir.join("acceptance_by_position.csv")).unwrap();
+    assert_eq!(positions.lines().count(), 1 + 2 * (1 + 3), "{positions}");
+    let profiles: Vec<PathBuf> = std::fs::read_dir(dir.join("profiles")).unwrap().map(|e| e.unwrap().path()).collect();
+    assert_eq!(profiles.len(), 4, "{profiles:?}");
+    for folder in profiles {
+        let text = std::fs::read_to_string(folder.join("speculation_profile.json")).unwrap();
+        let profile: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(profile["schema_version"], "1.0");
+        assert_eq!(profile["method"], "draft_model");
+        assert_eq!(profile["validation"]["mean_consistency"]["passed"], true, "{text}");
+        assert_eq!(profile["validation"]["marginal_monotonicity"]["passed"], true, "{text}");
+        let k = profile["num_speculative_tokens"].as_u64().unwrap() as usize;
+        let t = profile["measurement_conditions"]["temperature"].as_f64().unwrap();
+        let cell: Vec<_> = rows.iter().filter(|r| r.k == k && r.temperature == t).collect();
+        let tau = cell.iter().map(|r| r.accepted + r.target_calls).sum::<u64>() as f64
+            / cell.iter().map(|r| r.target_calls).sum::<u64>() as f64;
+        assert!((profile["mean_accept_length"].as_f64().unwrap() - tau).abs() < 1e-5, "{text}");
+        assert_eq!(profile["marginal_accept_rates"].as_array().unwrap().len(), k);
+    }
+
     // `report` rebuilds the same summary from runs.csv alone.
     std::fs::remove_file(dir.join("summary.csv")).unwrap();
     std::fs::remove_dir_all(dir.join("plots")).unwrap();
@@ -585,4 +607,41 @@ fn result_folder_mistakes_say_what_is_wrong() {
     let out = specbench(&["run", config, "--resume", missing.to_str().unwrap(), "--out", "x"]);
     assert_ne!(out.status.code(), Some(0));
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot be used with"), "{:?}", out);
+}
+
+#[test]
+fn a_two_turn_prompt_asks_its_second_turn_after_the_models_own_answer() {
+    let tmp = tempfile::tempdir().unwrap();
+    let prompts = tmp.path().join("turns.jsonl");
+    let lines = [
+        serde_json::json!({"id": "two", "category": "mt_bench", "turns": ["Tell me about rivers.", "Now about lakes."]}),
+        serde_json::json!({"id": "one", "category": "qa", "prompt": "Why is the sea salty?"}),
+    ];
+    std::fs::write(&prompts, lines.map(|l| l.to_string()).join("\n")).unwrap();
+    let config = sweep_copy(
+        tmp.path(),
+        &[("[prompts]\nlimit = 4", &format!("[prompts]\nfile = {:?}", prompts.display().to_string()))],
+    );
+    let dir = tmp.path().join("run");
+    run_into(config.to_str().unwrap(), &dir, &[]);
+    let rows = read_rows(&dir.join("runs.csv")).unwrap();
+    assert_eq!(rows.len(), 2 * 3 * 2 * 2);
+    for row in rows.iter().filter(|r| r.prompt_id == "two") {
+        // Both turns' tokens and target calls are counted (10 new tokens a turn at most).
+        assert!(row.new_tokens > 10 && row.new_tokens <= 20, "{row:?}");
+        assert!(row.target_calls as usize >= if row.k == 0 { row.new_tokens - 2 } else { 2 }, "{row:?}");
+    }
+    // Greedy speculative decoding reproduces the baseline's two answers token for token; the
+    // second turn depends on the first answer, so equal counts on both turns is the check here
+    // (tests/speculative.rs checks the tokens of single turns).
+    let greedy = |k: usize| {
+        rows.iter()
+            .find(|r| r.prompt_id == "two" && r.temperature == 0.0 && r.k == k && r.repeat == 0)
+            .unwrap()
+            .new_tokens
+    };
+    assert_eq!(greedy(1), greedy(0));
+    assert_eq!(greedy(3), greedy(0));
+    let markdown = std::fs::read_to_string(dir.join("summary.md")).unwrap();
+    assert!(markdown.contains("mt_bench"), "{markdown}");
 }

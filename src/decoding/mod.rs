@@ -154,6 +154,17 @@ pub struct Generation {
 }
 
 impl Generation {
+    /// This generation followed by `next` (a later turn of the same conversation): tokens,
+    /// times and counts of both.
+    pub fn then(mut self, next: Generation) -> Generation {
+        self.prompt_tokens += next.prompt_tokens;
+        self.tokens.extend(next.tokens);
+        self.timings += next.timings;
+        self.acceptance.absorb(&next.acceptance);
+        self.accepted_per_call.extend(next.accepted_per_call);
+        self
+    }
+
     /// New tokens per second of decoding (wall time less prefill).
     pub fn decode_tokens_per_s(&self) -> f64 {
         let decode = self.timings.wall.saturating_sub(self.timings.prefill).as_secs_f64();

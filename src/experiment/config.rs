@@ -11,6 +11,7 @@ pub use crate::decoding::draft::MAX_K;
 use crate::decoding::drafters::model::ModelSettings;
 use crate::decoding::drafters::{Describe, DrafterSpec, KINDS, check_dtype};
 use crate::error::{Error, Result};
+use crate::experiment::prompts::PromptSet;
 use crate::experiment::rows::{CellKey, ENGINE};
 use crate::load::ModelSpec;
 
@@ -177,13 +178,23 @@ fn default_top_p() -> f64 {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Prompts {
-    /// JSONL with `id`, `category`, `prompt` per line; the built-in set when absent.
+    /// JSONL with `id`, `category` and `prompt` (or `turns`) per line.
     #[serde(default)]
     pub file: Option<String>,
-    /// Use only the first `limit` prompts.
+    /// A set that ships with specbench (`builtin`, the default without `file`, or
+    /// `spec-bench`).
+    #[serde(default)]
+    pub set: Option<PromptSet>,
+    /// Only the prompts of these categories (all when empty).
+    #[serde(default)]
+    pub categories: Vec<String>,
+    /// At most this many prompts of each category, evenly spaced through it.
+    #[serde(default)]
+    pub limit_per_category: Option<usize>,
+    /// Use only the first `limit` prompts (after the selection by category).
     #[serde(default)]
     pub limit: Option<usize>,
-    /// Wrap each prompt as one user turn of the target's chat template.
+    /// Wrap each turn in the target's chat template (a later turn after the model's answers).
     #[serde(default)]
     pub chat: bool,
 }
@@ -358,6 +369,12 @@ impl ExperimentConfig {
         duplicate("sweep.temperatures", &s.temperatures)?;
         if !(s.top_p > 0.0 && s.top_p <= 1.0) {
             return bad("sweep.top_p", "must be in (0, 1]");
+        }
+        if self.prompts.file.is_some() && self.prompts.set.is_some() {
+            return bad("prompts.set", "and `prompts.file` name two prompt sources; keep one");
+        }
+        if self.prompts.limit_per_category == Some(0) {
+            return bad("prompts.limit_per_category", "must be at least 1");
         }
         if self.prompts.limit == Some(0) {
             return bad("prompts.limit", "must be at least 1");

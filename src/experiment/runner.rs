@@ -16,7 +16,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use super::config::{Cell, ExperimentConfig, ExperimentFile};
 use super::lock::FolderLock;
 use super::manifest::{Build, Machine, Manifest, RunModels, now, sha256_hex};
-use super::prompts::{self, Prompt};
+use super::prompts::{self, Prompt, PromptSet};
 use super::rows::{ENGINE, RowKey, RowWriter, RunRow, done_keys, join_counts, read_rows};
 use crate::backend::{Backend, Runtime};
 use crate::decoding::drafters::{DraftContext, LoadedDrafter};
@@ -68,11 +68,13 @@ pub fn cells(config: &ExperimentConfig, shard: Option<Shard>) -> Vec<Cell> {
 }
 
 pub fn load_prompts(file: &ExperimentFile) -> Result<Vec<Prompt>> {
-    let mut prompts = match &file.prompts_file {
+    let settings = &file.config.prompts;
+    let prompts = match &file.prompts_file {
         Some(path) => prompts::from_jsonl(path)?,
-        None => prompts::builtin(),
+        None => settings.set.unwrap_or(PromptSet::Builtin).prompts(),
     };
-    if let Some(limit) = file.config.prompts.limit {
+    let mut prompts = prompts::select(prompts, &settings.categories, settings.limit_per_category)?;
+    if let Some(limit) = settings.limit {
         prompts.truncate(limit);
     }
     Ok(prompts)
@@ -87,6 +89,11 @@ fn run_seed(seed: u64, prompt_index: usize, repeat: usize) -> u64 {
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
     z ^ (z >> 31)
+}
+
+/// The seed of a later turn: its own stream, the same for the baseline and every k.
+fn turn_seed(seed: u64, turn: usize) -> u64 {
+    run_seed(seed, turn, usize::MAX)
 }
 
 /// Runs the sweep and returns the result folder.
@@ -170,11 +177,7 @@ impl Plan {
     }
 
     fn prompts_sha256(&self) -> String {
-        let text: Vec<String> = self
-            .prompts
-            .iter()
-            .map(|p| format!("{:?}\u{1f}{:?}\u{1f}{:?}", p.id, p.category, p.prompt))
-            .collect();
+        let text: Vec<String> = self.prompts.iter().map(Prompt::fingerprint).collect();
         sha256_hex(&text.join("\u{1e}"))
     }
 }
@@ -468,7 +471,7 @@ impl<'a> BackendSweep<'a> {
             .prompts
             .iter()
             .map(|p| {
-                let ids = target.tokenizer.encode_prompt(&p.prompt, plan.config().prompts.chat);
+                let ids = target.tokenizer.encode_prompt(p.first_turn(), plan.config().prompts.chat);
                 ids.map_err(|e| in_context(format!("prompt `{}`", p.id), e))
             })
             .collect::<Result<Vec<_>>>()?;
@@ -479,28 +482,66 @@ impl<'a> BackendSweep<'a> {
     }
 
     /// Every position a cell can reach must be inside every model's context: the prompt, the
-    /// new tokens, and (for k > 0) the k drafts verified after the last of them.
+    /// new tokens, and (for k > 0) the k drafts verified after the last of them. A prompt of
+    /// several turns is counted with every earlier turn's answer at max_new_tokens (and checked
+    /// again with the real answers before each later turn).
     fn check_context(&self) -> Result<()> {
         let max_new = self.plan.config().experiment.max_new_tokens;
-        let k_max = self.plan.cells.iter().map(Cell::k).max().unwrap_or(0);
+        let chat = self.plan.config().prompts.chat;
         for (prompt, ids) in self.plan.prompts.iter().zip(&self.encoded) {
-            let what = format!(
-                "prompt `{}` ({} tokens) + max_new_tokens {max_new} + k {k_max}",
-                prompt.id,
-                ids.len()
-            );
-            let positions = ids.len() + max_new + k_max;
-            self.target.check_context("target", positions, &what)?;
-            for (plan, drafter) in self.plan.file.drafters.iter().zip(&self.drafters) {
-                if let Some(model) = drafter.model() {
-                    model.check_context(&format!("drafter `{}`", plan.name), positions, &what)?;
-                }
+            let (turns, mut tokens) = (prompt.turns.len(), ids.len());
+            if turns > 1 {
+                let empty_answers = vec![String::new(); turns - 1];
+                let messages = prompt.conversation(&empty_answers);
+                let conversation = self.target.tokenizer.encode_conversation(&messages, chat);
+                tokens = conversation.map_err(|e| in_context(format!("prompt `{}`", prompt.id), e))?.len()
+                    + (turns - 1) * max_new;
+            }
+            self.check_positions(&format!("prompt `{}`", prompt.id), tokens)?;
+        }
+        Ok(())
+    }
+
+    /// A turn of `prompt_tokens` tokens (`label` names it) fits every model with max_new_tokens
+    /// and the largest k.
+    fn check_positions(&self, label: &str, prompt_tokens: usize) -> Result<()> {
+        let max_new = self.plan.config().experiment.max_new_tokens;
+        let k_max = self.plan.cells.iter().map(Cell::k).max().unwrap_or(0);
+        let what = format!("{label} ({prompt_tokens} tokens) + max_new_tokens {max_new} + k {k_max}");
+        let positions = prompt_tokens + max_new + k_max;
+        self.target.check_context("target", positions, &what)?;
+        for (plan, drafter) in self.plan.file.drafters.iter().zip(&self.drafters) {
+            if let Some(model) = drafter.model() {
+                model.check_context(&format!("drafter `{}`", plan.name), positions, &what)?;
             }
         }
         Ok(())
     }
 
+    /// One prompt in one cell: each turn generated after the model's own answers to the turns
+    /// before it (as Spec-Bench runs MT-Bench), and the turns' tokens, times and counts added.
     fn generate(&self, cell: &Cell, prompt_index: usize, seed: u64) -> Result<Generation> {
+        let prompt = &self.plan.prompts[prompt_index];
+        let in_cell = |e| {
+            let config = self.plan.config();
+            let cell_key = cell.key(&config.models.target.dtype, &config.drafter_names());
+            in_context(format!("prompt `{}`, cell {}", prompt.id, cell_key.label()), e)
+        };
+        let mut whole = self.generate_turn(cell, &self.encoded[prompt_index], seed).map_err(in_cell)?;
+        let mut answers: Vec<String> = vec![self.target.tokenizer.decode(&whole.tokens)];
+        for turn in 1..prompt.turns.len() {
+            let messages = prompt.conversation(&answers);
+            let ids = self.target.tokenizer.encode_conversation(&messages, self.plan.config().prompts.chat);
+            let ids = ids.map_err(in_cell)?;
+            self.check_positions(&format!("prompt `{}` turn {}", prompt.id, turn + 1), ids.len())?;
+            let next = self.generate_turn(cell, &ids, turn_seed(seed, turn)).map_err(in_cell)?;
+            answers.push(self.target.tokenizer.decode(&next.tokens));
+            whole = whole.then(next);
+        }
+        Ok(whole)
+    }
+
+    fn generate_turn(&self, cell: &Cell, prompt: &[u32], seed: u64) -> Result<Generation> {
         let config = self.plan.config();
         let generation = GenerationConfig {
             max_new_tokens: config.experiment.max_new_tokens,
@@ -512,17 +553,11 @@ impl<'a> BackendSweep<'a> {
             eos_ids: self.stop_ids.clone(),
             seed,
         };
-        let prompt = &self.encoded[prompt_index];
         let target = &self.target.model;
-        let result = match cell.draft {
+        match cell.draft {
             None => autoregressive::generate(target, prompt, &generation),
             Some((index, length)) => self.drafters[index].generate(target, length, prompt, &generation),
-        };
-        result.map_err(|e| {
-            let prompt = &self.plan.prompts[prompt_index].id;
-            let cell_key = cell.key(&config.models.target.dtype, &config.drafter_names());
-            in_context(format!("prompt `{prompt}`, cell {}", cell_key.label()), e)
-        })
+        }
     }
 
     fn row(&self, cell: &Cell, prompt: &Prompt, repeat: usize, seed: u64, g: &Generation) -> RunRow {

@@ -2,6 +2,7 @@
 //! regression checks. Everything here reads the result folder alone.
 
 pub mod plots;
+pub mod profile;
 pub mod regression;
 pub mod summary;
 
@@ -12,6 +13,7 @@ use crate::error::{Error, Result};
 use crate::experiment::config::ExperimentConfig;
 use crate::experiment::lock::FolderLock;
 use crate::experiment::manifest::Manifest;
+use crate::experiment::prompts::SPEC_BENCH_TASKS;
 use crate::experiment::rows::{RowKey, RowWriter, RunRow, read_rows};
 use summary::{ALL, SummaryRow, summarize};
 
@@ -26,6 +28,7 @@ pub fn write_report(dir: &Path) -> Result<Vec<SummaryRow>> {
     let manifest = Manifest::read(dir).ok();
     let markdown = summary_markdown(&summary, manifest.as_ref());
     crate::files::write_text(&dir.join("summary.md"), &markdown)?;
+    profile::write_all(&rows, manifest.as_ref(), dir)?;
     plots::write_all(&summary, &rows, &dir.join("plots"))?;
     Ok(summary)
 }
@@ -95,11 +98,73 @@ pub fn summary_markdown(summary: &[SummaryRow], manifest: Option<&Manifest>) -> 
             speedup_cell(r)
         );
     }
+    let columns = task_columns(summary);
+    if columns.len() > 1 {
+        out += &task_table(summary, &columns);
+    }
     out += "\nPlots: `plots/speedup_vs_k`, `plots/tokens_per_s`, `plots/accepted_len_vs_k`, `plots/acceptance_by_position`";
     if summary.iter().any(|r| !r.schedule.is_empty()) {
         out += ", `plots/drafted_len_hist`";
     }
-    out += " (PNG and SVG).\n";
+    if columns.len() > 1 {
+        out += ", `plots/speedup_by_category`";
+    }
+    if summary.iter().filter(|r| r.k > 0).map(|r| &r.drafter).collect::<std::collections::BTreeSet<_>>().len()
+        > 1
+    {
+        out += ", `plots/speedup_heatmap*`";
+    }
+    out += " (PNG and SVG). Acceptance by draft position with 95% intervals: `acceptance_by_position.csv`, and per cell \
+            `profiles/<cell>/speculation_profile.json` (NVIDIA specdec_bench's schema 1.0).\n";
+    out
+}
+
+/// The prompt categories in the order of Spec-Bench's leaderboard where they are its tasks,
+/// then the others by name, each with its column title.
+pub fn task_columns(summary: &[SummaryRow]) -> Vec<(String, String)> {
+    let present: std::collections::BTreeSet<&str> =
+        summary.iter().filter(|r| r.category != ALL).map(|r| r.category.as_str()).collect();
+    let known = SPEC_BENCH_TASKS
+        .iter()
+        .filter(|(id, _)| present.contains(id))
+        .map(|(id, title)| (id.to_string(), title.to_string()));
+    let others = present
+        .iter()
+        .filter(|c| !SPEC_BENCH_TASKS.iter().any(|(id, _)| id == *c))
+        .map(|c| (c.to_string(), c.to_string()));
+    known.chain(others).collect()
+}
+
+/// Speedup per category, mean accepted tokens and overall speedup per cell: the columns of
+/// Spec-Bench's leaderboard, so that a row of ours reads beside theirs.
+fn task_table(summary: &[SummaryRow], columns: &[(String, String)]) -> String {
+    let mut out = String::from(
+        "\n## By task (Spec-Bench's leaderboard columns)\n\nSpeedup per task over target-only decoding on the same \
+         backend and temperature; #MAT = mean accepted tokens per target call (τ) over all prompts; overall = speedup over \
+         all prompts with its 95% CI.\n\n| backend | dtype | T | drafter | k |",
+    );
+    for (_, title) in columns {
+        out += &format!(" {title} |");
+    }
+    out += " #MAT | Overall |\n|---|---|---|---|---|";
+    out += &"---|".repeat(columns.len() + 2);
+    out += "\n";
+    for cell in summary.iter().filter(|r| r.category == ALL && r.k > 0) {
+        let key = cell.cell();
+        out += &format!(
+            "| {} | {} | {} | {} | {} |",
+            cell.backend,
+            cell.dtype,
+            cell.temperature,
+            cell.drafter,
+            k_cell(cell)
+        );
+        for (category, _) in columns {
+            let row = summary.iter().find(|r| r.category == *category && r.cell() == key);
+            out += &format!(" {} |", row.and_then(|r| r.speedup).map_or("—".into(), |s| format!("{s:.2}×")));
+        }
+        out += &format!(" {:.2} | {} |\n", cell.mean_accepted_len, speedup_cell(cell));
+    }
     out
 }
 

@@ -255,24 +255,6 @@ pub fn ratio_interval(units: &[(f64, f64)], level: f64) -> Option<(f64, f64)> {
     Some((ratio * (-t * se_log).exp(), ratio * (t * se_log).exp()))
 }
 
-/// Per draft position, accepted / proposed over the cell's rows. Rows without
-/// `position_proposed` (older files) proposed at every position of every target call.
-pub fn position_acceptance(rows: &[RunRow], cell: &CellKey) -> Vec<f64> {
-    let mut accepted = vec![0.0; cell.k];
-    let mut proposed = vec![0.0; cell.k];
-    for r in rows.iter().filter(|r| &r.cell() == cell) {
-        let row_proposed = split_counts(&r.position_proposed);
-        for i in 0..cell.k {
-            accepted[i] += split_counts(&r.position_accepted).get(i).copied().unwrap_or(0) as f64;
-            proposed[i] += match row_proposed.is_empty() {
-                true => r.target_calls as f64,
-                false => row_proposed.get(i).copied().unwrap_or(0) as f64,
-            };
-        }
-    }
-    accepted.into_iter().zip(proposed).map(|(a, p)| a / p).collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

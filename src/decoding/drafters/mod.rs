@@ -112,6 +112,12 @@ impl DrafterSpec {
         self.kind().check(key)
     }
 
+    /// The `kind` a config gives it (serde's tag, so the two cannot disagree).
+    pub fn kind_name(&self) -> String {
+        let value = serde_json::to_value(self).expect("a drafter serializes");
+        value["kind"].as_str().expect("a tagged enum has its tag").to_string()
+    }
+
     pub fn checkpoint(&self) -> Option<&str> {
         self.kind().checkpoint()
     }
