@@ -214,11 +214,14 @@ pub struct BarChart {
     pub reference: Option<f64>,
 }
 
+/// A value with its 95% interval when there is one.
+pub type Estimate = (f64, Option<(f64, f64)>);
+
 pub struct Bars {
     pub label: String,
     pub color: usize,
     /// Per category: the value and its interval.
-    pub values: Vec<Option<(f64, Option<(f64, f64)>)>>,
+    pub values: Vec<Option<Estimate>>,
 }
 
 impl Figure for BarChart {
@@ -502,7 +505,8 @@ pub fn write_all(summary: &[SummaryRow], rows: &[RunRow], dir: &Path) -> Result<
 /// The (engine, backend, dtype, temperature) settings of the speculative cells, in order, with
 /// each one's cells over all prompts: the drafters compared on one chart.
 fn settings(summary: &[SummaryRow]) -> Vec<(String, Vec<&SummaryRow>)> {
-    let mut out: Vec<((String, String, String, u64), Vec<&SummaryRow>)> = Vec::new();
+    type Setting = (String, String, String, u64);
+    let mut out: Vec<(Setting, Vec<&SummaryRow>)> = Vec::new();
     for r in summary.iter().filter(|r| r.category == ALL && r.k > 0 && r.speedup.is_some()) {
         let key = (r.engine.clone(), r.backend.clone(), r.dtype.clone(), r.temperature.to_bits());
         match out.iter_mut().find(|(k, _)| *k == key) {
