@@ -51,6 +51,7 @@ fn speculative_generation(c: &mut Criterion) {
         max_new_tokens: 16,
         sampling: SamplingConfig::with_temperature(1.0),
         eos_ids: vec![],
+        banned_ids: vec![],
         seed: 0,
     };
     let mut group = c.benchmark_group("speculative generation, 16 tokens, tiny fixtures");

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Decode and prefill speed of specbench and llama.cpp on the same GGUF files, same sitting.
 
-For each file, `repeats` rounds alternate one specbench run (`generate --ignore-eos`: a prompt of
+For each file, `repeats` rounds alternate one specbench run (`generate --ban-eos`: a prompt of
 about 64 tokens, then 128 new tokens, flex backend, 2 threads) with llama-bench on the same work
 (2 threads): the prompt less its last token as one prefill (`-p N`), and 128 new tokens decoded
 after N cached positions (`-p 0 -n 128 -d N`), as specbench's decode loop feeds the prompt's last
@@ -204,7 +204,7 @@ def llama_bench(path, cached):
 def specbench(path, dtype="f32"):
     out, rss = measured(
         [str(SPECBENCH), "generate", "--model", str(path), "--prompt", PROMPT, "--max-new-tokens",
-         str(NEW_TOKENS), "--ignore-eos", "--backend", "flex", "--dtype", dtype, "--json"],
+         str(NEW_TOKENS), "--ban-eos", "--backend", "flex", "--dtype", dtype, "--json"],
         env={**os.environ, "RAYON_NUM_THREADS": str(THREADS)},
     )
     report = json.loads(out)

@@ -23,7 +23,9 @@ calls = tokens - accepted), prompt time as `prefill_s`, decode time as the rest;
 report DIR` rebuilds the summary, whose "decode speedup" compares both engines on decoding alone
 (llama.cpp's tools report no end-to-end time that includes the draft's prompt). The prompt is the
 text specbench tokenizes (`specbench prompts --rendered`: chat template applied), given to
-llama.cpp as is, 2 threads, EOS honoured, `max_new_tokens` of the config.
+llama.cpp as is, 2 threads, `max_new_tokens` of the config, EOS honoured by both, or banned by
+both where the config says `[experiment] ban_eos = true` (llama.cpp's `--ignore-eos` bans; 
+specbench's `generate --ignore-eos` only keeps going past an emitted EOS, which is other work).
 
     python3 experiments/peer_llamacpp_spec.py --config configs/smollm2.toml --out results/smollm2/DIR
     python3 experiments/peer_llamacpp_spec.py --config configs/tiny.toml --out results/tiny-vs-llamacpp/DIR
@@ -81,9 +83,10 @@ def seconds(pattern, text):
     return float(found.group(1)) if found else 0.0
 
 
-def llama_cpp(kind, target, prompt, max_new, k=0, draft=None, p_min=None):
-    """One generation; returns the numbers a runs.csv row needs."""
-    common = ["-p", prompt, "-n", max_new, "--temp", "0", "-t", THREADS]
+def llama_cpp(kind, target, prompt, max_new, k=0, draft=None, p_min=None, ban_eos=False):
+    """One generation; returns the numbers a runs.csv row needs. `ban_eos`: llama.cpp's
+    `--ignore-eos`, which bans the end-of-generation tokens as `[experiment] ban_eos` does."""
+    common = ["-p", prompt, "-n", max_new, "--temp", "0", "-t", THREADS] + (["--ignore-eos"] if ban_eos else [])
     if kind == "completion":
         err = run([BIN / "llama-completion", "-m", target, "-no-cnv", *common]).stderr
         tokens = int(re.search(r"\seval time =\s+[0-9.]+ ms /\s+(\d+) runs", err).group(1))
@@ -157,6 +160,9 @@ def main():
     recorded = manifest["models"].get("drafters", {})
     prompts = [json.loads(line) for line in run([SPECBENCH, "prompts", args.config, "--rendered"]).stdout.splitlines()]
     max_new = config["experiment"]["max_new_tokens"]
+    ban_eos = config["experiment"].get("ban_eos", False)
+    if any("turns" in p for p in prompts):
+        raise SystemExit("multi-turn prompts need each engine's own answers between turns; this script runs single turns")
     ks = config["sweep"]["k"]
     confidences = [float(s.split(":")[1]) for s in config["sweep"].get("adaptive", []) if s.startswith("confidence:")]
     runs_csv = folder / "runs.csv"
@@ -166,7 +172,7 @@ def main():
     for prompt in prompts:
         text = prompt["text"]
         rows.append(row(header, config, manifest, prompt, "", 0, "", "",
-                        llama_cpp("completion", target, text, max_new)))
+                        llama_cpp("completion", target, text, max_new, ban_eos=ban_eos)))
         for drafter in drafters:
             name, kind = drafter["name"], drafter["kind"]
             if kind == "quantized" and drafter["dtype"] in ("q4_0", "q8_0"):
@@ -177,16 +183,16 @@ def main():
             elif kind == "ngram":
                 for k in ks:
                     rows.append(row(header, config, manifest, prompt, name, k, "", "llama-lookup ngram 1..=4",
-                                    llama_cpp("lookup", target, text, max_new, k)))
+                                    llama_cpp("lookup", target, text, max_new, k, ban_eos=ban_eos)))
                 continue
             else:
                 continue
             for k in ks:
                 rows.append(row(header, config, manifest, prompt, name, k, "", str(draft),
-                                llama_cpp("speculative", target, text, max_new, k, draft)))
+                                llama_cpp("speculative", target, text, max_new, k, draft, ban_eos=ban_eos)))
             for p_min in confidences:
                 rows.append(row(header, config, manifest, prompt, name, max(ks), f"confidence:{p_min:g}", str(draft),
-                                llama_cpp("speculative", target, text, max_new, max(ks), draft, p_min)))
+                                llama_cpp("speculative", target, text, max_new, max(ks), draft, p_min, ban_eos)))
         print(f"llama.cpp: {prompt['id']} done", flush=True)
     with open(runs_csv, "a", newline="") as f:
         csv.DictWriter(f, fieldnames=header).writerows(rows)

@@ -140,9 +140,14 @@ struct GenerateArgs {
     chat: bool,
     #[arg(long, default_value_t = 64)]
     max_new_tokens: usize,
-    /// Keep going past end-of-sequence tokens: every run makes exactly --max-new-tokens (for timing).
+    /// Keep going past end-of-sequence tokens: every run makes exactly --max-new-tokens (for
+    /// timing). The model may still emit them; llama.cpp's `--ignore-eos` is `--ban-eos`.
     #[arg(long)]
     ignore_eos: bool,
+    /// Never generate the model's end-of-generation tokens (their logits taken as −∞), as
+    /// llama.cpp's `--ignore-eos` does: the same tokens as llama.cpp at T = 0.
+    #[arg(long, conflicts_with = "ignore_eos")]
+    ban_eos: bool,
     /// A token id that also ends generation, besides the model's eos_token_id (repeatable).
     #[arg(long = "stop-token-id")]
     stop_token_ids: Vec<u32>,
@@ -355,6 +360,7 @@ fn generate(args: GenerateArgs) -> Result<()> {
         chat: args.chat,
         max_new_tokens: args.max_new_tokens,
         ignore_eos: args.ignore_eos,
+        ban_eos: args.ban_eos,
         stop_token_ids: args.stop_token_ids.clone(),
         sampling: SamplingConfig { temperature: args.temperature, top_k: args.top_k, top_p: args.top_p },
         seed: args.seed,

@@ -54,17 +54,42 @@ impl SamplingConfig {
     /// only label the error for a non-finite logit: a single NaN or ±inf would otherwise turn
     /// every probability into NaN, and every acceptance test into a coin with no meaning.
     pub fn probabilities(&self, logits: &[f32], model: &'static str, position: usize) -> Result<Vec<f64>> {
+        self.probabilities_banning(logits, &[], model, position)
+    }
+
+    /// `probabilities` with the `banned` tokens' logits taken as −∞ (llama.cpp's `--ignore-eos`
+    /// bans the end-of-generation tokens so); ids past the vocabulary are ignored.
+    pub fn probabilities_banning(
+        &self,
+        logits: &[f32],
+        banned: &[u32],
+        model: &'static str,
+        position: usize,
+    ) -> Result<Vec<f64>> {
         if !logits.iter().all(|x| x.is_finite()) {
             return Err(Error::NonFiniteLogits { model, position });
         }
         let n = logits.len();
+        let allowed = |i: usize| !banned.contains(&(i as u32));
         if self.is_greedy() {
+            let best = (0..n).filter(|&i| allowed(i)).fold(None, |best: Option<usize>, i| match best {
+                Some(b) if logits[b] >= logits[i] => Some(b),
+                _ => Some(i),
+            });
             let mut p = vec![0.0; n];
-            p[argmax(logits) as usize] = 1.0;
+            p[best.ok_or(Error::InvalidSampling("every token is banned".into()))?] = 1.0;
             return Ok(p);
         }
-        let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let max = (0..n).filter(|&i| allowed(i)).map(|i| logits[i]).fold(f32::NEG_INFINITY, f32::max);
+        if max == f32::NEG_INFINITY {
+            return Err(Error::InvalidSampling("every token is banned".into()));
+        }
         let mut p = exp_weights(logits, max, (1.0 / self.temperature) as f32);
+        for &id in banned {
+            if let Some(weight) = p.get_mut(id as usize) {
+                *weight = 0.0;
+            }
+        }
         normalize(&mut p);
         if self.top_k > 0 && self.top_k < n {
             keep_top(&mut p, self.top_k);
@@ -212,6 +237,23 @@ pub fn sample(p: &[f64], rng: &mut impl Rng) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn banned_tokens_get_no_probability() {
+        let logits = [3.0f32, 1.0, 2.5, -1.0];
+        let greedy = SamplingConfig::greedy().probabilities_banning(&logits, &[0], "target", 0).unwrap();
+        assert_eq!(greedy, [0.0, 0.0, 1.0, 0.0]);
+        let sampled = SamplingConfig::with_temperature(1.0)
+            .probabilities_banning(&logits, &[0, 9], "target", 0)
+            .unwrap();
+        assert_eq!(sampled[0], 0.0);
+        assert!((sampled.iter().sum::<f64>() - 1.0).abs() < 1e-12);
+        let unbanned =
+            SamplingConfig::with_temperature(1.0).probabilities(&logits[1..], "target", 0).unwrap();
+        sampled[1..].iter().zip(&unbanned).for_each(|(a, b)| assert!((a - b).abs() < 1e-6));
+        assert!(SamplingConfig::greedy().probabilities_banning(&[1.0], &[0], "target", 0).is_err());
+    }
+
     use rand::SeedableRng;
     use rand_chacha::ChaCha8Rng;
 

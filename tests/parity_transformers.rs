@@ -91,6 +91,7 @@ fn parity_transformers_greedy_continuation() {
                 max_new_tokens: reference.greedy_continuation.len(),
                 sampling: SamplingConfig::greedy(),
                 eos_ids: vec![],
+                banned_ids: vec![],
                 seed: 0,
             };
             let out = autoregressive::generate(&loaded.model, &reference.prompt_ids, &config).unwrap();

@@ -155,7 +155,8 @@ fn run_writes_the_whole_result_folder_and_report_reproduces_it() {
     // speculative cell that passes that tool's own checks and agrees with the rows' τ.
     let positions = std::fs::read_to_string(dir.join("acceptance_by_position.csv")).unwrap();
     assert_eq!(positions.lines().count(), 1 + 2 * (1 + 3), "{positions}");
-    let profiles: Vec<PathBuf> = std::fs::read_dir(dir.join("profiles")).unwrap().map(|e| e.unwrap().path()).collect();
+    let profiles: Vec<PathBuf> =
+        std::fs::read_dir(dir.join("profiles")).unwrap().map(|e| e.unwrap().path()).collect();
     assert_eq!(profiles.len(), 4, "{profiles:?}");
     for folder in profiles {
         let text = std::fs::read_to_string(folder.join("speculation_profile.json")).unwrap();

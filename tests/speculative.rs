@@ -26,7 +26,7 @@ use specbench::sampling::{SamplingConfig, sample};
 use statrs::distribution::{ChiSquared, ContinuousCDF};
 
 fn config(sampling: SamplingConfig, max_new_tokens: usize, seed: u64) -> GenerationConfig {
-    GenerationConfig { max_new_tokens, sampling, eos_ids: vec![], seed }
+    GenerationConfig { max_new_tokens, sampling, eos_ids: vec![], banned_ids: vec![], seed }
 }
 
 /// Speculative decoding with `draft` as a model drafter and a fixed k.
@@ -538,4 +538,32 @@ fn alpha_hat_agrees_with_alpha_on_a_long_run() {
         a.alpha_hat(),
         a.alpha()
     );
+}
+
+/// Banning tokens (llama.cpp's `--ignore-eos`) changes the target's distribution for drafter
+/// and target alike: greedy speculative output still equals greedy target-only output, and
+/// neither emits a banned token.
+#[test]
+fn greedy_equivalence_with_banned_tokens() {
+    let device = ndarray();
+    let target = common::load_fixture("tiny-gqa", Backend::Ndarray, &device);
+    let draft = common::load_fixture("tiny-untied-bf16", Backend::Ndarray, &device);
+    let vocab = shared_vocab(&target, &draft).unwrap();
+    let prompt = common::reference("tiny-gqa").prompt_ids;
+    let plain = config(SamplingConfig::greedy(), 24, 0);
+    let unbanned = autoregressive::generate(&target.model, &prompt, &plain).unwrap().tokens;
+    // Ban the three tokens greedy decoding emits most.
+    let mut counts: HashMap<u32, usize> = HashMap::new();
+    unbanned.iter().for_each(|t| *counts.entry(*t).or_default() += 1);
+    let mut by_count: Vec<(u32, usize)> = counts.into_iter().collect();
+    by_count.sort_by_key(|(t, c)| (std::cmp::Reverse(*c), *t));
+    let banned: Vec<u32> = by_count.iter().take(3).map(|(t, _)| *t).collect();
+    let greedy = GenerationConfig { banned_ids: banned.clone(), ..plain };
+    let expected = autoregressive::generate(&target.model, &prompt, &greedy).unwrap().tokens;
+    assert!(expected.iter().all(|t| !banned.contains(t)), "{expected:?} {banned:?}");
+    assert_ne!(expected, unbanned);
+    for k in [1, 3, 6] {
+        let out = with_draft(&target.model, &draft.model, vocab, k).generate(&prompt, &greedy).unwrap();
+        assert_eq!(out.tokens, expected, "k = {k}");
+    }
 }

@@ -29,7 +29,8 @@ pub fn generate<M: CausalLm>(model: &M, prompt: &[u32], config: &GenerationConfi
         acceptance.record_plain_step();
         let position = prompt.len() + tokens.len();
         let (token, sampling) = timed_host(|| {
-            let p = config.sampling.probabilities(&rows[0], "target", position)?;
+            let p =
+                config.sampling.probabilities_banning(&rows[0], &config.banned_ids, "target", position)?;
             Ok::<_, crate::Error>(sample(&p, &mut rng))
         });
         timings.sampling += sampling;

@@ -22,6 +22,8 @@ pub struct DraftRequest<'a> {
     /// a model drafter's confidence is the largest probability of its own softmax at
     /// temperature 1, whatever the sampling temperature, so that it means something at T = 0.
     pub min_confidence: Option<f64>,
+    /// Tokens the target never generates, which a model drafter does not propose either.
+    pub banned: &'a [u32],
 }
 
 /// Draft tokens and the distribution each was drawn from.

@@ -107,6 +107,9 @@ pub struct GenerationConfig {
     pub sampling: SamplingConfig,
     /// Generation stops after emitting any of these.
     pub eos_ids: Vec<u32>,
+    /// Tokens never generated: their logits are taken as −∞ by the target and any model
+    /// drafter (llama.cpp's `--ignore-eos` bans the end-of-generation tokens so).
+    pub banned_ids: Vec<u32>,
     pub seed: u64,
 }
 

@@ -69,6 +69,7 @@ impl<'a, T: CausalLm, D: Drafter> Speculative<'a, T, D> {
                 limit: schedule.next_limit().min(config.max_new_tokens - tokens.len()),
                 sampling: &config.sampling,
                 min_confidence: schedule.min_confidence(),
+                banned: &config.banned_ids,
             };
             let proposal = self.drafter.propose(&committed, &request, &mut rng, &mut timings)?;
             let (drafts, qs) = (&proposal.tokens, &proposal.qs);
@@ -82,8 +83,14 @@ impl<'a, T: CausalLm, D: Drafter> Speculative<'a, T, D> {
 
             // Lines 6–12: accepted prefix, then the resampled or bonus token.
             let (outcome, sampling) = timed_host(|| {
-                let target_at =
-                    |i: usize| config.sampling.probabilities(&rows[i], "target", committed.len() + i);
+                let target_at = |i: usize| {
+                    config.sampling.probabilities_banning(
+                        &rows[i],
+                        &config.banned_ids,
+                        "target",
+                        committed.len() + i,
+                    )
+                };
                 verify_block(rule, target_at, qs, drafts, &mut rng)
             });
             timings.sampling += sampling;

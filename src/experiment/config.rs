@@ -57,6 +57,10 @@ pub struct Experiment {
     /// Token ids that end a generation besides the target's own `eos_token_id`s.
     #[serde(default)]
     pub stop_token_ids: Vec<u32>,
+    /// Never generate the target's end-of-generation tokens (their logits taken as −∞, by the
+    /// drafters too): llama.cpp's `--ignore-eos`, so that both engines do the same work.
+    #[serde(default)]
+    pub ban_eos: bool,
 }
 
 fn one() -> usize {

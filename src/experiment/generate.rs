@@ -30,6 +30,8 @@ pub struct Request {
     pub max_new_tokens: usize,
     /// Keep going past end-of-sequence tokens.
     pub ignore_eos: bool,
+    /// Never generate the model's end-of-generation tokens (llama.cpp's `--ignore-eos`).
+    pub ban_eos: bool,
     pub stop_token_ids: Vec<u32>,
     pub sampling: SamplingConfig,
     pub seed: u64,
@@ -92,6 +94,7 @@ pub fn generate(request: &Request, runtime: &Runtime) -> Result<Report> {
         max_new_tokens: request.max_new_tokens,
         sampling: request.sampling,
         eos_ids: if request.ignore_eos { Vec::new() } else { target.stop_ids(&request.stop_token_ids) },
+        banned_ids: if request.ban_eos { target.stop_ids(&[]) } else { Vec::new() },
         seed: request.seed,
     };
     let generation = match &drafter {

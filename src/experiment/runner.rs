@@ -551,6 +551,7 @@ impl<'a> BackendSweep<'a> {
                 top_p: config.sweep.top_p,
             },
             eos_ids: self.stop_ids.clone(),
+            banned_ids: if config.experiment.ban_eos { self.target.stop_ids(&[]) } else { Vec::new() },
             seed,
         };
         let target = &self.target.model;

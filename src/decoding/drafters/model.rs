@@ -138,7 +138,12 @@ impl<M: CausalLm> Drafter for ModelDrafter<M> {
                 if request.min_confidence.is_some_and(|least| confidence(&rows[0]) < least) {
                     return Ok(None);
                 }
-                let q = request.sampling.probabilities(&rows[0], "draft", committed.len() + i)?;
+                let q = request.sampling.probabilities_banning(
+                    &rows[0],
+                    request.banned,
+                    "draft",
+                    committed.len() + i,
+                )?;
                 Ok::<_, Error>(Some((sample(&q, rng), q)))
             });
             timings.sampling += sampling;
