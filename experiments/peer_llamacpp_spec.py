@@ -26,6 +26,9 @@ text specbench tokenizes (`specbench prompts --rendered`: chat template applied)
 llama.cpp as is, 2 threads, `max_new_tokens` of the config, EOS honoured by both, or banned by
 both where the config says `[experiment] ban_eos = true` (llama.cpp's `--ignore-eos` bans; 
 specbench's `generate --ignore-eos` only keeps going past an emitted EOS, which is other work).
+For every prompt it also checks that both engines' greedy target-only text is the same (it should
+be where the weights are f32 or f16) and writes DIR/greedy_check.md with the first divergence of
+each prompt that differs. Multi-turn prompts are refused: each engine would need its own answers.
 
     python3 experiments/peer_llamacpp_spec.py --config configs/smollm2.toml --out results/smollm2/DIR
     python3 experiments/peer_llamacpp_spec.py --config configs/tiny.toml --out results/tiny-vs-llamacpp/DIR
@@ -88,11 +91,13 @@ def llama_cpp(kind, target, prompt, max_new, k=0, draft=None, p_min=None, ban_eo
     `--ignore-eos`, which bans the end-of-generation tokens as `[experiment] ban_eos` does."""
     common = ["-p", prompt, "-n", max_new, "--temp", "0", "-t", THREADS] + (["--ignore-eos"] if ban_eos else [])
     if kind == "completion":
-        err = run([BIN / "llama-completion", "-m", target, "-no-cnv", *common]).stderr
+        done = run([BIN / "llama-completion", "-m", target, "-no-cnv", "--no-display-prompt", *common])
+        err = done.stderr
         tokens = int(re.search(r"\seval time =\s+[0-9.]+ ms /\s+(\d+) runs", err).group(1))
         prompt_s = seconds(r"prompt eval time =\s+([0-9.]+) ms", err) / 1000
         decode_s = seconds(r"\seval time =\s+([0-9.]+) ms /\s+\d+ runs", err) / 1000
-        return {"new_tokens": tokens, "prefill_s": prompt_s, "decode_s": decode_s, "drafted": 0, "accepted": 0}
+        return {"new_tokens": tokens, "prefill_s": prompt_s, "decode_s": decode_s, "drafted": 0, "accepted": 0,
+                "text": done.stdout}
     if kind == "lookup":
         command = [BIN / "llama-lookup", "-m", target, "--spec-draft-n-max", k, *common]
     else:
@@ -120,6 +125,26 @@ def llama_cpp(kind, target, prompt, max_new, k=0, draft=None, p_min=None, ban_eo
         "drafted": count(r"n_drafted\s+=\s+(\d+)"),
         "accepted": count(r"n_accept\s+=\s+(\d+)"),
     }
+
+
+def specbench_text(target, prompt, config, ban_eos):
+    """specbench's greedy target-only continuation of `prompt`, as `generate` prints it."""
+    command = [SPECBENCH, "generate", "--model", target, "--prompt", prompt["prompt"], "--max-new-tokens",
+               config["experiment"]["max_new_tokens"], "--backend", "flex",
+               "--dtype", config["models"]["target"].get("dtype", "f32"), "--json"]
+    command += ["--chat"] if config.get("prompts", {}).get("chat") else []
+    command += ["--ban-eos"] if ban_eos else []
+    return json.loads(run(command).stdout)["text"]
+
+
+def first_divergence(ours, theirs):
+    """None when the two texts agree (one may stop earlier at an EOS the other banned), else the
+    first differing character's index and both texts around it."""
+    n = min(len(ours), len(theirs))
+    at = next((i for i in range(n) if ours[i] != theirs[i]), None)
+    if at is None:
+        return None
+    return at, ours[max(at - 20, 0):at + 20], theirs[max(at - 20, 0):at + 20]
 
 
 def row(header, config, manifest, prompt, drafter, k, schedule, draft, result):
@@ -169,10 +194,16 @@ def main():
     with open(runs_csv, newline="") as f:
         header = next(csv.reader(f))
     rows = []
+    checks = []
     for prompt in prompts:
         text = prompt["text"]
-        rows.append(row(header, config, manifest, prompt, "", 0, "", "",
-                        llama_cpp("completion", target, text, max_new, ban_eos=ban_eos)))
+        plain = llama_cpp("completion", target, text, max_new, ban_eos=ban_eos)
+        rows.append(row(header, config, manifest, prompt, "", 0, "", "", plain))
+        # Both engines' greedy output from the same input: identical where the weights are f32
+        # or f16 (quantized activations may flip a near tie in either engine).
+        found = first_divergence(specbench_text(target, prompt, config, ban_eos), plain["text"])
+        checks.append(f"| {prompt['id']} | " + ("same text |" if found is None else
+                      f"differ from character {found[0]}: specbench `{found[1]!r}`, llama.cpp `{found[2]!r}` |"))
         for drafter in drafters:
             name, kind = drafter["name"], drafter["kind"]
             if kind == "quantized" and drafter["dtype"] in ("q4_0", "q8_0"):
@@ -196,6 +227,12 @@ def main():
         print(f"llama.cpp: {prompt['id']} done", flush=True)
     with open(runs_csv, "a", newline="") as f:
         csv.DictWriter(f, fieldnames=header).writerows(rows)
+    same = sum(c.endswith("same text |") for c in checks)
+    (folder / "greedy_check.md").write_text(
+        f"# Greedy target-only output, specbench against llama.cpp\n\n{target}, T = 0, {max_new} new tokens, "
+        f"EOS {'banned' if ban_eos else 'honoured'} by both; {same} of {len(checks)} prompts give the same text.\n\n"
+        "| prompt | result |\n|---|---|\n" + "\n".join(checks) + "\n")
+    print(f"greedy check: {same} of {len(checks)} prompts give the same text (greedy_check.md)")
     run([SPECBENCH, "report", folder])
     print(f"{len(rows)} llama.cpp rows appended to {runs_csv}; summary rebuilt")
 

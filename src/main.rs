@@ -337,7 +337,7 @@ fn report(dir: &std::path::Path) -> Result<ExitCode> {
 
 fn report_paths(dir: &std::path::Path) {
     println!("\nresults: {}", dir.display());
-    println!("  runs.csv, summary.csv, summary.md, manifest.json");
+    println!("  runs.csv, summary.csv, summary.md, manifest.json, acceptance_by_position.csv, profiles/");
     println!("  plots: {}", dir.join("plots").display());
 }
 

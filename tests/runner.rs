@@ -302,6 +302,21 @@ fn the_llama3_config_fails_cleanly_without_weights() {
     assert!(!Path::new(env!("CARGO_MANIFEST_DIR")).join("results/llama3-8b-1b").exists());
 }
 
+#[test]
+fn the_llama3_gguf_config_names_the_file_to_put_where() {
+    let config = Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/llama3-8b-1b-gguf.toml");
+    let out = Command::new(env!("CARGO_BIN_EXE_specbench"))
+        .args(["run", config.to_str().unwrap()])
+        .env("SPECBENCH_MODELS", "/nonexistent/models")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(stderr.contains("/nonexistent/models/Meta-Llama-3.1-8B-Instruct-Q4_K_M.gguf"), "{stderr}");
+    assert!(!Path::new(env!("CARGO_MANIFEST_DIR")).join("results/llama3-8b-1b-gguf").exists());
+}
+
 /// Every config under configs/ parses (read from the folder, so a new one cannot be left out).
 #[test]
 fn shipped_configs_parse() {

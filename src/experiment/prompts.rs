@@ -195,14 +195,15 @@ const MT_BENCH: &str = "mt_bench";
 const MT_BENCH_CATEGORIES: &[&str] =
     &["writing", "roleplay", "reasoning", "math", "coding", "extraction", "stem", "humanities"];
 
-/// Spec-Bench's six tasks as its leaderboard names them, in its column order.
-pub const SPEC_BENCH_TASKS: &[(&str, &str)] = &[
-    (MT_BENCH, "Multi-turn Conversation"),
-    ("translation", "Translation"),
-    ("summarization", "Summarization"),
-    ("qa", "Question Answering"),
-    ("math_reasoning", "Mathematical Reasoning"),
-    ("rag", "Retrieval-aug. Generation"),
+/// Spec-Bench's six tasks: category, the leaderboard's column title, the paper's short name;
+/// in the leaderboard's column order.
+pub const SPEC_BENCH_TASKS: &[(&str, &str, &str)] = &[
+    (MT_BENCH, "Multi-turn Conversation", "MT"),
+    ("translation", "Translation", "Trans."),
+    ("summarization", "Summarization", "Sum."),
+    ("qa", "Question Answering", "QA"),
+    ("math_reasoning", "Mathematical Reasoning", "Math"),
+    ("rag", "Retrieval-aug. Generation", "RAG"),
 ];
 
 /// Spec-Bench's questions in its file order. The category is Spec-Bench's task (MT-Bench's
@@ -338,7 +339,7 @@ mod tests {
     fn spec_bench_has_its_six_tasks_and_mt_bench_two_turns() {
         let prompts = spec_bench();
         assert_eq!(prompts.len(), 480);
-        for (task, _) in SPEC_BENCH_TASKS {
+        for (task, ..) in SPEC_BENCH_TASKS {
             assert_eq!(prompts.iter().filter(|p| p.category == *task).count(), 80, "{task}");
         }
         assert!(prompts.iter().all(|p| p.turns.len() == if p.category == MT_BENCH { 2 } else { 1 }));

@@ -119,32 +119,42 @@ pub fn summary_markdown(summary: &[SummaryRow], manifest: Option<&Manifest>) -> 
     out
 }
 
-/// The prompt categories in the order of Spec-Bench's leaderboard where they are its tasks,
-/// then the others by name, each with its column title.
-pub fn task_columns(summary: &[SummaryRow]) -> Vec<(String, String)> {
+/// A prompt category as a table column and a chart label.
+pub struct TaskColumn {
+    pub category: String,
+    pub title: String,
+    pub short: String,
+}
+
+/// The prompt categories in the order of Spec-Bench's leaderboard where they are its tasks
+/// (with its titles and the paper's short names), then the others by name.
+pub fn task_columns(summary: &[SummaryRow]) -> Vec<TaskColumn> {
     let present: std::collections::BTreeSet<&str> =
         summary.iter().filter(|r| r.category != ALL).map(|r| r.category.as_str()).collect();
+    let column = |category: &str, title: &str, short: &str| TaskColumn {
+        category: category.into(),
+        title: title.into(),
+        short: short.into(),
+    };
     let known = SPEC_BENCH_TASKS
         .iter()
-        .filter(|(id, _)| present.contains(id))
-        .map(|(id, title)| (id.to_string(), title.to_string()));
-    let others = present
-        .iter()
-        .filter(|c| !SPEC_BENCH_TASKS.iter().any(|(id, _)| id == *c))
-        .map(|c| (c.to_string(), c.to_string()));
+        .filter(|(id, ..)| present.contains(id))
+        .map(|(id, title, short)| column(id, title, short));
+    let others =
+        present.iter().filter(|c| !SPEC_BENCH_TASKS.iter().any(|(id, ..)| id == *c)).map(|c| column(c, c, c));
     known.chain(others).collect()
 }
 
 /// Speedup per category, mean accepted tokens and overall speedup per cell: the columns of
 /// Spec-Bench's leaderboard, so that a row of ours reads beside theirs.
-fn task_table(summary: &[SummaryRow], columns: &[(String, String)]) -> String {
+fn task_table(summary: &[SummaryRow], columns: &[TaskColumn]) -> String {
     let mut out = String::from(
         "\n## By task (Spec-Bench's leaderboard columns)\n\nSpeedup per task over target-only decoding on the same \
          backend and temperature; #MAT = mean accepted tokens per target call (τ) over all prompts; overall = speedup over \
          all prompts with its 95% CI.\n\n| backend | dtype | T | drafter | k |",
     );
-    for (_, title) in columns {
-        out += &format!(" {title} |");
+    for column in columns {
+        out += &format!(" {} |", column.title);
     }
     out += " #MAT | Overall |\n|---|---|---|---|---|";
     out += &"---|".repeat(columns.len() + 2);
@@ -159,8 +169,8 @@ fn task_table(summary: &[SummaryRow], columns: &[(String, String)]) -> String {
             cell.drafter,
             k_cell(cell)
         );
-        for (category, _) in columns {
-            let row = summary.iter().find(|r| r.category == *category && r.cell() == key);
+        for column in columns {
+            let row = summary.iter().find(|r| r.category == column.category && r.cell() == key);
             out += &format!(" {} |", row.and_then(|r| r.speedup).map_or("—".into(), |s| format!("{s:.2}×")));
         }
         out += &format!(" {:.2} | {} |\n", cell.mean_accepted_len, speedup_cell(cell));

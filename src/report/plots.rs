@@ -562,8 +562,9 @@ fn write_category_bars(summary: &[SummaryRow], dir: &Path) -> Result<()> {
                 let key = fastest.cell();
                 let values = columns
                     .iter()
-                    .map(|(category, _)| {
-                        let row = summary.iter().find(|r| r.category == *category && r.cell() == key)?;
+                    .map(|column| {
+                        let row =
+                            summary.iter().find(|r| r.category == column.category && r.cell() == key)?;
                         Some((row.speedup?, row.speedup_ci_low.zip(row.speedup_ci_high)))
                     })
                     .collect();
@@ -577,7 +578,7 @@ fn write_category_bars(summary: &[SummaryRow], dir: &Path) -> Result<()> {
         let chart = BarChart {
             title: format!("Speedup by prompt category, {setting}"),
             y_label: "speedup (95% CI)".into(),
-            categories: columns.iter().map(|(_, title)| title.clone()).collect(),
+            categories: columns.iter().map(|column| column.short.clone()).collect(),
             bars,
             reference: Some(1.0),
         };
