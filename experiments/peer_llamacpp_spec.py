@@ -138,12 +138,13 @@ def specbench_text(target, prompt, config, ban_eos):
 
 
 def first_divergence(ours, theirs):
-    """None when the two texts agree (one may stop earlier at an EOS the other banned), else the
-    first differing character's index and both texts around it."""
-    n = min(len(ours), len(theirs))
-    at = next((i for i in range(n) if ours[i] != theirs[i]), None)
-    if at is None:
+    """None when the two texts are the same (llama.cpp ends its output with a newline or two),
+    else the first differing character's index (the shorter one's length when one stops
+    earlier) and both texts around it."""
+    ours, theirs = ours.rstrip(), theirs.rstrip()
+    if ours == theirs:
         return None
+    at = next((i for i, (a, b) in enumerate(zip(ours, theirs)) if a != b), min(len(ours), len(theirs)))
     return at, ours[max(at - 20, 0):at + 20], theirs[max(at - 20, 0):at + 20]
 
 
