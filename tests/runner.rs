@@ -336,14 +336,20 @@ fn shipped_configs_parse() {
 #[test]
 fn a_bad_config_names_the_key() {
     let tmp = tempfile::tempdir().unwrap();
-    let text = std::fs::read_to_string(fixture("sweep.toml"))
-        .unwrap()
-        .replace("k = [1, 3]", "k = [1, 3]\nbogus = 1");
-    let path = tmp.path().join("bad.toml");
-    std::fs::write(&path, text).unwrap();
-    let out = specbench(&["run", path.to_str().unwrap()]);
-    assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("bogus"));
+    let prompts = "[prompts]\nlimit = 4";
+    for (from, to, expected) in [
+        ("k = [1, 3]", "k = [1, 3]\nbogus = 1", "bogus"),
+        (prompts, "[prompts]\nset = \"spec_bench\"", "spec-bench"),
+        (prompts, "[prompts]\nset = \"spec-bench\"\ncategories = [\"poetry\"]", "prompts.categories"),
+        (prompts, "[prompts]\nset = \"spec-bench\"\nlimit_per_category = 0", "prompts.limit_per_category"),
+        (prompts, "[prompts]\nset = \"builtin\"\nfile = \"p.jsonl\"", "prompts.set"),
+    ] {
+        let path = sweep_copy(tmp.path(), &[(from, to)]);
+        let out = specbench(&["run", path.to_str().unwrap()]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{to}: {stderr}");
+        assert!(stderr.contains(expected) && !stderr.contains("panicked"), "{to}: {stderr}");
+    }
 }
 
 #[test]
