@@ -34,3 +34,29 @@ cargo test --release --features wgpu --all-targets --no-run
 # (experiments/gpu_suite.md); it uses the binary the tests just built, in a scratch folder.
 experiments/gpu_suite.sh --smoke --out "$(mktemp -d)"
 cargo test --release --features wgpu --all-targets
+
+# The ARM kernels, cross-compiled for aarch64 and run under qemu-user (Debian's
+# gcc-aarch64-linux-gnu, libc6-dev-arm64-cross and qemu-user; .cargo/config.toml names the linker
+# and the runner): the kernel tests (NEON against the portable loops, bit for bit) on qemu's
+# default CPU, which has the dot product extension, and again on a Cortex-A72, which has not;
+# and the whole model through the portable path against the NEON one (tests/portable.rs).
+arm_ready() {
+  command -v aarch64-linux-gnu-gcc >/dev/null && command -v qemu-aarch64 >/dev/null &&
+    [ -d /usr/aarch64-linux-gnu/lib ] && rustup target list --installed 2>/dev/null | grep -qx aarch64-unknown-linux-gnu
+}
+if ! arm_ready && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null && command -v rustup >/dev/null; then
+  echo "installing the aarch64 cross toolchain and qemu-user for the ARM kernel tests"
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user >/dev/null
+  rustup target add aarch64-unknown-linux-gnu
+fi
+if arm_ready; then
+  arm=(--release --target aarch64-unknown-linux-gnu)
+  cargo test "${arm[@]}" --lib -- kernels::
+  QEMU_CPU=cortex-a72 cargo test "${arm[@]}" --lib -- kernels::
+  SPECBENCH_TEST_RUNNER="qemu-aarch64 -L /usr/aarch64-linux-gnu" cargo test "${arm[@]}" --test portable
+elif [ "${CI:-}" = true ]; then
+  echo "error: the ARM kernel tests need gcc-aarch64-linux-gnu, qemu-user and rustup's aarch64 target" >&2
+  exit 1
+else
+  echo "note: ARM kernel tests skipped (no aarch64 cross toolchain, qemu-user or root to install them)" >&2
+fi

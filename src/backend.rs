@@ -25,7 +25,7 @@ impl ExecutorKind {
     /// The host executor on the CPU backends where this CPU has a vector path (or the portable
     /// kernels are forced, so that they can be tested), the tensor executor elsewhere.
     pub fn default_for(backend: Backend) -> Self {
-        if backend.uses_host_memory() && (cpu::has_avx2() || cpu::portable_forced()) {
+        if backend.uses_host_memory() && (cpu::isa() > cpu::Isa::Portable || cpu::portable_forced()) {
             Self::Host
         } else {
             Self::Tensor

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 
 use specbench::backend::ExecutorKind;
 use specbench::backend::{Backend, Runtime};
@@ -185,7 +185,10 @@ struct GenerateArgs {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    // `--version` also names the kernel path, which is decided on the CPU it runs on.
+    let version = format!("{VERSION}, {} kernels", specbench::kernels::cpu::describe());
+    let matches = Cli::command().version(&*Box::leak(version.into_boxed_str())).get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     specbench::files::exit_cleanly_on_sigbus();
     // A panic is a bug, not the input's fault: one line naming where, and exit code 1. (The
     // backend probe swaps this hook while it runs, and restores it.)

@@ -5,10 +5,8 @@
 
 mod common;
 
-use std::process::Command;
-
 fn generate(model: &str, portable: bool, extra: &[&str]) -> serde_json::Value {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_specbench"));
+    let mut command = common::specbench_command();
     command
         .args(["generate", "--model", model, "--backend", "flex", "--prompt", "The quick brown fox"])
         .args(["--max-new-tokens", "12", "--json", "--top-logits", "4", "--logit-positions", "4"])

@@ -4,7 +4,8 @@
 //! `SPECBENCH_KERNELS` takes away what the kernels may use, to test and time each path on one
 //! machine: `portable` (no vector code at all: the tests run the whole model through it),
 //! `no-avx512`, `no-avx-vnni`, `no-avx512-vnni`, comma-separated (`no-avx-vnni` makes a Zen 5 or
-//! Sapphire Rapids take the path a Zen 4 or Ice Lake takes).
+//! Sapphire Rapids take the path a Zen 4 or Ice Lake takes); on ARM, `no-dotprod` (the NEON path
+//! without `sdot`, as on a Cortex-A53 or A72).
 
 use std::sync::OnceLock;
 
@@ -13,6 +14,8 @@ use std::sync::OnceLock;
 pub enum Isa {
     /// Plain Rust, every CPU (and the reference the vector paths are tested against).
     Portable,
+    /// AArch64 with NEON (every 64-bit ARM CPU: Apple Silicon, Graviton, Ampere, Cortex-A).
+    Neon,
     /// x86-64 with AVX2, FMA and F16C.
     Avx2,
     /// `Avx2` and AVX-512F.
@@ -26,6 +29,8 @@ pub struct Extensions {
     pub avx_vnni: bool,
     /// AVX512-VNNI with AVX512VL (`vpdpbusd`, EVEX-encoded, on 256-bit registers too).
     pub avx512_vnni: bool,
+    /// ARM's dot product extension (`sdot`: Apple M1 and later, Graviton 2 and later).
+    pub dotprod: bool,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -64,6 +69,7 @@ fn restrict(mut detected: Detected, restrictions: &[String]) -> Detected {
             }
             "no-avx-vnni" => detected.extensions.avx_vnni = false,
             "no-avx512-vnni" => detected.extensions.avx512_vnni = false,
+            "no-dotprod" => detected.extensions.dotprod = false,
             _ => {}
         }
     }
@@ -80,10 +86,19 @@ fn detect() -> Detected {
         (true, true) => Isa::Avx512,
     };
     let avx512_vnni = isa == Isa::Avx512 && has!("avx512vl") && has!("avx512vnni");
-    Detected { isa, extensions: Extensions { avx_vnni: avx2 && has!("avxvnni"), avx512_vnni } }
+    Detected {
+        isa,
+        extensions: Extensions { avx_vnni: avx2 && has!("avxvnni"), avx512_vnni, dotprod: false },
+    }
 }
 
-#[cfg(not(target_arch = "x86_64"))]
+#[cfg(target_arch = "aarch64")]
+fn detect() -> Detected {
+    let dotprod = std::arch::is_aarch64_feature_detected!("dotprod");
+    Detected { isa: Isa::Neon, extensions: Extensions { dotprod, ..Extensions::default() } }
+}
+
+#[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
 fn detect() -> Detected {
     Detected { isa: Isa::Portable, extensions: Extensions::default() }
 }
@@ -111,6 +126,7 @@ pub fn extensions() -> Extensions {
 pub fn describe() -> String {
     let mut out = match isa() {
         Isa::Portable => "portable",
+        Isa::Neon => "neon",
         Isa::Avx2 => "avx2",
         Isa::Avx512 => "avx512",
     }
@@ -120,6 +136,9 @@ pub fn describe() -> String {
     }
     if extensions().avx512_vnni {
         out += " +avx512-vnni";
+    }
+    if extensions().dotprod {
+        out += " +dotprod";
     }
     out
 }
@@ -132,7 +151,8 @@ pub trait Vectorize {
     fn run(self) -> Self::Output;
 }
 
-/// Runs `work` compiled for AVX2 and FMA where this CPU has them, as written elsewhere.
+/// Runs `work` compiled for AVX2 and FMA where this CPU has them, as written elsewhere (NEON is
+/// every AArch64 CPU's baseline, so there the compiler vectorises the same loops as written).
 pub fn vectorized<W: Vectorize>(work: W) -> W::Output {
     #[cfg(target_arch = "x86_64")]
     if has_avx2() {
@@ -174,9 +194,19 @@ mod tests {
 
     #[test]
     fn restrictions_take_away_what_they_name() {
-        let all = Detected { isa: Isa::Avx512, extensions: Extensions { avx_vnni: true, avx512_vnni: true } };
+        let all = Detected {
+            isa: Isa::Avx512,
+            extensions: Extensions { avx_vnni: true, avx512_vnni: true, dotprod: false },
+        };
         let less = |r: &[&str]| restrict(all, &r.iter().map(|s| s.to_string()).collect::<Vec<_>>());
-        assert_eq!(less(&["no-avx-vnni"]).extensions, Extensions { avx_vnni: false, avx512_vnni: true });
+        assert_eq!(
+            less(&["no-avx-vnni"]).extensions,
+            Extensions { avx_vnni: false, avx512_vnni: true, dotprod: false }
+        );
+        let arm =
+            Detected { isa: Isa::Neon, extensions: Extensions { dotprod: true, ..Extensions::default() } };
+        assert!(!restrict(arm, &["no-dotprod".into()]).extensions.dotprod);
+        assert_eq!(restrict(arm, &["portable".into()]).isa, Isa::Portable);
         let avx2 = less(&["no-avx512"]);
         assert_eq!(
             (avx2.isa, avx2.extensions.avx512_vnni, avx2.extensions.avx_vnni),
@@ -188,7 +218,7 @@ mod tests {
 
     #[test]
     fn levels_are_ordered_and_described() {
-        assert!(Isa::Portable < Isa::Avx2 && Isa::Avx2 < Isa::Avx512);
+        assert!(Isa::Portable < Isa::Neon && Isa::Neon < Isa::Avx2 && Isa::Avx2 < Isa::Avx512);
         assert!(!describe().is_empty());
         assert!(!has_avx512() || has_avx2());
     }

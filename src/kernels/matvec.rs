@@ -9,6 +9,7 @@
 //! of contiguous weight rows, and each row, once in cache, is dotted with up to `TILE` input
 //! rows before the next is read, so a verify block of k + 1 tokens costs about one token.
 
+#[cfg(target_arch = "x86_64")]
 use crate::kernels::cpu;
 
 /// Input rows per block: with two weight rows that is eight accumulators, which fit the 16 AVX

@@ -152,3 +152,20 @@ pub fn gguf_parts(
         .collect();
     (parsed.metadata.into_iter().collect(), tensors)
 }
+
+/// A command that starts the specbench binary: directly, or through `SPECBENCH_TEST_RUNNER`
+/// (the emulator, `qemu-aarch64 -L /usr/aarch64-linux-gnu`, where the tests are cross-compiled
+/// for another architecture; scripts/test.sh).
+pub fn specbench_command() -> std::process::Command {
+    let binary = env!("CARGO_BIN_EXE_specbench");
+    let runner = std::env::var("SPECBENCH_TEST_RUNNER").unwrap_or_default();
+    let mut parts = runner.split_whitespace();
+    match parts.next() {
+        Some(program) => {
+            let mut command = std::process::Command::new(program);
+            command.args(parts).arg(binary);
+            command
+        }
+        None => std::process::Command::new(binary),
+    }
+}
