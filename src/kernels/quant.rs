@@ -305,7 +305,7 @@ fn five_bit_dot(qh_qs: &[u8], xq: &[i8], offset: i32) -> i32 {
 mod neon {
     use std::arch::aarch64::*;
 
-    use super::{BlockFormat, Q8Row, QK, f16_at};
+    use super::{BlockFormat, Q8Row, QK};
 
     pub(super) fn multiply_row(format: BlockFormat, weights: &[u8], rows: &[Q8Row], out: &mut [f32]) {
         let sdot = crate::kernels::cpu::extensions().dotprod;
@@ -328,8 +328,34 @@ mod neon {
         unsafe { dot::<false>(format, weights, x) }
     }
 
+    const Q8_0: u8 = 0;
+    const Q4_0: u8 = 1;
+    const Q4_1: u8 = 2;
+    const Q5_0: u8 = 3;
+    const Q5_1: u8 = 4;
+
+    /// One loop per format, so that no block branches on it.
     #[inline(always)]
     unsafe fn dot<const SDOT: bool>(format: BlockFormat, weights: &[u8], x: &Q8Row) -> f32 {
+        // SAFETY: as `multiply_row`'s.
+        unsafe {
+            match format {
+                BlockFormat::Q8_0 => dot_of::<Q8_0, SDOT>(format, weights, x),
+                BlockFormat::Q4_0 => dot_of::<Q4_0, SDOT>(format, weights, x),
+                BlockFormat::Q4_1 => dot_of::<Q4_1, SDOT>(format, weights, x),
+                BlockFormat::Q5_0 => dot_of::<Q5_0, SDOT>(format, weights, x),
+                BlockFormat::Q5_1 => dot_of::<Q5_1, SDOT>(format, weights, x),
+                _ => unreachable!("only 8-bit-input formats reach the Q8 dot"),
+            }
+        }
+    }
+
+    #[inline(always)]
+    unsafe fn dot_of<const KIND: u8, const SDOT: bool>(
+        format: BlockFormat,
+        weights: &[u8],
+        x: &Q8Row,
+    ) -> f32 {
         let mut sum = 0.0f32;
         for (b, block) in weights.chunks_exact(format.block_bytes()).enumerate() {
             // SAFETY: a block of `format` and 32 input bytes at `b · QK`.
@@ -337,18 +363,18 @@ mod neon {
                 let xq = x.qs.as_ptr().add(b * QK);
                 let (x0, x1) = (vld1q_s8(xq), vld1q_s8(xq.add(16)));
                 let p = block.as_ptr();
-                let ((w0, w1), min) = match format {
-                    BlockFormat::Q8_0 => ((vld1q_s8(p.add(2).cast()), vld1q_s8(p.add(18).cast())), None),
-                    BlockFormat::Q4_0 => (nibbles(p.add(2), 8), None),
-                    BlockFormat::Q4_1 => (nibbles(p.add(4), 0), Some(f16_at(block, 2))),
-                    BlockFormat::Q5_0 => (five_bits(p.add(2), 16), None),
-                    BlockFormat::Q5_1 => (five_bits(p.add(4), 0), Some(f16_at(block, 2))),
-                    _ => unreachable!("only 8-bit-input formats reach the Q8 dot"),
+                let ((w0, w1), min) = match KIND {
+                    Q8_0 => ((vld1q_s8(p.add(2).cast()), vld1q_s8(p.add(18).cast())), None),
+                    Q4_0 => (nibbles(p.add(2), 8), None),
+                    Q4_1 => (nibbles(p.add(4), 0), Some(f16_load(p.add(2)))),
+                    Q5_0 => (five_bits(p.add(2), 16), None),
+                    _ => (five_bits(p.add(4), 0), Some(f16_load(p.add(2)))),
                 };
                 let acc = dot16::<SDOT>(dot16::<SDOT>(vdupq_n_s32(0), w0, x0), w1, x1);
                 let dot = vaddvq_s32(acc);
+                let (xd, xs) = (*x.d.get_unchecked(b), *x.s.get_unchecked(b));
                 // The portable path's expression, in its order.
-                sum += f16_at(block, 0) * x.d[b] * dot as f32 + min.map_or(0.0, |m| m * x.s[b]);
+                sum += f16_load(p) * xd * dot as f32 + min.map_or(0.0, |m| m * xs);
             }
         }
         sum
@@ -384,6 +410,25 @@ mod neon {
             );
         }
         acc
+    }
+
+    /// The f16 at `p` as f32, by the conversion every AArch64 CPU has (`fcvt`; exact, as
+    /// `half`'s is): `half` converts in software unless built for FEAT_FP16, a call per block.
+    #[inline(always)]
+    unsafe fn f16_load(p: *const u8) -> f32 {
+        let out: f32;
+        // SAFETY: two readable bytes at `p` (any alignment: `ldr h` of a byte address).
+        unsafe {
+            std::arch::asm!(
+                "ldr {h:h}, [{p}]",
+                "fcvt {out:s}, {h:h}",
+                p = in(reg) p,
+                h = out(vreg) _,
+                out = lateout(vreg) out,
+                options(pure, readonly, nostack, preserves_flags)
+            );
+        }
+        out
     }
 
     /// 16 bytes of nibbles as elements 0..16 (low) and 16..32 (high), less `offset`.
