@@ -286,35 +286,34 @@ fn shards_merge_into_the_full_sweep() {
     assert_eq!(out.status.code(), Some(1), "resuming shard 1 as shard 0 must fail");
 }
 
-#[test]
-fn the_llama3_config_fails_cleanly_without_weights() {
-    let config = Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/llama3-8b-1b.toml");
+/// `specbench run CONFIG` with the models under a folder that does not exist: exit 1, no panic,
+/// no result folder, and stderr naming what to put where.
+fn fails_without_weights(config: &str, expected: &[&str]) {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let out = Command::new(env!("CARGO_BIN_EXE_specbench"))
-        .args(["run", config.to_str().unwrap()])
+        .args(["run", root.join("configs").join(config).to_str().unwrap()])
         .env("SPECBENCH_MODELS", "/nonexistent/models")
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
-    assert!(stderr.contains("/nonexistent/models/Llama-3.1-8B-Instruct"), "{stderr}");
-    assert!(stderr.contains("config.json") && stderr.contains("tokenizer.json"), "{stderr}");
-    assert!(!Path::new(env!("CARGO_MANIFEST_DIR")).join("results/llama3-8b-1b").exists());
+    for text in expected {
+        assert!(stderr.contains(text), "{config}: `{text}` not in {stderr}");
+    }
+    assert!(!root.join("results").join(config.trim_end_matches(".toml")).exists());
 }
 
 #[test]
-fn the_llama3_gguf_config_names_the_file_to_put_where() {
-    let config = Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/llama3-8b-1b-gguf.toml");
-    let out = Command::new(env!("CARGO_BIN_EXE_specbench"))
-        .args(["run", config.to_str().unwrap()])
-        .env("SPECBENCH_MODELS", "/nonexistent/models")
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
-    assert!(!stderr.contains("panicked"), "{stderr}");
-    assert!(stderr.contains("/nonexistent/models/Meta-Llama-3.1-8B-Instruct-Q4_K_M.gguf"), "{stderr}");
-    assert!(!Path::new(env!("CARGO_MANIFEST_DIR")).join("results/llama3-8b-1b-gguf").exists());
+fn the_llama3_configs_say_which_file_to_put_where() {
+    fails_without_weights(
+        "llama3-8b-1b.toml",
+        &["/nonexistent/models/Llama-3.1-8B-Instruct", "config.json", "tokenizer.json"],
+    );
+    fails_without_weights(
+        "llama3-8b-1b-gguf.toml",
+        &["/nonexistent/models/Meta-Llama-3.1-8B-Instruct-Q4_K_M.gguf"],
+    );
 }
 
 /// Every config under configs/ parses (read from the folder, so a new one cannot be left out).

@@ -298,6 +298,32 @@ fn five_bit_dot(qh_qs: &[u8], xq: &[i8], offset: i32) -> i32 {
         .sum()
 }
 
+/// The formats with 8-bit-input kernels as const-generic parameters, so that each vector kernel
+/// is compiled once per format and no block branches on it.
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+mod kind {
+    pub const Q4_0: u8 = 0;
+    pub const Q4_1: u8 = 1;
+    pub const Q8_0: u8 = 2;
+    pub const Q5_0: u8 = 3;
+    pub const Q5_1: u8 = 4;
+}
+
+/// `$call::<KIND, $konst…>($arg…)` for `$format`'s kind (`kind`).
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+macro_rules! for_kind {
+    ($format:expr, $call:ident, [$($konst:ident),*], ($($arg:expr),*)) => {
+        match $format {
+            BlockFormat::Q4_0 => $call::<{ super::kind::Q4_0 } $(, $konst)*>($($arg),*),
+            BlockFormat::Q4_1 => $call::<{ super::kind::Q4_1 } $(, $konst)*>($($arg),*),
+            BlockFormat::Q5_0 => $call::<{ super::kind::Q5_0 } $(, $konst)*>($($arg),*),
+            BlockFormat::Q5_1 => $call::<{ super::kind::Q5_1 } $(, $konst)*>($($arg),*),
+            BlockFormat::Q8_0 => $call::<{ super::kind::Q8_0 } $(, $konst)*>($($arg),*),
+            _ => unreachable!("only 8-bit-input formats have integer kernels"),
+        }
+    };
+}
+
 /// The integer products on ARM: each block's Σ q·x in NEON registers (`sdot` where the CPU has
 /// the dot product extension, widening multiplies elsewhere), then the block scaled and summed
 /// in the portable path's order, so that the result equals `dot_q8_scalar` bit for bit.
@@ -305,6 +331,7 @@ fn five_bit_dot(qh_qs: &[u8], xq: &[i8], offset: i32) -> i32 {
 mod neon {
     use std::arch::aarch64::*;
 
+    use super::kind::{Q4_0, Q4_1, Q5_0, Q8_0};
     use super::{BlockFormat, Q8Row, QK};
 
     pub(super) fn multiply_row(format: BlockFormat, weights: &[u8], rows: &[Q8Row], out: &mut [f32]) {
@@ -328,26 +355,10 @@ mod neon {
         unsafe { dot::<false>(format, weights, x) }
     }
 
-    const Q8_0: u8 = 0;
-    const Q4_0: u8 = 1;
-    const Q4_1: u8 = 2;
-    const Q5_0: u8 = 3;
-    const Q5_1: u8 = 4;
-
-    /// One loop per format, so that no block branches on it.
     #[inline(always)]
     unsafe fn dot<const SDOT: bool>(format: BlockFormat, weights: &[u8], x: &Q8Row) -> f32 {
         // SAFETY: as `multiply_row`'s.
-        unsafe {
-            match format {
-                BlockFormat::Q8_0 => dot_of::<Q8_0, SDOT>(format, weights, x),
-                BlockFormat::Q4_0 => dot_of::<Q4_0, SDOT>(format, weights, x),
-                BlockFormat::Q4_1 => dot_of::<Q4_1, SDOT>(format, weights, x),
-                BlockFormat::Q5_0 => dot_of::<Q5_0, SDOT>(format, weights, x),
-                BlockFormat::Q5_1 => dot_of::<Q5_1, SDOT>(format, weights, x),
-                _ => unreachable!("only 8-bit-input formats reach the Q8 dot"),
-            }
-        }
+        unsafe { for_kind!(format, dot_of, [SDOT], (format, weights, x)) }
     }
 
     #[inline(always)]
@@ -518,12 +529,7 @@ pub(super) mod avx2 {
     const TILE: usize = 4;
     const PREFETCH_AHEAD_BYTES: usize = 4096;
 
-    // The formats as const-generic parameters, so each kernel is compiled for one.
-    const Q4_0: u8 = 0;
-    const Q4_1: u8 = 1;
-    const Q8_0: u8 = 2;
-    const Q5_0: u8 = 3;
-    const Q5_1: u8 = 4;
+    use super::kind::{Q4_0, Q4_1, Q5_0, Q5_1};
 
     // How 32 unsigned × signed bytes are summed into i32 lanes: AVX2's `vpmaddubsw` +
     // `vpmaddwd`, or one `vpdpbusd`, VEX-encoded (AVX-VNNI: Intel since Alder Lake, AMD Zen 5) or
@@ -573,16 +579,7 @@ pub(super) mod avx2 {
     #[inline(always)]
     unsafe fn tiles<const DOT: u8>(format: BlockFormat, weights: &[u8], rows: &[Q8Row], out: &mut [f32]) {
         // SAFETY: the caller's contract.
-        unsafe {
-            match format {
-                BlockFormat::Q4_0 => tiles_of::<Q4_0, DOT>(weights, rows, out),
-                BlockFormat::Q4_1 => tiles_of::<Q4_1, DOT>(weights, rows, out),
-                BlockFormat::Q5_0 => tiles_of::<Q5_0, DOT>(weights, rows, out),
-                BlockFormat::Q5_1 => tiles_of::<Q5_1, DOT>(weights, rows, out),
-                BlockFormat::Q8_0 => tiles_of::<Q8_0, DOT>(weights, rows, out),
-                _ => unreachable!("only 8-bit-input formats have integer kernels"),
-            }
-        }
+        unsafe { for_kind!(format, tiles_of, [DOT], (weights, rows, out)) }
     }
 
     #[inline(always)]

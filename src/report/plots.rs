@@ -5,6 +5,7 @@ use std::path::Path;
 use std::sync::Once;
 
 use plotters::coord::Shift;
+use plotters::coord::types::RangedCoordf64;
 use plotters::prelude::*;
 
 use super::profile::cell_profile;
@@ -107,6 +108,25 @@ impl LineChart {
     }
 }
 
+/// The dotted horizontal line at `y` (speedup 1) across the chart.
+fn reference_line(x0: f64, x1: f64, y: f64) -> DashedLineSeries<std::vec::IntoIter<(f64, f64)>, i32> {
+    DashedLineSeries::new(vec![(x0, y), (x1, y)], 2, 4, BLACK.mix(0.4).stroke_width(1))
+}
+
+/// Every chart's legend, in one style.
+fn legend<'a, DB: DrawingBackend + 'a>(
+    chart: &mut ChartContext<'a, DB, Cartesian2d<RangedCoordf64, RangedCoordf64>>,
+    position: SeriesLabelPosition,
+) -> std::result::Result<(), DrawingAreaErrorKind<DB::ErrorType>> {
+    chart
+        .configure_series_labels()
+        .label_font((FONT, 13))
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK.mix(0.5))
+        .position(position)
+        .draw()
+}
+
 /// Labels whole numbers and leaves other tick positions blank.
 fn integer_label(x: &f64) -> String {
     if (x - x.round()).abs() < 1e-9 { format!("{x:.0}") } else { String::new() }
@@ -137,12 +157,7 @@ impl Figure for LineChart {
             .light_line_style(WHITE.mix(0.0))
             .draw()?;
         if let Some(y) = self.reference {
-            chart.draw_series(DashedLineSeries::new(
-                vec![(x0, y), (x1, y)],
-                2,
-                4,
-                BLACK.mix(0.4).stroke_width(1),
-            ))?;
+            chart.draw_series(reference_line(x0, x1, y))?;
         }
         for series in &self.series {
             let color = Palette99::pick(series.color).to_rgba();
@@ -193,13 +208,7 @@ impl Figure for LineChart {
                     .map(|&(x, lo, hi)| ErrorBar::new_vertical(x, lo, (lo + hi) / 2.0, hi, style, 8)),
             )?;
         }
-        chart
-            .configure_series_labels()
-            .label_font((FONT, 13))
-            .background_style(WHITE.mix(0.85))
-            .border_style(BLACK.mix(0.5))
-            .position(self.legend.clone())
-            .draw()?;
+        legend(&mut chart, self.legend.clone())?;
         root.present()
     }
 }
@@ -257,12 +266,7 @@ impl Figure for BarChart {
             .disable_x_mesh()
             .draw()?;
         if let Some(y) = self.reference {
-            chart.draw_series(DashedLineSeries::new(
-                vec![(x0, y), (x1, y)],
-                2,
-                4,
-                BLACK.mix(0.4).stroke_width(1),
-            ))?;
+            chart.draw_series(reference_line(x0, x1, y))?;
         }
         let width = 0.8 / self.bars.len().max(1) as f64;
         for (j, bars) in self.bars.iter().enumerate() {
@@ -287,13 +291,7 @@ impl Figure for BarChart {
                 ))
             }))?;
         }
-        chart
-            .configure_series_labels()
-            .label_font((FONT, 13))
-            .background_style(WHITE.mix(0.85))
-            .border_style(BLACK.mix(0.5))
-            .position(SeriesLabelPosition::UpperLeft)
-            .draw()?;
+        legend(&mut chart, SeriesLabelPosition::UpperLeft)?;
         root.present()
     }
 }
