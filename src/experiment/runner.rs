@@ -439,6 +439,8 @@ struct BackendSweep<'a> {
     encoded: Vec<Vec<u32>>,
     /// The target's stop tokens and the config's.
     stop_ids: Vec<u32>,
+    /// The target's own stop tokens where `ban_eos` bans them, else none.
+    banned_ids: Vec<u32>,
 }
 
 impl<'a> BackendSweep<'a> {
@@ -476,7 +478,8 @@ impl<'a> BackendSweep<'a> {
             })
             .collect::<Result<Vec<_>>>()?;
         let stop_ids = target.stop_ids(&plan.config().experiment.stop_token_ids);
-        let sweep = Self { plan, target, drafters, encoded, stop_ids };
+        let banned_ids = if plan.config().experiment.ban_eos { target.stop_ids(&[]) } else { Vec::new() };
+        let sweep = Self { plan, target, drafters, encoded, stop_ids, banned_ids };
         sweep.check_context()?;
         Ok(sweep)
     }
@@ -551,7 +554,7 @@ impl<'a> BackendSweep<'a> {
                 top_p: config.sweep.top_p,
             },
             eos_ids: self.stop_ids.clone(),
-            banned_ids: if config.experiment.ban_eos { self.target.stop_ids(&[]) } else { Vec::new() },
+            banned_ids: self.banned_ids.clone(),
             seed,
         };
         let target = &self.target.model;

@@ -216,6 +216,11 @@ fn k_cell(r: &SummaryRow) -> String {
     if r.schedule.is_empty() { r.k.to_string() } else { format!("{} ≤ {}", r.schedule, r.k) }
 }
 
+/// A name as part of a file name: anything but ASCII letters, digits, `-`, `_` and `.` becomes `_`.
+fn file_stem(name: &str) -> String {
+    name.chars().map(|c| if c.is_ascii_alphanumeric() || "-_.".contains(c) { c } else { '_' }).collect()
+}
+
 /// What `merge` made: the summary, and the rows the config expects that no folder held.
 pub struct Merged {
     pub summary: Vec<SummaryRow>,

@@ -449,7 +449,7 @@ pub fn write_all(summary: &[SummaryRow], rows: &[RunRow], dir: &Path) -> Result<
             let own: Vec<SummaryRow> = summary.iter().filter(|r| r.drafter == drafter).cloned().collect();
             let own_groups = self::groups(&own);
             let of_own = |f: &SeriesOfGroup| series_of(&own_groups, f);
-            let stem = file_stem(drafter);
+            let stem = super::file_stem(drafter);
             let title = format!("{title}: {drafter}");
             let series = of_own(&speedup_series);
             render(
@@ -535,7 +535,7 @@ fn setting_file(name: &str, setting: &str, count: usize) -> String {
     if count == 1 {
         name.to_string()
     } else {
-        format!("{name}-{}", file_stem(&setting.replace("T=", "T").replace(' ', "-")))
+        format!("{name}-{}", super::file_stem(&setting.replace("T=", "T").replace(' ', "-")))
     }
 }
 
@@ -619,11 +619,6 @@ fn write_heatmaps(summary: &[SummaryRow], dir: &Path) -> Result<()> {
 /// One chart's series: `f` applied to each group, the group's index as its color.
 fn series_of(groups: &[(String, Vec<&SummaryRow>)], f: &SeriesOfGroup) -> Vec<Series> {
     groups.iter().enumerate().flat_map(|(color, (label, cells))| f(color, label, cells)).collect()
-}
-
-/// A drafter's name as part of a file name.
-fn file_stem(name: &str) -> String {
-    name.chars().map(|c| if c.is_ascii_alphanumeric() || "-_.".contains(c) { c } else { '_' }).collect()
 }
 
 /// Where a cell sits on the draft-length axis: its k, or for an adaptive schedule the mean

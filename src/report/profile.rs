@@ -380,7 +380,7 @@ pub fn profile_dir_name(cell: &CellKey) -> String {
         "{}{schedule}-k{}-T{}-{}-{}",
         cell.drafter, cell.k, cell.temperature, cell.backend, cell.dtype
     );
-    raw.chars().map(|c| if c.is_ascii_alphanumeric() || "-_.".contains(c) { c } else { '_' }).collect()
+    super::file_stem(&raw)
 }
 
 #[cfg(test)]
