@@ -33,6 +33,7 @@ fn quantized(c: &mut Criterion) {
     let mut group = c.benchmark_group("host quantized matvec");
     let shapes = [
         ("q4_1 mlp up 1536x576", BlockFormat::Q4_1, 1536, 576),
+        ("q8_0 mlp up 1536x576", BlockFormat::Q8_0, 1536, 576),
         ("q4_0 mlp up 8192x2048", BlockFormat::Q4_0, 8192, 2048),
         ("q8_0 lm head 49152x576", BlockFormat::Q8_0, 49152, 576),
     ];
@@ -50,7 +51,7 @@ fn quantized(c: &mut Criterion) {
         };
         let matrix = QuantMatrix::new(format, &blocks, rows, cols);
         group.throughput(Throughput::Bytes(blocks.len() as u64));
-        for m in [1, 5] {
+        for m in [1, 5, 9] {
             let x: Vec<f32> = (0..m * cols).map(|i| (i % 13) as f32 * 0.1).collect();
             let x_rows: Vec<&[f32]> = x.chunks(cols).collect();
             let mut out = vec![0.0; rows * m];

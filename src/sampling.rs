@@ -7,6 +7,7 @@ use rand::distributions::{Distribution, Uniform};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+use crate::kernels::math::exp;
 
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct SamplingConfig {
@@ -121,7 +122,7 @@ pub fn check_temperature(temperature: f64) -> std::result::Result<(), String> {
 /// `exp((x − max) · inverse_t)` of every logit, in f32 (the logits' own precision), widened to
 /// f64 for the sums and the acceptance test. An exp per vocabulary entry in f64, or libm's f32
 /// `expf` (a call per entry), was most of the speculative step's own time at T = 1:
-/// `exp_nonpositive` is plain arithmetic, so the loop vectorises.
+/// `kernels::math::exp` is plain arithmetic, so the loop vectorises.
 fn exp_weights(logits: &[f32], max: f32, inverse_t: f32) -> Vec<f64> {
     struct ExpWeights<'a>(&'a [f32], f32, f32);
     impl crate::kernels::cpu::Vectorize for ExpWeights<'_> {
@@ -138,36 +139,9 @@ fn exp_weights(logits: &[f32], max: f32, inverse_t: f32) -> Vec<f64> {
 fn exp_weights_portable(logits: &[f32], max: f32, inverse_t: f32) -> Vec<f64> {
     let mut weights = vec![0.0; logits.len()];
     for (w, &x) in weights.iter_mut().zip(logits) {
-        *w = f64::from(exp_nonpositive((x - max) * inverse_t));
+        *w = f64::from(exp((x - max) * inverse_t));
     }
     weights
-}
-
-/// `e^x` for `x ≤ 0` to f32 precision (Cephes' `expf`): `x = n·ln 2 + r` with `|r| ≤ ln 2 / 2`,
-/// `e^r` by Cephes' polynomial, `2^n` written into the exponent bits. Below
-/// −87, where `e^x` leaves f32's normal range, it returns `e^−87` (≈ 1.6e−38): next to the
-/// largest weight, 1, that is no mass at all.
-#[inline(always)]
-fn exp_nonpositive(x: f32) -> f32 {
-    const LOG2_E: f32 = std::f32::consts::LOG2_E;
-    // ln 2 in two parts, so that n · LN2_HIGH is exact.
-    const LN2_HIGH: f32 = 0.693_359_4;
-    const LN2_LOW: f32 = -2.121_944_4e-4;
-    // Adding and subtracting 1.5 · 2²³ rounds to the nearest integer without a call.
-    const ROUND: f32 = 12_582_912.0;
-    let x = if x < -87.0 { -87.0 } else { x };
-    let shifted = x * LOG2_E + ROUND;
-    let n = shifted - ROUND;
-    // n as an integer, read from the low mantissa bits (a float-to-int cast saturates, which
-    // kept the loop from vectorising).
-    let n_int = shifted.to_bits().wrapping_sub(ROUND.to_bits()) as i32;
-    let r = x - n * LN2_HIGH - n * LN2_LOW;
-    let poly = ((((1.987_569_2e-4 * r + 1.398_2e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2) * r
-        + 0.166_666_65)
-        * r
-        + 0.5;
-    let e_r = poly * r * r + r + 1.0;
-    e_r * f32::from_bits((n_int.wrapping_add(127) as u32) << 23)
 }
 
 /// Index of the largest logit; the first one wins ties, as in `torch.argmax`.
@@ -258,21 +232,11 @@ mod tests {
     use rand_chacha::ChaCha8Rng;
 
     #[test]
-    fn exp_is_within_a_few_ulp_of_f64_exp_down_to_the_normal_range() {
-        let mut worst = 0.0f64;
-        for i in 0..=870_000 {
-            let x = -(i as f32) * 1e-4;
-            let want = f64::from(x).exp();
-            worst = worst.max((f64::from(exp_nonpositive(x)) - want).abs() / want);
-        }
-        assert!(worst < 3e-7, "relative error {worst}");
-        assert_eq!(exp_nonpositive(0.0), 1.0);
-        assert!(exp_nonpositive(-1000.0) > 0.0 && exp_nonpositive(-1000.0) < 2e-38);
-        // The vectorised loop computes the same values.
+    fn the_vectorised_exp_weights_are_the_scalar_ones() {
         let logits: Vec<f32> = (0..100).map(|i| (i as f32 * 0.37).sin() * 9.0).collect();
         let weights = exp_weights(&logits, 9.0, 1.3);
         for (w, &x) in weights.iter().zip(&logits) {
-            assert_eq!(*w, f64::from(exp_nonpositive((x - 9.0) * 1.3)));
+            assert_eq!(*w, f64::from(exp((x - 9.0) * 1.3)));
         }
     }
 

@@ -27,7 +27,8 @@ pub enum Isa {
 pub struct Extensions {
     /// AVX-VNNI (`vpdpbusd` on 256-bit registers, VEX-encoded).
     pub avx_vnni: bool,
-    /// AVX512-VNNI with AVX512VL (`vpdpbusd`, EVEX-encoded, on 256-bit registers too).
+    /// AVX512-VNNI with AVX512VL and AVX512BW (`vpdpbusd` on 512-bit registers, and EVEX-encoded
+    /// on 256-bit ones; byte masks): Intel since Cascade Lake, AMD since Zen 4.
     pub avx512_vnni: bool,
     /// ARM's dot product extension (`sdot`: Apple M1 and later, Graviton 2 and later).
     pub dotprod: bool,
@@ -85,7 +86,7 @@ fn detect() -> Detected {
         (true, false) => Isa::Avx2,
         (true, true) => Isa::Avx512,
     };
-    let avx512_vnni = isa == Isa::Avx512 && has!("avx512vl") && has!("avx512vnni");
+    let avx512_vnni = isa == Isa::Avx512 && has!("avx512vl") && has!("avx512bw") && has!("avx512vnni");
     Detected {
         isa,
         extensions: Extensions { avx_vnni: avx2 && has!("avxvnni"), avx512_vnni, dotprod: false },

@@ -4,6 +4,7 @@
 pub mod attention;
 pub mod cpu;
 pub mod kquant;
+pub mod math;
 pub mod matvec;
 pub mod pool;
 pub mod quant;

@@ -14,6 +14,7 @@ use crate::error::Result;
 use crate::kernels::attention::{add_weighted4, dot4};
 use crate::kernels::cpu::{Vectorize, vectorized};
 use crate::kernels::dot;
+use crate::kernels::math::{exp, silu};
 use crate::kernels::pool::Pool;
 use crate::model::cache::{HostKv, KvCache, Layers};
 use crate::model::config::LlamaConfig;
@@ -180,7 +181,7 @@ impl Executor for HostExecutor {
         for r in 0..rows {
             let (gate, up) = gate_up[2 * r * intermediate..][..2 * intermediate].split_at_mut(intermediate);
             for (g, u) in gate.iter_mut().zip(up.iter()) {
-                *g = *g / (1.0 + (-*g).exp()) * u;
+                *g = silu(*g) * u;
             }
             gate_up.copy_within(2 * r * intermediate..(2 * r + 1) * intermediate, r * intermediate);
         }
@@ -289,11 +290,9 @@ impl Heads<'_> {
 #[inline(always)]
 fn softmax(scores: &mut [f32]) {
     let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let mut total = 0.0;
-    for s in scores.iter_mut() {
-        *s = (*s - max).exp();
-        total += *s;
-    }
+    // Two passes: a running sum in the first kept the exps from vectorising.
+    scores.iter_mut().for_each(|s| *s = exp(*s - max));
+    let total: f32 = scores.iter().sum();
     scores.iter_mut().for_each(|s| *s /= total);
 }
 
@@ -306,7 +305,6 @@ mod tests {
         let runtime = Runtime::new(crate::backend::Backend::Ndarray, "f32").unwrap();
         let exec = HostExecutor::new(&runtime);
         let rows = vec![0.0, 1.0, 2.0, 3.0, /* row 2 */ 1.0, -1.0, 1.0, 1.0];
-        let silu = |x: f32| x / (1.0 + (-x).exp());
         assert_eq!(exec.swiglu(rows, 2), vec![silu(0.0) * 2.0, silu(1.0) * 3.0, silu(1.0), silu(-1.0)]);
     }
 
