@@ -27,14 +27,16 @@ fn matvec(c: &mut Criterion) {
     group.finish();
 }
 
-/// The quantized kernel on SmolLM2-135M's shapes (its q4_1 MLP and its q8_0 tied head), in
-/// weight bytes read per second.
+/// The quantized kernels on SmolLM2-135M's shapes (its q4_1 MLP and its q8_0 tied head) and
+/// Llama-3.2-1B's (q4_0 and the K-quants of a Q4_K_M file), in weight bytes read per second.
 fn quantized(c: &mut Criterion) {
     let mut group = c.benchmark_group("host quantized matvec");
     let shapes = [
         ("q4_1 mlp up 1536x576", BlockFormat::Q4_1, 1536, 576),
         ("q8_0 mlp up 1536x576", BlockFormat::Q8_0, 1536, 576),
         ("q4_0 mlp up 8192x2048", BlockFormat::Q4_0, 8192, 2048),
+        ("q4_k attention 2048x2048", BlockFormat::Q4_K, 2048, 2048),
+        ("q6_k attention 2048x2048", BlockFormat::Q6_K, 2048, 2048),
         ("q8_0 lm head 49152x576", BlockFormat::Q8_0, 49152, 576),
     ];
     for (name, format, rows, cols) in shapes {
@@ -47,6 +49,7 @@ fn quantized(c: &mut Criterion) {
                 .chunks(18)
                 .flat_map(|b| [b, &b[..2]].concat())
                 .collect(),
+            BlockFormat::Q4_K | BlockFormat::Q6_K => k_quant_blocks(format, rows * cols),
             _ => format.quantize(&values).unwrap(),
         };
         let matrix = QuantMatrix::new(format, &blocks, rows, cols);
@@ -61,6 +64,18 @@ fn quantized(c: &mut Criterion) {
         }
     }
     group.finish();
+}
+
+/// Any bytes are valid K-quant super-blocks once their f16 scales are sane.
+fn k_quant_blocks(format: BlockFormat, weights: usize) -> Vec<u8> {
+    let mut bytes: Vec<u8> =
+        (0..weights / 256 * format.block_bytes()).map(|i| ((i * 131 + 7) % 251) as u8).collect();
+    for block in bytes.chunks_exact_mut(format.block_bytes()) {
+        // d ≈ 0.006 (and dmin ≈ 0.02 where there is one).
+        let (at, len) = if format == BlockFormat::Q6_K { (208, 2) } else { (0, 4) };
+        block[at..at + len].copy_from_slice(&[0x1f, 0x1e, 0x1f, 0x25][..len]);
+    }
+    bytes
 }
 
 criterion_group!(benches, matvec, quantized);

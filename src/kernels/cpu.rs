@@ -18,7 +18,7 @@ pub enum Isa {
     Neon,
     /// x86-64 with AVX2, FMA and F16C.
     Avx2,
-    /// `Avx2` and AVX-512F.
+    /// `Avx2` and AVX-512F, BW and VL (every AVX-512 CPU since Skylake-SP, and AMD Zen 4).
     Avx512,
 }
 
@@ -27,8 +27,7 @@ pub enum Isa {
 pub struct Extensions {
     /// AVX-VNNI (`vpdpbusd` on 256-bit registers, VEX-encoded).
     pub avx_vnni: bool,
-    /// AVX512-VNNI with AVX512VL and AVX512BW (`vpdpbusd` on 512-bit registers, and EVEX-encoded
-    /// on 256-bit ones; byte masks): Intel since Cascade Lake, AMD since Zen 4.
+    /// AVX512-VNNI (`vpdpbusd` on 512-bit registers): Intel since Cascade Lake, AMD since Zen 4.
     pub avx512_vnni: bool,
     /// ARM's dot product extension (`sdot`: Apple M1 and later, Graviton 2 and later).
     pub dotprod: bool,
@@ -81,12 +80,12 @@ fn restrict(mut detected: Detected, restrictions: &[String]) -> Detected {
 fn detect() -> Detected {
     use std::arch::is_x86_feature_detected as has;
     let avx2 = has!("avx2") && has!("fma") && has!("f16c");
-    let isa = match (avx2, has!("avx512f")) {
+    let isa = match (avx2, has!("avx512f") && has!("avx512bw") && has!("avx512vl")) {
         (false, _) => Isa::Portable,
         (true, false) => Isa::Avx2,
         (true, true) => Isa::Avx512,
     };
-    let avx512_vnni = isa == Isa::Avx512 && has!("avx512vl") && has!("avx512bw") && has!("avx512vnni");
+    let avx512_vnni = isa == Isa::Avx512 && has!("avx512vnni");
     Detected {
         isa,
         extensions: Extensions { avx_vnni: avx2 && has!("avxvnni"), avx512_vnni, dotprod: false },
