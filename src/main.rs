@@ -95,7 +95,8 @@ enum BenchCommand {
         #[arg(long)]
         out: Option<PathBuf>,
     },
-    /// Median time of a forward of 1..=max-tokens tokens after --context cached tokens.
+    /// Median time of a forward of 1..=max-tokens tokens (or of each of --rows) after --context
+    /// cached tokens: the verify curve.
     Forward {
         /// Checkpoint folder or random:PRESET.
         #[arg(long)]
@@ -108,6 +109,10 @@ enum BenchCommand {
         context: usize,
         #[arg(long, default_value_t = 16)]
         max_tokens: usize,
+        /// Rows per forward to time instead of 1..=max-tokens: counts and ranges, e.g.
+        /// `1-16,32,64` (each at most 256).
+        #[arg(long, conflicts_with = "max_tokens")]
+        rows: Option<String>,
         #[arg(long, default_value_t = 5)]
         repeats: usize,
         #[arg(long)]
@@ -312,20 +317,25 @@ fn bench(what: BenchCommand) -> Result<()> {
             let row = measure::Bandwidth { backend, device: runtime.describe(), bytes, gb_per_s };
             print_or_append(&[row], &out)
         }
-        BenchCommand::Forward { model, backend, dtype, context, max_tokens, repeats, out } => {
-            if max_tokens == 0 || max_tokens > 256 || repeats > 1000 {
+        BenchCommand::Forward { model, backend, dtype, context, max_tokens, rows, repeats, out } => {
+            if max_tokens == 0 || max_tokens > measure::MAX_FORWARD_ROWS || repeats > 1000 {
                 anyhow::bail!("--max-tokens must be in 1..=256 and --repeats at most 1000");
             }
+            let rows = match rows {
+                Some(text) => measure::parse_row_counts(&text).map_err(|e| anyhow::anyhow!("--rows: {e}"))?,
+                None => (1..=max_tokens).collect(),
+            };
+            let longest = rows.iter().copied().max().unwrap_or(1);
             let runtime = Runtime::new(backend.parse()?, &dtype)?;
             let spec: ModelSpec = model.parse()?;
             let loaded =
                 LoadedModel::load(&spec, &runtime, 0).with_context(|| format!("loading model {spec}"))?;
             loaded.check_context(
                 "benchmarked",
-                context.saturating_add(max_tokens),
-                &format!("--context {context} + --max-tokens {max_tokens}"),
+                context.saturating_add(longest),
+                &format!("--context {context} + {longest} rows"),
             )?;
-            print_or_append(&measure::forward_costs(&loaded, context, max_tokens, repeats)?, &out)
+            print_or_append(&measure::forward_costs(&loaded, context, &rows, repeats)?, &out)
         }
     }
 }
@@ -333,6 +343,17 @@ fn bench(what: BenchCommand) -> Result<()> {
 /// Writes the summary and plots of `dir` and prints the table and where everything is.
 fn report(dir: &std::path::Path) -> Result<ExitCode> {
     let summary = write_report(dir)?;
+    if dir.join(specbench::report::verify_curve::FILE).exists() {
+        print!("{}", std::fs::read_to_string(dir.join("verify_curve.md"))?);
+        if summary.is_empty() {
+            println!(
+                "
+plots: {}",
+                dir.join("plots").join("verify_curve.png").display()
+            );
+            return Ok(ExitCode::SUCCESS);
+        }
+    }
     print!("{}", cell_table(&summary));
     report_paths(dir);
     Ok(ExitCode::SUCCESS)

@@ -5,7 +5,7 @@
 use std::time::{Duration, Instant};
 
 use burn::tensor::Tensor;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::backend::Runtime;
 use crate::decoding::CausalLm;
@@ -91,8 +91,9 @@ fn host_read_bandwidth(bytes: usize, repeats: usize) -> f64 {
 /// eight-lane loop the kernels use.
 static ONES: [f32; BANDWIDTH_COLUMNS] = [1.0; BANDWIDTH_COLUMNS];
 
-/// One row of `forward.csv`: a forward of `tokens` tokens after `cache_len` cached ones.
-#[derive(Debug, Clone, Serialize)]
+/// One row of `forward.csv` (and of `verify_curve.csv`, where llama.cpp's rows sit beside
+/// ours): a forward of `tokens` tokens after `cache_len` cached ones.
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ForwardCost {
     pub engine: String,
     pub model: String,
@@ -108,11 +109,44 @@ pub struct ForwardCost {
     pub weight_bytes: f64,
 }
 
-/// Median time of a forward of 1..=`max_tokens` tokens on a cache of `cache_len` tokens.
+/// The most rows `forward_costs` times in one forward, and the most lengths it takes.
+pub const MAX_FORWARD_ROWS: usize = 256;
+
+/// `1-16,32,64`: row counts and inclusive ranges, comma-separated, each in
+/// 1..=`MAX_FORWARD_ROWS`; sorted, without repeats.
+pub fn parse_row_counts(text: &str) -> std::result::Result<Vec<usize>, String> {
+    let number = |s: &str| -> std::result::Result<usize, String> {
+        match s.trim().parse::<usize>() {
+            Ok(n) if (1..=MAX_FORWARD_ROWS).contains(&n) => Ok(n),
+            _ => Err(format!("{s:?} is not a row count in 1..={MAX_FORWARD_ROWS}")),
+        }
+    };
+    let mut counts = std::collections::BTreeSet::new();
+    for part in text.split(',') {
+        match part.split_once('-') {
+            Some((low, high)) => {
+                let (low, high) = (number(low)?, number(high)?);
+                if low > high {
+                    return Err(format!("{part:?} is an empty range"));
+                }
+                counts.extend(low..=high);
+            }
+            None => {
+                counts.insert(number(part)?);
+            }
+        }
+    }
+    Ok(counts.into_iter().collect())
+}
+
+/// Median time of a forward of each of `rows` tokens (and of one, which every ratio is taken
+/// to) on a cache of `cache_len` tokens. The lengths take turns within each repeat, so that a
+/// machine's drift (a noisy neighbour, a clock step) falls on all of them alike rather than on
+/// the lengths measured while it lasted.
 pub fn forward_costs(
     model: &LoadedModel,
     cache_len: usize,
-    max_tokens: usize,
+    rows: &[usize],
     repeats: usize,
 ) -> Result<Vec<ForwardCost>> {
     let llama = &model.model;
@@ -121,34 +155,43 @@ pub fn forward_costs(
     let context: Vec<u32> = (0..cache_len.max(1)).map(token).collect();
     let mut cache = llama.new_cache();
     llama.logits(&context, &mut cache, 1, 1)?;
-    let mut medians = Vec::with_capacity(max_tokens);
-    for tokens in 1..=max_tokens {
-        let feed: Vec<u32> = (0..tokens).map(|i| token(cache_len + i)).collect();
-        let mut times = Vec::with_capacity(repeats + 1);
-        for pass in 0..=repeats.max(1) {
+    let mut lengths: Vec<usize> = rows.iter().copied().chain([1]).collect();
+    lengths.sort_unstable();
+    lengths.dedup();
+    let mut times = vec![Vec::with_capacity(repeats); lengths.len()];
+    for pass in 0..=repeats.max(1) {
+        for (tokens, times) in lengths.iter().zip(&mut times) {
+            let feed: Vec<u32> = (0..*tokens).map(|i| token(cache_len + i)).collect();
             let start = Instant::now();
             llama.logits(&feed, &mut cache, 1, 1)?;
             llama.sync()?;
+            // The first pass warms the caches and the pool.
             if pass > 0 {
                 times.push(start.elapsed().as_secs_f64());
             }
             cache.truncate(context.len());
         }
-        times.sort_by(f64::total_cmp);
-        medians.push(times[times.len() / 2]);
     }
+    let medians: Vec<f64> = times
+        .iter_mut()
+        .map(|t| {
+            t.sort_by(f64::total_cmp);
+            t[t.len() / 2]
+        })
+        .collect();
     let runtime: &Runtime = model.runtime();
     let weight_bytes = llama.weight_bytes() as f64;
-    Ok(medians
+    Ok(lengths
         .iter()
-        .enumerate()
-        .map(|(i, &seconds)| ForwardCost {
+        .zip(&medians)
+        .filter(|(tokens, _)| rows.contains(tokens))
+        .map(|(&tokens, &seconds)| ForwardCost {
             engine: crate::experiment::rows::ENGINE.into(),
             model: model.spec.to_string(),
             backend: runtime.backend().name().into(),
             dtype: runtime.weight_name().into(),
             cache_len: context.len(),
-            tokens: i + 1,
+            tokens,
             seconds,
             ratio_to_one: seconds / medians[0],
             weight_bytes,
@@ -192,10 +235,23 @@ mod tests {
         let runtime = Runtime::new(Backend::Ndarray, "f32").unwrap();
         let spec: ModelSpec = "random:custom".parse().unwrap();
         let model = LoadedModel::load(&spec, &runtime, 0).unwrap();
-        let rows = forward_costs(&model, 8, 3, 1).unwrap();
+        let rows = forward_costs(&model, 8, &[1, 2, 3], 1).unwrap();
         assert_eq!(rows.iter().map(|r| r.tokens).collect::<Vec<_>>(), [1, 2, 3]);
         assert_eq!(rows[0].ratio_to_one, 1.0);
+        // One row is timed for the ratios even when it is not asked for.
+        let without_one = forward_costs(&model, 8, &[2], 1).unwrap();
+        assert_eq!(without_one.len(), 1);
+        assert!(without_one[0].ratio_to_one > 0.0);
         assert!(rows.iter().all(|r| r.seconds > 0.0 && r.cache_len == 8 && r.weight_bytes > 0.0));
         assert!(read_bandwidth(&runtime, 1 << 20, 2).unwrap() > 0.0);
+    }
+
+    #[test]
+    fn row_counts_take_lists_and_ranges_and_refuse_the_rest() {
+        assert_eq!(parse_row_counts("1-4,9,32,3").unwrap(), [1, 2, 3, 4, 9, 32]);
+        assert_eq!(parse_row_counts("64").unwrap(), [64]);
+        for bad in ["", "0", "4-2", "1-300", "x", "1,,2", "-3"] {
+            assert!(parse_row_counts(bad).is_err(), "{bad:?}");
+        }
     }
 }

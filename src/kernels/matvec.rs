@@ -170,15 +170,22 @@ pub fn multiply_rows_into<W: WeightElement>(x_rows: &[&[f32]], weight: &[W], col
     }
 }
 
-/// `[rows, m]` to `[m, rows]` (nothing to move for one row).
+/// `[rows, m]` to `[m, rows]` (nothing to move for one row), sixteen rows at a time: element by
+/// element, each write of a long matrix (an MLP's 3072 rows, the head's 49152) landed in another
+/// cache line, and a prefill of 65 rows spent a seventh of its time here.
 pub fn transpose_outputs(out_t: Vec<f32>, m: usize, rows: usize) -> Vec<f32> {
+    const BLOCK: usize = 16;
     if m == 1 {
         return out_t;
     }
     let mut out = vec![0.0f32; m * rows];
-    for (r, values) in out_t.chunks_exact(m).enumerate() {
-        for (j, &v) in values.iter().enumerate() {
-            out[j * rows + r] = v;
+    for (b, block) in out_t.chunks(BLOCK * m).enumerate() {
+        let height = block.len() / m;
+        for j in 0..m {
+            let run = &mut out[j * rows + b * BLOCK..][..height];
+            for (r, o) in run.iter_mut().enumerate() {
+                *o = block[r * m + j];
+            }
         }
     }
     out

@@ -5,6 +5,7 @@ pub mod plots;
 pub mod profile;
 pub mod regression;
 pub mod summary;
+pub mod verify_curve;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -17,8 +18,17 @@ use crate::experiment::prompts::SPEC_BENCH_TASKS;
 use crate::experiment::rows::{RowKey, RowWriter, RunRow, read_rows};
 use summary::{ALL, SummaryRow, summarize};
 
-/// Rebuilds the summary and plots of a result folder from its `runs.csv`.
+/// Rebuilds the summary and plots of a result folder from its `runs.csv`, and the verify curve
+/// from its `verify_curve.csv` where it has one (a folder may hold either or both; with the
+/// curve alone the summary is empty).
 pub fn write_report(dir: &Path) -> Result<Vec<SummaryRow>> {
+    let curve = dir.join(verify_curve::FILE).exists();
+    if curve {
+        verify_curve::write(dir)?;
+        if !dir.join("runs.csv").exists() {
+            return Ok(Vec::new());
+        }
+    }
     let rows = read_rows(&dir.join("runs.csv"))?;
     if rows.is_empty() {
         return Err(Error::MalformedFile { path: dir.join("runs.csv"), message: "no rows".into() });
