@@ -15,6 +15,8 @@ use crate::experiment::rows::{ENGINE, RunRow};
 
 const SIZE: (u32, u32) = (900, 560);
 const FONT: &str = "sans-serif";
+/// The most x ticks a line chart labels.
+const MAX_X_TICKS: usize = 20;
 
 pub struct LineChart {
     pub title: String,
@@ -145,12 +147,13 @@ impl Figure for LineChart {
             .x_label_area_size(45)
             .y_label_area_size(65)
             .build_cartesian_2d(x0..x1, y0..y1)?;
-        // Every x axis counts (draft length, position, tokens drafted): one tick per whole number.
+        // Every x axis counts (draft length, position, tokens drafted, rows): one tick per whole
+        // number, or round steps where that many would crowd the axis (the verify curve's 65).
         chart
             .configure_mesh()
             .x_desc(&self.x_label)
             .y_desc(&self.y_label)
-            .x_labels((x1 - x0).round() as usize + 1)
+            .x_labels(((x1 - x0).round() as usize + 1).min(MAX_X_TICKS))
             .x_label_formatter(&integer_label)
             .label_style((FONT, 14))
             .axis_desc_style((FONT, 16))
