@@ -19,8 +19,8 @@ const RANKS: &[(&str, u32)] = &[
     ("metrics", 6),
     ("decoding", 7),
     ("experiment", 8),
-    ("report", 9),
     ("measure", 9),
+    ("report", 10),
 ];
 
 fn rank(module: &str) -> u32 {

@@ -23,10 +23,6 @@ pub struct Q8Row {
     d: Vec<f32>,
     s: Vec<f32>,
     qs: Vec<i8>,
-    /// `d` with each block's scale eight times over, where the 512-bit kernels run (`avx512`):
-    /// two blocks' scales are then one load.
-    #[cfg(target_arch = "x86_64")]
-    wide_d: Vec<f32>,
 }
 
 impl Q8Row {
@@ -34,11 +30,7 @@ impl Q8Row {
         #[cfg(target_arch = "x86_64")]
         if crate::kernels::cpu::has_avx2() {
             // SAFETY: the CPU has AVX2, FMA and F16C.
-            let mut row = unsafe { Self::quantize_avx2(x) };
-            if crate::kernels::cpu::extensions().avx512_vnni {
-                row.wide_d = row.d.iter().flat_map(|&d| [d; 8]).collect();
-            }
-            return row;
+            return unsafe { Self::quantize_avx2(x) };
         }
         Self::quantize_portable(x)
     }
@@ -53,12 +45,8 @@ impl Q8Row {
         use std::arch::x86_64::*;
         debug_assert_eq!(x.len() % QK, 0);
         let blocks = x.len() / QK;
-        let mut row = Self {
-            d: Vec::with_capacity(blocks),
-            s: Vec::with_capacity(blocks),
-            qs: vec![0; x.len()],
-            wide_d: Vec::new(),
-        };
+        let mut row =
+            Self { d: Vec::with_capacity(blocks), s: Vec::with_capacity(blocks), qs: vec![0; x.len()] };
         let sign = _mm256_set1_ps(-0.0);
         let order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
         for (block, qs) in x.chunks_exact(QK).zip(row.qs.chunks_exact_mut(QK)) {
@@ -99,8 +87,6 @@ impl Q8Row {
             d: Vec::with_capacity(x.len() / QK),
             s: Vec::with_capacity(x.len() / QK),
             qs: vec![0; x.len()],
-            #[cfg(target_arch = "x86_64")]
-            wide_d: Vec::new(),
         };
         for (block, qs) in x.chunks_exact(QK).zip(row.qs.chunks_exact_mut(QK)) {
             let amax = block.iter().fold(0.0f32, |m, v| m.max(v.abs()));
@@ -118,20 +104,56 @@ impl Q8Row {
 }
 
 /// A matrix `[rows, cols]` of quantized blocks, each row `cols / block_len` blocks, in
-/// PyTorch's `[out, in]` layout.
+/// PyTorch's `[out, in]` layout; where the 512-bit kernels multiply it (`avx512`), with the
+/// blocks of each four rows interleaved (`Layout::Interleaved`).
 #[derive(Debug)]
 pub struct QuantMatrix {
     format: BlockFormat,
     blocks: aligned_vec::AVec<u8, aligned_vec::ConstAlign<64>>,
+    layout: Layout,
     rows: usize,
     cols: usize,
+}
+
+/// How a matrix's blocks lie in memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Layout {
+    /// Row after row, as the file stores them.
+    Rows,
+    /// Rows in groups of four, the group's blocks in the order block 0 of each row, block 1 of
+    /// each row, …; the last group padded with copies of the last row. The 512-bit kernels read
+    /// four rows' blocks side by side: from row-major storage those were four streams a page
+    /// apart, which the hardware prefetcher does not follow, and decode ran 20% slower.
+    Interleaved,
 }
 
 impl QuantMatrix {
     /// `blocks` must hold exactly `rows` rows of `cols` elements.
     pub fn new(format: BlockFormat, blocks: &[u8], rows: usize, cols: usize) -> Self {
-        assert_eq!(format.bytes_for(cols).map(|b| b * rows), Some(blocks.len()), "{format} [{rows}, {cols}]");
-        Self { format, blocks: aligned_vec::AVec::from_slice(64, blocks), rows, cols }
+        let row_bytes = format.bytes_for(cols).unwrap_or(0);
+        assert_eq!(
+            Some(row_bytes * rows),
+            Some(blocks.len()).filter(|_| row_bytes > 0),
+            "{format} [{rows}, {cols}]"
+        );
+        let layout = if interleaves(format) { Layout::Interleaved } else { Layout::Rows };
+        let blocks = match layout {
+            Layout::Rows => aligned_vec::AVec::from_slice(64, blocks),
+            Layout::Interleaved => {
+                let block = format.block_bytes();
+                let mut out = aligned_vec::AVec::with_capacity(64, rows.div_ceil(GROUP) * GROUP * row_bytes);
+                for first in (0..rows).step_by(GROUP) {
+                    for b in 0..row_bytes / block {
+                        for i in 0..GROUP {
+                            let row = (first + i).min(rows - 1);
+                            out.extend_from_slice(&blocks[row * row_bytes + b * block..][..block]);
+                        }
+                    }
+                }
+                out
+            }
+        };
+        Self { format, blocks, layout, rows, cols }
     }
 
     pub fn format(&self) -> BlockFormat {
@@ -147,7 +169,7 @@ impl QuantMatrix {
     }
 
     fn row_bytes(&self) -> usize {
-        self.blocks.len() / self.rows
+        self.format.bytes_for(self.cols).unwrap_or(0)
     }
 
     /// Row `row`, dequantized and appended to `out`.
@@ -155,10 +177,19 @@ impl QuantMatrix {
         let start = out.len();
         out.resize(start + self.cols, 0.0);
         let bytes = self.row_bytes();
-        self.format.dequantize(&self.blocks[row * bytes..][..bytes], &mut out[start..]);
+        match self.layout {
+            Layout::Rows => self.format.dequantize(&self.blocks[row * bytes..][..bytes], &mut out[start..]),
+            Layout::Interleaved => {
+                let (block, len) = (self.format.block_bytes(), self.format.block_len());
+                let group = &self.blocks[row / GROUP * GROUP * bytes..][..GROUP * bytes];
+                for (b, out) in out[start..].chunks_exact_mut(len).enumerate() {
+                    self.format.dequantize(&group[(b * GROUP + row % GROUP) * block..][..block], out);
+                }
+            }
+        }
     }
 
-    /// Bytes of blocks held.
+    /// Bytes of blocks held (with an interleaved matrix's padding rows).
     pub fn bytes(&self) -> usize {
         self.blocks.len()
     }
@@ -175,9 +206,13 @@ impl QuantMatrix {
         let bytes = self.row_bytes();
         let pool = crate::kernels::pool::Pool::global();
         let tasks = tasks_per_thread(self.rows * self.cols) * pool.threads();
-        let rows_per_task = if parallel { self.rows.div_ceil(tasks).max(8) } else { self.rows };
+        // Whole groups of four rows per task, so that an interleaved group is never split.
+        let rows_per_task =
+            if parallel { self.rows.div_ceil(tasks).max(8).next_multiple_of(GROUP) } else { self.rows };
         let task = |chunk: usize, out: &mut [f32]| {
-            let weights = &self.blocks[chunk * rows_per_task * bytes..][..out.len() / m * bytes];
+            let rows = out.len() / m;
+            let stored = if self.layout == Layout::Interleaved { rows.next_multiple_of(GROUP) } else { rows };
+            let weights = &self.blocks[chunk * rows_per_task * bytes..][..stored * bytes];
             inputs.multiply_rows(self.format, weights, bytes, out);
         };
         if parallel {
@@ -186,6 +221,22 @@ impl QuantMatrix {
             task(0, out_t);
         }
     }
+}
+
+/// Rows per group of an interleaved matrix.
+const GROUP: usize = 4;
+
+/// Whether matrices of `format` are stored interleaved: where the 512-bit kernels multiply them.
+fn interleaves(format: BlockFormat) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    if crate::kernels::cpu::extensions().avx512_vnni {
+        return matches!(
+            format,
+            BlockFormat::Q4_0 | BlockFormat::Q4_1 | BlockFormat::Q5_0 | BlockFormat::Q5_1 | BlockFormat::Q8_0
+        );
+    }
+    let _ = format;
+    false
 }
 
 /// Below this many weights a product is split into one pool task per thread, above it into four.
@@ -220,22 +271,24 @@ impl Inputs {
     }
 
     /// Weight rows of `row_bytes` each against every input row: `out[r · m + j]` for weight row
-    /// `r` and input `j`.
+    /// `r` and input `j`; `weights` interleaved (with its last group padded) where the 512-bit
+    /// kernels run (`interleaves`).
     fn multiply_rows(&self, format: BlockFormat, weights: &[u8], row_bytes: usize, out: &mut [f32]) {
         let m = match self {
             Self::Q8(rows) => rows.len(),
             Self::Q8K(rows) => rows.len(),
         };
+        #[cfg(target_arch = "x86_64")]
+        if let Self::Q8(rows) = self
+            && crate::kernels::cpu::extensions().avx512_vnni
+        {
+            // SAFETY: the CPU has AVX512-VNNI with BW and VL, so `weights` is interleaved; every
+            // input row has one block per weight block.
+            return unsafe { avx512::multiply_rows(format, weights, row_bytes, out.len() / m, rows, out) };
+        }
         for (weights, out) in weights.chunks_exact(row_bytes).zip(out.chunks_mut(m)) {
             match self {
                 Self::Q8(rows) => {
-                    #[cfg(target_arch = "x86_64")]
-                    if crate::kernels::cpu::extensions().avx512_vnni {
-                        // SAFETY: the CPU has AVX512-VNNI with BW and VL, so the rows were
-                        // quantized with widened scales; one block per weight block.
-                        unsafe { avx512::multiply_row(format, weights, rows, out) };
-                        continue;
-                    }
                     #[cfg(target_arch = "x86_64")]
                     if crate::kernels::cpu::has_avx2() {
                         // SAFETY: the CPU has AVX2, FMA and F16C; every input row has one block
@@ -387,7 +440,7 @@ mod tests {
         for (format, weights) in cases {
             let scalar = dot_q8_scalar(format, &weights, &row);
             let mut vector = [0.0f32];
-            Inputs::Q8(vec![Q8Row::quantize(&x)]).multiply_rows(format, &weights, weights.len(), &mut vector);
+            QuantMatrix::new(format, &weights, 1, cols).multiply_on(&[x.as_slice()], &mut vector, false);
             let vector = vector[0];
             let exact = dot_dequantized(format, &weights, &x);
             assert!((scalar - vector).abs() < 1e-4, "{format}: {scalar} vs {vector}");
