@@ -581,3 +581,34 @@ fn gguf_token_ids_past_u32_are_named_not_truncated() {
     let (_dir, file) = damaged_gguf(|b| *b = to_bytes(&metadata, &tensors));
     assert_clean_failure(&file, &[], &["tokenizer.ggml.eos_token_id", "4294967558", "not a token id"]);
 }
+
+#[test]
+fn bench_forward_row_lists_are_checked_and_a_curve_folder_reports() {
+    let fixture = common::fixture_dir("tiny-gqa");
+    let model = fixture.to_str().unwrap();
+    let bench = |rows: &str| {
+        Command::new(env!("CARGO_BIN_EXE_specbench"))
+            .args(["bench", "forward", "--model", model, "--context", "4", "--repeats", "1", "--rows", rows])
+            .output()
+            .unwrap()
+    };
+    for bad in ["0", "5-2", "1-999", "x"] {
+        let out = bench(bad);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{bad}: {stderr}");
+        assert!(stderr.contains("--rows") && !stderr.contains("panicked"), "{bad}: {stderr}");
+    }
+    // A folder holding only a verify curve reports it.
+    let dir = tempfile::tempdir().unwrap();
+    let out = bench("1-3");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    std::fs::write(dir.path().join("verify_curve.csv"), &out.stdout).unwrap();
+    let report =
+        Command::new(env!("CARGO_BIN_EXE_specbench")).arg("report").arg(dir.path()).output().unwrap();
+    let stdout = String::from_utf8_lossy(&report.stdout);
+    assert!(report.status.success(), "{}", String::from_utf8_lossy(&report.stderr));
+    assert!(
+        stdout.contains("| specbench |") && dir.path().join("plots/verify_curve.svg").exists(),
+        "{stdout}"
+    );
+}
