@@ -134,6 +134,9 @@ fn run_writes_the_whole_result_folder_and_report_reproduces_it() {
         assert!(!manifest[field].is_null(), "manifest lacks {field}");
     }
     assert_eq!(manifest["config"].as_str().unwrap(), std::fs::read_to_string(fixture("sweep.toml")).unwrap());
+    // The models were loaded, so the process held at least their megabytes at its peak.
+    #[cfg(unix)]
+    assert!(manifest["peak_resident_mib"].as_f64().is_some_and(|m| m > 1.0), "{manifest}");
 
     let summary = std::fs::read_to_string(dir.join("summary.csv")).unwrap();
     assert!(

@@ -42,6 +42,10 @@ pub struct Manifest {
     pub target_dtype: String,
     pub started: String,
     pub finished: Option<String>,
+    /// The most memory the process that finished the run held resident at once, in MiB (the
+    /// loaded models, their caches and everything else; where the OS reports it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peak_resident_mib: Option<f64>,
     #[serde(default)]
     pub resumed: Vec<String>,
     /// Result folders merged into this one.
@@ -89,6 +93,26 @@ impl RunModels {
         }
         (!parts.is_empty()).then(|| parts.join("; "))
     }
+}
+
+/// The process's peak resident memory so far, in MiB: `getrusage`'s maximum resident set (KiB on
+/// Linux, bytes on macOS); `None` where there is no such call.
+pub fn peak_resident_mib() -> Option<f64> {
+    #[cfg(unix)]
+    {
+        let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
+        // SAFETY: `usage` is a valid place for one `rusage`, which getrusage fills.
+        let usage = unsafe {
+            if libc::getrusage(libc::RUSAGE_SELF, usage.as_mut_ptr()) != 0 {
+                return None;
+            }
+            usage.assume_init()
+        };
+        let unit = if cfg!(target_os = "macos") { 1.0 } else { 1024.0 };
+        Some(usage.ru_maxrss as f64 * unit / (1024.0 * 1024.0))
+    }
+    #[cfg(not(unix))]
+    None
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -125,6 +125,7 @@ fn finish(mut folder: ResultFolder, plan: &Plan, options: &RunOptions) -> Result
     match executed {
         Ok(executed) => {
             folder.manifest.finished = Some(now());
+            folder.manifest.peak_resident_mib = crate::experiment::manifest::peak_resident_mib();
             if !executed.devices.is_empty() {
                 folder.manifest.devices = executed.devices;
                 folder.manifest.stop_token_ids = executed.stop_ids;
@@ -242,6 +243,7 @@ impl ResultFolder {
             target_dtype: config.models.target.dtype.clone(),
             started: now(),
             finished: None,
+            peak_resident_mib: None,
             resumed: Vec::new(),
             merged_from: Vec::new(),
         };

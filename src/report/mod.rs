@@ -69,7 +69,7 @@ pub fn summary_markdown(summary: &[SummaryRow], manifest: Option<&Manifest>) -> 
     if let Some(m) = manifest {
         out += &format!("# {}\n\n", m.experiment);
         out += &format!(
-            "Machine: {} ({} cores, {} GiB); devices: {}. Commit `{}`, specbench {}, config sha256 `{}`. Started {}, finished {}.\n\n",
+            "Machine: {} ({} cores, {} GiB); devices: {}. Commit `{}`, specbench {}, config sha256 `{}`. Started {}, finished {}{}.\n\n",
             m.machine.cpu,
             m.machine.cores,
             m.machine.memory_gib,
@@ -78,7 +78,8 @@ pub fn summary_markdown(summary: &[SummaryRow], manifest: Option<&Manifest>) -> 
             m.crate_version,
             &m.config_sha256[..12.min(m.config_sha256.len())],
             m.started,
-            m.finished.as_deref().unwrap_or("(unfinished)")
+            m.finished.as_deref().unwrap_or("(unfinished)"),
+            m.peak_resident_mib.map_or(String::new(), |mib| format!("; peak resident memory {mib:.0} MiB"))
         );
     }
     out += "Speedup = tokens/s of the cell ÷ tokens/s of target-only decoding (k = 0) on the same backend, \
