@@ -26,6 +26,8 @@ use crate::model::weights::{Weight, WeightSource};
 /// Attention work (rows × visible positions × heads × head_dim) from which a step's heads are
 /// spread over the kernel pool; below it, a head's few microseconds are not worth a hand-off.
 const ATTENTION_PARALLEL_MIN: usize = 1 << 14;
+/// Rows of a step whose queries of one key/value head meet the cache together in one task.
+const ATTENTION_ROWS_PER_TASK: usize = 4;
 
 #[derive(Debug)]
 pub struct HostExecutor {
@@ -145,7 +147,6 @@ impl Executor for HostExecutor {
             store.truncate(start * kv_width);
             store.extend_from_slice(new);
         }
-        let mut out = vec![0.0f32; rows * q_width];
         let heads = Heads {
             q: &q,
             keys: &cache.keys,
@@ -154,15 +155,31 @@ impl Executor for HostExecutor {
             group: d.heads / d.kv_heads,
             d,
         };
-        // One task per row and key/value head: the query heads of a group read the same keys.
+        // One task per block of rows and key/value head, into `[block][kv head][row][group]`
+        // (the last block padded), then into the rows' order.
         let group_width = heads.group * d.head_dim;
+        let chunk = ATTENTION_ROWS_PER_TASK * group_width;
+        let mut blocks = vec![0.0f32; rows.div_ceil(ATTENTION_ROWS_PER_TASK) * d.kv_heads * chunk];
+        let rows_of = |task: usize| {
+            let first = task / d.kv_heads * ATTENTION_ROWS_PER_TASK;
+            (task % d.kv_heads, first..(first + ATTENTION_ROWS_PER_TASK).min(rows))
+        };
         if rows * (start + rows) * q_width >= ATTENTION_PARALLEL_MIN {
-            Pool::global().for_each_chunk(&mut out, group_width, |index, out| {
-                vectorized(AttendGroup { heads: &heads, index, out })
+            Pool::global().for_each_chunk(&mut blocks, chunk, |task, out| {
+                let (kv_head, rows) = rows_of(task);
+                vectorized(AttendBlock { heads: &heads, kv_head, rows, out })
             });
         } else {
-            for (index, out) in out.chunks_mut(group_width).enumerate() {
-                heads.attend_group(index, out);
+            for (task, out) in blocks.chunks_mut(chunk).enumerate() {
+                let (kv_head, rows) = rows_of(task);
+                heads.attend_block(kv_head, rows, out);
+            }
+        }
+        let mut out = vec![0.0f32; rows * q_width];
+        for (task, block) in blocks.chunks(chunk).enumerate() {
+            let (kv_head, rows) = rows_of(task);
+            for (i, from) in rows.zip(block.chunks_exact(group_width)) {
+                out[i * q_width + kv_head * group_width..][..group_width].copy_from_slice(from);
             }
         }
         out
@@ -223,65 +240,81 @@ struct Heads<'a> {
     d: &'a Dims,
 }
 
-/// One pool task: the query heads of one row and key/value head.
-struct AttendGroup<'a, 'h> {
+/// One pool task: the query heads of a block of rows that share one key/value head.
+struct AttendBlock<'a, 'h> {
     heads: &'a Heads<'h>,
-    index: usize,
+    kv_head: usize,
+    rows: std::ops::Range<usize>,
     out: &'a mut [f32],
 }
 
-impl Vectorize for AttendGroup<'_, '_> {
+impl Vectorize for AttendBlock<'_, '_> {
     type Output = ();
     #[inline(always)]
     fn run(self) {
-        self.heads.attend_group(self.index, self.out)
+        self.heads.attend_block(self.kv_head, self.rows, self.out)
     }
 }
 
 impl Heads<'_> {
-    /// The query heads of row and key/value head `index` into `out: [group · head_dim]`.
+    /// The query heads of `rows` that read key/value head `kv_head`, into `out: [row][group ·
+    /// head_dim]`. The queries take turns at each four cached positions, so that those keys and
+    /// values are read from memory once for all of them rather than once per query; each query
+    /// still sees the same operations in the same order as it would alone (four positions at a
+    /// time, then the rest one by one, its own mask, softmax), so a row's result does not depend
+    /// on the rows beside it.
     #[inline(always)]
-    fn attend_group(&self, index: usize, out: &mut [f32]) {
-        let mut scores = Vec::with_capacity(self.geometry.start + self.geometry.rows());
-        for (j, out) in out.chunks_exact_mut(self.d.head_dim).enumerate() {
-            self.attend(index * self.group + j, out, &mut scores);
-        }
-    }
-
-    /// Head `slot` (row `slot / heads`, head `slot % heads`) into `out: [head_dim]`; `scores` is
-    /// scratch reused across heads.
-    #[inline(always)]
-    fn attend(&self, slot: usize, out: &mut [f32], scores: &mut Vec<f32>) {
+    fn attend_block(&self, kv_head: usize, rows: std::ops::Range<usize>, out: &mut [f32]) {
         let (d, start) = (self.d, self.geometry.start);
-        let kv_width = d.kv_width();
-        let (i, h) = (slot / d.heads, slot % d.heads);
-        let query = &self.q[i * d.q_width() + h * d.head_dim..][..d.head_dim];
-        let offset = (h / self.group) * d.head_dim;
+        let (kv_width, offset) = (d.kv_width(), kv_head * d.head_dim);
         let scale = 1.0 / (d.head_dim as f32).sqrt();
-        // Row i sees every cached position and, of this step's rows, at most rows 0..=i.
-        let visible = start + i + 1;
         let key = |p: usize| &self.keys[p * kv_width + offset..][..d.head_dim];
         let value = |p: usize| &self.values[p * kv_width + offset..][..d.head_dim];
-        scores.clear();
-        let fours = visible / 4 * 4;
-        for p in (0..fours).step_by(4) {
-            let dots = dot4(query, [key(p), key(p + 1), key(p + 2), key(p + 3)]);
-            scores.extend(dots.map(|s| s * scale));
-        }
-        scores.extend((fours..visible).map(|p| dot(query, key(p)) * scale));
-        if self.geometry.visible.is_some() {
-            for j in (0..i).filter(|&j| !self.geometry.sees(i, j)) {
-                scores[start + j] = f32::NEG_INFINITY;
+        // Each query: its row, its slice of `q`, the positions it sees (every cached one and, of
+        // this step's rows, at most rows 0..=i) and how many of them come in fours.
+        let queries: Vec<(usize, &[f32], usize, usize)> = rows
+            .clone()
+            .flat_map(|i| {
+                (0..self.group).map(move |j| {
+                    let h = kv_head * self.group + j;
+                    let visible = start + i + 1;
+                    (i, &self.q[i * d.q_width() + h * d.head_dim..][..d.head_dim], visible, visible / 4 * 4)
+                })
+            })
+            .collect();
+        let most = queries.iter().map(|q| q.3).max().unwrap_or(0);
+        let mut scores: Vec<Vec<f32>> = queries.iter().map(|q| Vec::with_capacity(q.2)).collect();
+        for p in (0..most).step_by(4) {
+            let keys = [key(p), key(p + 1), key(p + 2), key(p + 3)];
+            for (&(_, query, _, fours), scores) in queries.iter().zip(&mut scores) {
+                if p < fours {
+                    scores.extend(dot4(query, keys).map(|s| s * scale));
+                }
             }
         }
-        softmax(scores);
-        for p in (0..fours).step_by(4) {
-            let w = [scores[p], scores[p + 1], scores[p + 2], scores[p + 3]];
-            add_weighted4(out, w, [value(p), value(p + 1), value(p + 2), value(p + 3)]);
+        for (&(i, query, visible, fours), scores) in queries.iter().zip(&mut scores) {
+            scores.extend((fours..visible).map(|p| dot(query, key(p)) * scale));
+            if self.geometry.visible.is_some() {
+                for j in (0..i).filter(|&j| !self.geometry.sees(i, j)) {
+                    scores[start + j] = f32::NEG_INFINITY;
+                }
+            }
+            softmax(scores);
         }
-        for (p, &weight) in scores.iter().enumerate().skip(fours) {
-            for (o, v) in out.iter_mut().zip(value(p)) {
-                *o += weight * v;
+        let mut outs: Vec<&mut [f32]> = out.chunks_exact_mut(d.head_dim).collect();
+        for p in (0..most).step_by(4) {
+            let values = [value(p), value(p + 1), value(p + 2), value(p + 3)];
+            for ((&(.., fours), scores), out) in queries.iter().zip(&scores).zip(&mut outs) {
+                if p < fours {
+                    add_weighted4(out, [scores[p], scores[p + 1], scores[p + 2], scores[p + 3]], values);
+                }
+            }
+        }
+        for ((&(.., fours), scores), out) in queries.iter().zip(&scores).zip(&mut outs) {
+            for (p, &weight) in scores.iter().enumerate().skip(fours) {
+                for (o, v) in out.iter_mut().zip(value(p)) {
+                    *o += weight * v;
+                }
             }
         }
     }
