@@ -1,11 +1,11 @@
 //! The integer products on x86 with 512-bit registers (AVX-512BW and AVX512-VNNI): four weight
 //! rows side by side in each register, sixteen bytes of each, against one input block broadcast
 //! to all four (the matrix stores each four rows' blocks interleaved, `Layout::Interleaved`, so
-//! that they are read in order). A block of 32 weights of four rows then meets an input row in two `vpdpbusd`,
-//! and the conversion, scaling and accumulation that follow serve all four rows at once: about
-//! nine instructions per input row for 128 multiply-adds, where one weight row per register spent
-//! about seven for 64. The weight side (loads, unpacking, scales) is shared by a tile of eight
-//! input rows.
+//! that they are read in order). A block of 32 weights of four rows then meets an input row in
+//! two `vpdpbusd`, and the conversion, scaling and accumulation that follow serve all four rows
+//! at once: about nine instructions per input row for 128 multiply-adds, where one weight row per
+//! register spent about seven for 64. The weight side (loads, unpacking, scales) is shared by a
+//! tile of eight input rows.
 
 use std::arch::x86_64::*;
 
