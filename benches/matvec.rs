@@ -3,7 +3,7 @@
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use specbench::formats::BlockFormat;
-use specbench::kernels::matvec::matmul_transposed;
+use specbench::kernels::matvec::PackedRows;
 use specbench::kernels::quant::QuantMatrix;
 
 fn matvec(c: &mut Criterion) {
@@ -15,12 +15,15 @@ fn matvec(c: &mut Criterion) {
         ("lm head 128256x2048", 128256, 2048),
     ];
     for (name, rows, cols) in shapes {
-        let weight: Vec<f32> = (0..rows * cols).map(|i| (i % 17) as f32 * 0.01).collect();
+        let values: Vec<f32> = (0..rows * cols).map(|i| (i % 17) as f32 * 0.01).collect();
+        let weight = PackedRows::<f32>::pack(&values, rows, cols);
         group.throughput(Throughput::Bytes((rows * cols * 4) as u64));
-        for m in [1, 5, 9] {
+        for m in [1, 5, 9, 65] {
             let x: Vec<f32> = (0..m * cols).map(|i| (i % 13) as f32 * 0.1).collect();
+            let x_rows: Vec<&[f32]> = x.chunks(cols).collect();
+            let mut out = vec![0.0; rows * m];
             group.bench_function(BenchmarkId::new(name, format!("{m} rows")), |b| {
-                b.iter(|| matmul_transposed(&x, m, &weight, rows, cols))
+                b.iter(|| weight.multiply_into(&x_rows, &mut out))
             });
         }
     }

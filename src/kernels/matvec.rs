@@ -1,25 +1,30 @@
-//! The host kernel for the few-row products of decoding: `y = x · Wᵀ` with `W` in PyTorch's
-//! `[out, in]` layout and `x` holding a handful of rows.
+//! The host kernel for float weights (f32, bf16, f16): `y = x · Wᵀ` with `W` in PyTorch's
+//! `[out, in]` layout, for one input row (a decode step) or many (a verify block, a prefill).
 //!
-//! Decoding one token reads every weight once and does two flops per weight, so its speed is
-//! the speed of streaming the weights from memory. Burn's CPU backends do not reach it on these
-//! shapes: ndarray's matrixmultiply repacks the whole weight matrix on every call and runs its
-//! 8-row micro-kernel on one real row; flex's matrix–vector path runs on one thread, and one
-//! core alone cannot draw the machine's read bandwidth. Here every core streams its own block
-//! of contiguous weight rows, and each row, once in cache, is dotted with up to `TILE` input
-//! rows before the next is read, so a verify block of k + 1 tokens costs about one token.
+//! The weights are packed once, at load, into groups of `GROUP` output rows stored column by
+//! column (`[cols][GROUP]` per group), so that one vector load holds one input column's weights
+//! for sixteen outputs. A tile of a few groups by up to `R` input rows then keeps its products
+//! in registers as outer products: each step loads the groups' weight vectors once and
+//! broadcasts one input value per row, with no horizontal sums and no transposes. A one-row
+//! product streams every weight once (decoding is bound by read bandwidth); a many-row product
+//! reads each weight vector once per tile of input rows, so the arithmetic, not the weights,
+//! bounds a prefill. Every core takes its own run of `ROWS_PER_TASK` rows; the matrix is padded
+//! with zero rows to whole runs so that every tile is whole.
 
-#[cfg(target_arch = "x86_64")]
-use crate::kernels::cpu;
+use aligned_vec::{AVec, ConstAlign};
 
-/// Input rows per block: with two weight rows that is eight accumulators, which fit the 16 AVX
-/// registers beside the loaded vectors.
-const TILE: usize = 4;
-/// f32 lanes per AVX vector.
-#[cfg(target_arch = "x86_64")]
-const LANES: usize = 8;
-/// How far ahead in each weight row to prefetch, in bytes: worth ~5% of read bandwidth here on
-/// top of the hardware prefetcher, which handles four interleaved streams less well.
+use crate::kernels::cpu::{self, Isa};
+
+/// Output rows per group: one AVX-512 vector of f32 (two AVX2 or four NEON vectors).
+pub const GROUP: usize = 16;
+/// Weight rows per parallel task: long enough runs that each thread streams (and its
+/// prefetcher follows) its own region, few enough claims per product (docs/performance.md,
+/// "Tuning constants"). A whole number of groups.
+const ROWS_PER_TASK: usize = 64;
+/// Below this many weights a matrix is multiplied on the calling thread: handing it to the pool
+/// costs more than it saves (docs/performance.md, "Tuning constants").
+const PARALLEL_MIN_WEIGHTS: usize = 1 << 16;
+/// How far ahead in each group's stream to prefetch, in bytes.
 #[cfg(target_arch = "x86_64")]
 const PREFETCH_AHEAD_BYTES: usize = 4096;
 
@@ -117,56 +122,75 @@ impl WeightElement for half::f16 {
     }
 }
 
-/// Weight rows per parallel task: long enough runs of contiguous rows that each thread streams
-/// (and its prefetcher follows) one region, few enough claims per product (docs/performance.md,
-/// "Tuning constants").
-const ROWS_PER_TASK: usize = 64;
-/// Below this many weights a matrix is multiplied on the calling thread: handing it to the pool
-/// costs more than it saves (docs/performance.md, "Tuning constants").
-const PARALLEL_MIN_WEIGHTS: usize = 1 << 16;
-
 /// Whether a matrix of `weights` elements is worth the thread pool (see `PARALLEL_MIN_WEIGHTS`).
 pub fn worth_parallel(weights: usize) -> bool {
     weights >= PARALLEL_MIN_WEIGHTS
 }
 
-/// `x: [m, cols]` times `weight: [rows, cols]` transposed, into `[m, rows]`.
-pub fn matmul_transposed<W: WeightElement>(
-    x: &[f32],
-    m: usize,
-    weight: &[W],
+/// Float weights `[rows, cols]` packed for the kernel (see the module note), cache-line
+/// aligned so that no vector load straddles two lines.
+#[derive(Debug)]
+pub struct PackedRows<W> {
+    data: AVec<W, ConstAlign<64>>,
     rows: usize,
     cols: usize,
-) -> Vec<f32> {
-    assert_eq!(x.len(), m * cols, "input is not [{m}, {cols}]");
-    assert_eq!(weight.len(), rows * cols, "weight is not [{rows}, {cols}]");
-    if m == 0 || rows == 0 {
-        return Vec::new();
-    }
-    let x_rows: Vec<&[f32]> = x.chunks_exact(cols).collect();
-    let mut out_t = vec![0.0f32; rows * m];
-    multiply_rows_into(&x_rows, weight, cols, &mut out_t);
-    transpose_outputs(out_t, m, rows)
 }
 
-/// `out_t: [rows, m]` = `weight: [rows, cols]` times each of the `m` input rows: each task
-/// writes its weight rows' outputs contiguously.
-pub fn multiply_rows_into<W: WeightElement>(x_rows: &[&[f32]], weight: &[W], cols: usize, out_t: &mut [f32]) {
-    let m = x_rows.len();
-    if m == 0 || weight.is_empty() {
-        return;
+/// A tile's products: `[group][input row][lane]`.
+type Products<const G: usize, const R: usize> = [[[f32; GROUP]; R]; G];
+
+impl<W: WeightElement> PackedRows<W> {
+    /// `values: [rows, cols]`, row by row, converted to `W` and packed.
+    pub fn pack(values: &[f32], rows: usize, cols: usize) -> Self {
+        assert_eq!(values.len(), rows * cols, "weights are not [{rows}, {cols}]");
+        let groups = rows.next_multiple_of(ROWS_PER_TASK) / GROUP;
+        let packed = (0..groups).flat_map(|group| {
+            (0..cols).flat_map(move |col| {
+                (group * GROUP..(group + 1) * GROUP)
+                    .map(move |row| W::from_f32(if row < rows { values[row * cols + col] } else { 0.0 }))
+            })
+        });
+        Self { data: AVec::from_iter(64, packed), rows, cols }
     }
-    debug_assert_eq!(out_t.len() / m * cols, weight.len());
-    let task = |(block, out): (usize, &mut [f32])| {
-        let rows_here = out.len() / m;
-        let weight = &weight[block * ROWS_PER_TASK * cols..][..rows_here * cols];
-        multiply_block(weight, cols, x_rows, out);
-    };
-    if worth_parallel(weight.len()) {
-        crate::kernels::pool::Pool::global()
-            .for_each_chunk(out_t, ROWS_PER_TASK * m, |i, out| task((i, out)));
-    } else {
-        out_t.chunks_mut(ROWS_PER_TASK * m).enumerate().for_each(task);
+
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// Bytes held, padding included.
+    pub fn bytes(&self) -> usize {
+        self.data.len() * std::mem::size_of::<W>()
+    }
+
+    /// Row `row` widened to f32, appended to `out`.
+    pub fn extend_row(&self, row: usize, out: &mut Vec<f32>) {
+        assert!(row < self.rows, "row {row} of {}", self.rows);
+        let group = &self.data[row / GROUP * GROUP * self.cols..][..GROUP * self.cols];
+        out.extend(group.iter().skip(row % GROUP).step_by(GROUP).map(|w| w.to_f32()));
+    }
+
+    /// `out_t: [rows, m]` = these weights times each of the `m` input rows: each task writes
+    /// its weight rows' outputs contiguously.
+    pub fn multiply_into(&self, x_rows: &[&[f32]], out_t: &mut [f32]) {
+        self.multiply_on(cpu::isa(), x_rows, out_t);
+    }
+
+    fn multiply_on(&self, isa: Isa, x_rows: &[&[f32]], out_t: &mut [f32]) {
+        let m = x_rows.len();
+        assert!(x_rows.iter().all(|x| x.len() == self.cols), "input rows are not {} wide", self.cols);
+        assert_eq!(out_t.len(), self.rows * m, "output is not [{}, {m}]", self.rows);
+        if m == 0 || self.rows == 0 {
+            return;
+        }
+        let task_len = ROWS_PER_TASK * self.cols;
+        let task = |i: usize, out: &mut [f32]| {
+            multiply_task(isa, &self.data[i * task_len..][..task_len], self.cols, x_rows, out)
+        };
+        if worth_parallel(self.rows * self.cols) {
+            crate::kernels::pool::Pool::global().for_each_chunk(out_t, ROWS_PER_TASK * m, task);
+        } else {
+            out_t.chunks_mut(ROWS_PER_TASK * m).enumerate().for_each(|(i, out)| task(i, out));
+        }
     }
 }
 
@@ -191,142 +215,212 @@ pub fn transpose_outputs(out_t: Vec<f32>, m: usize, rows: usize) -> Vec<f32> {
     out
 }
 
-/// Weight rows `[rows_here, cols]` against every input row into `out: [rows_here, m]`: blocks of
-/// `RW` weight rows by `R` input rows, so that each loaded vector serves several products and
-/// several weight streams are in flight at once.
-fn multiply_block<W: WeightElement>(weight: &[W], cols: usize, x_rows: &[&[f32]], out: &mut [f32]) {
-    let m = x_rows.len();
-    for (block, out) in weight.chunks(4 * cols).zip(out.chunks_mut(4 * m)) {
-        if block.len() < 4 * cols {
-            // The last few rows of a matrix whose height is not a multiple of 4.
-            for (i, w) in block.chunks_exact(cols).enumerate() {
-                for (j, x) in x_rows.iter().enumerate() {
-                    out[i * m + j] = dot(w, x);
-                }
-            }
-            continue;
+/// Calls tile function `$tile::<W, $g, R>` with the const `R` = `$xs.len()`, one of the counts
+/// listed, and scatters its products into `$out`.
+macro_rules! tile_of {
+    ($tile:ident, $g:literal, [$($r:literal)+], $groups:expr, $cols:expr, $xs:expr, $out:expr, $m:expr, $first:expr) => {
+        match $xs.len() {
+            $($r => scatter::<$g, $r>(&$tile::<W, $g, $r>($groups, $cols, $xs), $out, $m, $first),)+
+            r => unreachable!("no tile of {r} input rows"),
         }
-        let ws: [&[W]; 4] = std::array::from_fn(|i| &block[i * cols..][..cols]);
-        for (t, xs) in x_rows.chunks(TILE).enumerate() {
-            match xs.len() {
-                1 => scatter(out, m, t, &dot_block::<W, 4, 1>(&ws, xs)),
-                2 => scatter(out, m, t, &dot_block::<W, 4, 2>(&ws, xs)),
-                3 => {
-                    scatter(out, m, t, &dot_block::<W, 2, 3>(&ws[..2], xs));
-                    scatter(&mut out[2 * m..], m, t, &dot_block::<W, 2, 3>(&ws[2..], xs));
-                }
-                _ => {
-                    scatter(out, m, t, &dot_block::<W, 2, 4>(&ws[..2], xs));
-                    scatter(&mut out[2 * m..], m, t, &dot_block::<W, 2, 4>(&ws[2..], xs));
-                }
-            }
-        }
+    };
+}
+
+/// One task's groups against every input row, into `out: [rows_here, m]`
+/// (fewer rows than the groups hold at the end of a padded matrix). The tile shape per
+/// instruction set: as many accumulators as its registers hold beside the weight vectors, more
+/// groups where there are few input rows (independent chains for a one-row product).
+fn multiply_task<W: WeightElement>(isa: Isa, weights: &[W], cols: usize, xs: &[&[f32]], out: &mut [f32]) {
+    let m = xs.len();
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY (each tile): the CPU has the tile's features (`cpu::isa`), `groups` holds the
+        // tile's groups and every input row is `cols` long.
+        Isa::Avx512 if m <= 4 => sweep(weights, cols, xs, out, 4, 4, |groups, xs, out, first| unsafe {
+            tile_of!(avx512_tile, 4, [1 2 3 4], groups, cols, xs, out, m, first)
+        }),
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => sweep(weights, cols, xs, out, 2, 12, |groups, xs, out, first| unsafe {
+            tile_of!(avx512_tile, 2, [5 6 7 8 9 10 11 12], groups, cols, xs, out, m, first)
+        }),
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 if m == 1 => sweep(weights, cols, xs, out, 4, 1, |groups, xs, out, first| unsafe {
+            tile_of!(avx2_tile, 4, [1], groups, cols, xs, out, m, first)
+        }),
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 if m == 2 => sweep(weights, cols, xs, out, 2, 2, |groups, xs, out, first| unsafe {
+            tile_of!(avx2_tile, 2, [2], groups, cols, xs, out, m, first)
+        }),
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => sweep(weights, cols, xs, out, 1, 6, |groups, xs, out, first| unsafe {
+            tile_of!(avx2_tile, 1, [3 4 5 6], groups, cols, xs, out, m, first)
+        }),
+        _ => sweep(
+            weights,
+            cols,
+            xs,
+            out,
+            1,
+            4,
+            |groups, xs, out, first| tile_of!(portable_tile, 1, [1 2 3 4], groups, cols, xs, out, m, first),
+        ),
     }
 }
 
-/// Writes a block's products `[RW][R]` for input tile `t` into `out: [rows, m]`.
-fn scatter<const RW: usize, const R: usize>(out: &mut [f32], m: usize, t: usize, block: &[[f32; R]; RW]) {
-    for (i, row) in block.iter().enumerate() {
-        out[i * m + t * TILE..][..R].copy_from_slice(row);
-    }
-}
-
-fn dot_block<W: WeightElement, const RW: usize, const R: usize>(
-    ws: &[&[W]],
+/// Every tile of `g` groups by the input-row ranges of `row_tiles(m, most_rows)`, each handed
+/// to `tile(groups, input rows, out, first input row)`.
+fn sweep<W: WeightElement>(
+    weights: &[W],
+    cols: usize,
     xs: &[&[f32]],
-) -> [[f32; R]; RW] {
-    debug_assert!(ws.len() == RW && xs.len() == R);
-    debug_assert!(ws.iter().all(|w| w.len() == ws[0].len()) && xs.iter().all(|x| x.len() == ws[0].len()));
-    #[cfg(target_arch = "x86_64")]
-    if cpu::has_avx512() {
-        // SAFETY: the CPU has the features the function is compiled for, and all rows have
-        // one length.
-        return unsafe { dot_block_avx512::<W, RW, R>(ws, xs) };
+    out: &mut [f32],
+    g: usize,
+    most_rows: usize,
+    tile: impl Fn(&[W], &[&[f32]], &mut [f32], usize),
+) {
+    let m = xs.len();
+    let rows_here = out.len() / m;
+    for (c, groups) in weights.chunks_exact(g * GROUP * cols).enumerate() {
+        let first_row = c * g * GROUP;
+        if first_row >= rows_here {
+            break;
+        }
+        let out = &mut out[first_row * m..(first_row + g * GROUP).min(rows_here) * m];
+        for rows in row_tiles(m, most_rows) {
+            tile(groups, &xs[rows.clone()], out, rows.start);
+        }
     }
-    #[cfg(target_arch = "x86_64")]
-    if cpu::has_avx2() {
-        // SAFETY: as above.
-        return unsafe { dot_block_avx2::<W, RW, R>(ws, xs) };
-    }
-    std::array::from_fn(|i| std::array::from_fn(|j| dot(ws[i], xs[j])))
 }
 
-fn dot<W: WeightElement>(w: &[W], x: &[f32]) -> f32 {
-    w.iter().zip(x).map(|(a, b)| a.to_f32() * b).sum()
+/// `0..m` in `ceil(m / most)` ranges of nearly equal length: a last tile of one or two rows
+/// would cost a pass over the weights for little work.
+fn row_tiles(m: usize, most: usize) -> impl Iterator<Item = std::ops::Range<usize>> {
+    let count = m.div_ceil(most);
+    (0..count).map(move |t| t * m / count..(t + 1) * m / count)
 }
 
-/// One 8-lane accumulator per (weight row, input row) pair; each vector is loaded once per step.
+/// A tile's products into `out: [rows, m]` at input rows `first..first + R`, rows past the end
+/// of `out` (a padded matrix's zero rows) dropped.
+fn scatter<const G: usize, const R: usize>(
+    products: &Products<G, R>,
+    out: &mut [f32],
+    m: usize,
+    first: usize,
+) {
+    for (row, out) in out.chunks_exact_mut(m).enumerate() {
+        let group = &products[row / GROUP];
+        for (j, o) in out[first..first + R].iter_mut().enumerate() {
+            *o = group[j][row % GROUP];
+        }
+    }
+}
+
+/// `G` groups by `R` input rows in plain Rust: the reference the vector tiles are tested
+/// against, and the path where there are none (the compiler vectorises the lane loop).
+fn portable_tile<W: WeightElement, const G: usize, const R: usize>(
+    groups: &[W],
+    cols: usize,
+    xs: &[&[f32]],
+) -> Products<G, R> {
+    let mut acc = [[[0.0f32; GROUP]; R]; G];
+    for (g, acc) in groups.chunks_exact(GROUP * cols).zip(&mut acc) {
+        for (k, column) in g.chunks_exact(GROUP).enumerate() {
+            let w: [f32; GROUP] = std::array::from_fn(|lane| column[lane].to_f32());
+            for (acc, x) in acc.iter_mut().zip(xs) {
+                let x = x[k];
+                for lane in 0..GROUP {
+                    acc[lane] += w[lane] * x;
+                }
+            }
+        }
+    }
+    acc
+}
+
+/// `G` groups by `R` input rows, two 8-lane accumulators per (group, row).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn dot_block_avx2<W: WeightElement, const RW: usize, const R: usize>(
-    ws: &[&[W]],
+unsafe fn avx2_tile<W: WeightElement, const G: usize, const R: usize>(
+    groups: &[W],
+    cols: usize,
     xs: &[&[f32]],
-) -> [[f32; R]; RW] {
+) -> Products<G, R> {
     use std::arch::x86_64::*;
-    let n = ws[0].len();
-    let split = n / LANES * LANES;
-    let mut acc = [[_mm256_setzero_ps(); R]; RW];
-    let w_ptrs: [*const W; RW] = std::array::from_fn(|i| ws[i].as_ptr());
+    debug_assert!(groups.len() == G * GROUP * cols && xs.len() == R && xs.iter().all(|x| x.len() == cols));
+    let (w, stride) = (groups.as_ptr(), GROUP * cols);
     let ahead = PREFETCH_AHEAD_BYTES / std::mem::size_of::<W>();
-    let x_ptrs: [*const f32; R] = std::array::from_fn(|j| xs[j].as_ptr());
-    let mut k = 0;
-    while k < split {
-        // SAFETY: k + 8 <= n, the length of every row.
+    let mut x = [std::ptr::null::<f32>(); R];
+    for (x, row) in x.iter_mut().zip(xs) {
+        *x = row.as_ptr();
+    }
+    let mut acc = [[[_mm256_setzero_ps(); 2]; R]; G];
+    for k in 0..cols {
+        // SAFETY: k < cols, the length of every input row; each group holds `cols` columns.
         unsafe {
-            let xv: [__m256; R] = std::array::from_fn(|j| _mm256_loadu_ps(x_ptrs[j].add(k)));
-            for i in 0..RW {
-                _mm_prefetch::<_MM_HINT_T0>(w_ptrs[i].wrapping_add(k + ahead) as *const i8);
-                let wv = W::load8(w_ptrs[i].add(k));
-                for j in 0..R {
-                    acc[i][j] = _mm256_fmadd_ps(wv, xv[j], acc[i][j]);
+            for (g, acc) in acc.iter_mut().enumerate() {
+                let p = w.add(g * stride + k * GROUP);
+                _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(ahead) as *const i8);
+                let (low, high) = (W::load8(p), W::load8(p.add(8)));
+                for (acc, x) in acc.iter_mut().zip(x) {
+                    let xv = _mm256_broadcast_ss(&*x.add(k));
+                    acc[0] = _mm256_fmadd_ps(low, xv, acc[0]);
+                    acc[1] = _mm256_fmadd_ps(high, xv, acc[1]);
                 }
             }
         }
-        k += LANES;
     }
-    std::array::from_fn(|i| {
-        std::array::from_fn(|j| {
-            let mut lanes = [0.0f32; LANES];
-            // SAFETY: `lanes` holds 8 floats.
-            unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), acc[i][j]) };
-            lanes.iter().sum::<f32>() + dot(&ws[i][split..], &xs[j][split..])
-        })
-    })
+    let mut out = [[[0.0f32; GROUP]; R]; G];
+    for g in 0..G {
+        for j in 0..R {
+            // SAFETY: each row of `out` holds sixteen floats.
+            unsafe {
+                _mm256_storeu_ps(out[g][j].as_mut_ptr(), acc[g][j][0]);
+                _mm256_storeu_ps(out[g][j].as_mut_ptr().add(8), acc[g][j][1]);
+            }
+        }
+    }
+    out
 }
 
-/// `dot_block_avx2` sixteen lanes wide.
+/// `G` groups by `R` input rows, one 16-lane accumulator per (group, row); the broadcast input
+/// value is an operand of the multiply-add, not a register.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx2,fma,f16c")]
-unsafe fn dot_block_avx512<W: WeightElement, const RW: usize, const R: usize>(
-    ws: &[&[W]],
+unsafe fn avx512_tile<W: WeightElement, const G: usize, const R: usize>(
+    groups: &[W],
+    cols: usize,
     xs: &[&[f32]],
-) -> [[f32; R]; RW] {
+) -> Products<G, R> {
     use std::arch::x86_64::*;
-    const WIDE: usize = 16;
-    let n = ws[0].len();
-    let split = n / WIDE * WIDE;
-    let mut acc = [[_mm512_setzero_ps(); R]; RW];
-    let w_ptrs: [*const W; RW] = std::array::from_fn(|i| ws[i].as_ptr());
+    debug_assert!(groups.len() == G * GROUP * cols && xs.len() == R && xs.iter().all(|x| x.len() == cols));
+    let (w, stride) = (groups.as_ptr(), GROUP * cols);
     let ahead = PREFETCH_AHEAD_BYTES / std::mem::size_of::<W>();
-    let x_ptrs: [*const f32; R] = std::array::from_fn(|j| xs[j].as_ptr());
-    let mut k = 0;
-    while k < split {
-        // SAFETY: k + 16 <= n, the length of every row.
+    let mut x = [std::ptr::null::<f32>(); R];
+    for (x, row) in x.iter_mut().zip(xs) {
+        *x = row.as_ptr();
+    }
+    let mut acc = [[_mm512_setzero_ps(); R]; G];
+    for k in 0..cols {
+        // SAFETY: k < cols, the length of every input row; each group holds `cols` columns.
         unsafe {
-            let xv: [__m512; R] = std::array::from_fn(|j| _mm512_loadu_ps(x_ptrs[j].add(k)));
-            for i in 0..RW {
-                _mm_prefetch::<_MM_HINT_T0>(w_ptrs[i].wrapping_add(k + ahead) as *const i8);
-                let wv = W::load16(w_ptrs[i].add(k));
-                for j in 0..R {
-                    acc[i][j] = _mm512_fmadd_ps(wv, xv[j], acc[i][j]);
+            for (g, acc) in acc.iter_mut().enumerate() {
+                let p = w.add(g * stride + k * GROUP);
+                _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(ahead) as *const i8);
+                let wv = W::load16(p);
+                for (acc, x) in acc.iter_mut().zip(x) {
+                    *acc = _mm512_fmadd_ps(wv, _mm512_set1_ps(*x.add(k)), *acc);
                 }
             }
         }
-        k += WIDE;
     }
-    std::array::from_fn(|i| {
-        std::array::from_fn(|j| _mm512_reduce_add_ps(acc[i][j]) + dot(&ws[i][split..], &xs[j][split..]))
-    })
+    let mut out = [[[0.0f32; GROUP]; R]; G];
+    for g in 0..G {
+        for j in 0..R {
+            // SAFETY: each row of `out` holds sixteen floats.
+            unsafe { _mm512_storeu_ps(out[g][j].as_mut_ptr(), acc[g][j]) };
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -348,20 +442,37 @@ mod tests {
         (0..n).map(|i| (((i as u32).wrapping_mul(2654435761) ^ seed) % 1000) as f32 / 500.0 - 1.0).collect()
     }
 
+    /// The paths of this kernel that this CPU runs, the portable one first (ARM's is the
+    /// portable one, vectorised by the compiler).
+    fn paths() -> Vec<Isa> {
+        [Isa::Portable, Isa::Avx2, Isa::Avx512].into_iter().filter(|&isa| isa <= cpu::isa()).collect()
+    }
+
+    /// `x: [m, cols]` times the packed weights, `[m, rows]`, on `isa`.
+    fn product<W: WeightElement>(isa: Isa, x: &[f32], m: usize, w: &PackedRows<W>) -> Vec<f32> {
+        let x_rows: Vec<&[f32]> = x.chunks_exact(w.cols).collect();
+        let mut out_t = vec![f32::NAN; w.rows * m];
+        w.multiply_on(isa, &x_rows, &mut out_t);
+        transpose_outputs(out_t, m, w.rows)
+    }
+
     #[test]
-    fn matches_a_plain_triple_loop_for_every_tile_remainder_and_lane_tail() {
-        // cols = 37 leaves a lane tail; m = 1..9 covers full tiles and each remainder; rows
-        // that do not fill the last task block; the last matrix is large enough to go parallel.
-        const { assert!(2100 * 513 >= PARALLEL_MIN_WEIGHTS, "the last shape must take the parallel path") };
-        for (rows, cols) in [(5, 37), (33, 64), (600, 513), (2100, 513)] {
-            let w = values(rows * cols, 7);
-            for m in 1..=9 {
+    fn every_path_matches_a_plain_triple_loop_for_every_tile_shape_and_padding() {
+        // Rows that fill no group, no task, several tasks; m = 1..30 takes every tile shape of
+        // every path and each split into row tiles; the last matrix goes parallel.
+        const { assert!(2100 * 97 >= PARALLEL_MIN_WEIGHTS, "the last shape must take the parallel path") };
+        for (rows, cols) in [(5, 37), (33, 64), (600, 13), (2100, 97)] {
+            let weights = values(rows * cols, 7);
+            let packed = PackedRows::<f32>::pack(&weights, rows, cols);
+            for m in (1..=30).chain([65]) {
                 let x = values(m * cols, m as u32);
-                let got = matmul_transposed(&x, m, &w, rows, cols);
-                let want = reference(&x, m, &w, rows, cols);
-                // Every element checked: a NaN fails `<` where a max would have dropped it.
-                for (a, b) in got.iter().zip(&want) {
-                    assert!((a - b).abs() < 1e-3, "rows {rows} cols {cols} m {m}: {a} vs {b}");
+                let want = reference(&x, m, &weights, rows, cols);
+                for isa in paths() {
+                    let got = product(isa, &x, m, &packed);
+                    // Every element checked: a NaN fails `<` where a max would have dropped it.
+                    for (a, b) in got.iter().zip(&want) {
+                        assert!((a - b).abs() < 1e-3, "{isa:?} rows {rows} cols {cols} m {m}: {a} vs {b}");
+                    }
                 }
             }
         }
@@ -370,17 +481,20 @@ mod tests {
     #[test]
     fn half_precision_weights_match_the_triple_loop_on_their_widened_values() {
         fn check<W: WeightElement>(rows: usize, cols: usize) {
-            let weights: Vec<W> = values(rows * cols, 7).into_iter().map(W::from_f32).collect();
-            let widened: Vec<f32> = weights.iter().map(|w| w.to_f32()).collect();
-            for m in [1, 2, 3, 5, 9] {
+            let weights = values(rows * cols, 7);
+            let widened: Vec<f32> = weights.iter().map(|&w| W::from_f32(w).to_f32()).collect();
+            let packed = PackedRows::<W>::pack(&weights, rows, cols);
+            for m in [1, 2, 3, 5, 9, 13] {
                 let x = values(m * cols, m as u32);
-                let got = matmul_transposed(&x, m, &weights, rows, cols);
-                for (a, b) in got.iter().zip(&reference(&x, m, &widened, rows, cols)) {
-                    assert!(
-                        (a - b).abs() < 1e-3,
-                        "{} rows {rows} cols {cols} m {m}: {a} vs {b}",
-                        std::any::type_name::<W>()
-                    );
+                for isa in paths() {
+                    let got = product(isa, &x, m, &packed);
+                    for (a, b) in got.iter().zip(&reference(&x, m, &widened, rows, cols)) {
+                        let name = std::any::type_name::<W>();
+                        assert!(
+                            (a - b).abs() < 1e-3,
+                            "{name} {isa:?} rows {rows} cols {cols} m {m}: {a} vs {b}"
+                        );
+                    }
                 }
             }
         }
@@ -391,35 +505,40 @@ mod tests {
     }
 
     #[test]
-    fn the_vector_path_agrees_with_the_scalar_dot() {
-        let (w, x) = (values(600, 1), values(900, 2));
-        let (ws, xs): (Vec<&[f32]>, Vec<&[f32]>) =
-            (w.chunks_exact(300).collect(), x.chunks_exact(300).collect());
-        let check = |block: [[f32; 3]; 2]| {
-            for (i, row) in block.iter().enumerate() {
-                for (j, got) in row.iter().enumerate() {
-                    let want = dot(ws[i], xs[j]);
-                    assert!((got - want).abs() < 1e-3, "{got} vs {want}");
-                }
-            }
-        };
-        check(dot_block::<f32, 2, 3>(&ws, &xs));
-        // Each vector width on its own, whichever `dot_block` picks on this CPU.
-        #[cfg(target_arch = "x86_64")]
-        if cpu::has_avx2() {
-            // SAFETY: the CPU has AVX2, FMA and F16C; the rows have one length.
-            check(unsafe { dot_block_avx2::<f32, 2, 3>(&ws, &xs) });
-        }
-        #[cfg(target_arch = "x86_64")]
-        if cpu::has_avx512() {
-            // SAFETY: the CPU has AVX-512F; the rows have one length.
-            check(unsafe { dot_block_avx512::<f32, 2, 3>(&ws, &xs) });
+    fn rows_read_back_from_the_packing_as_they_went_in() {
+        let (rows, cols) = (37, 11);
+        let weights = values(rows * cols, 3);
+        let packed = PackedRows::<f32>::pack(&weights, rows, cols);
+        assert_eq!(packed.bytes(), 64 * cols * 4, "padded to a whole task");
+        for row in [0, 15, 16, 36] {
+            let mut out = Vec::new();
+            packed.extend_row(row, &mut out);
+            assert_eq!(out, weights[row * cols..][..cols]);
         }
     }
 
     #[test]
-    #[should_panic(expected = "input is not")]
+    fn row_tiles_cover_every_row_once_in_nearly_equal_tiles() {
+        for most in [1, 4, 6, 12] {
+            for m in 1..100 {
+                let tiles: Vec<_> = row_tiles(m, most).collect();
+                assert_eq!(tiles.first().unwrap().start, 0);
+                assert_eq!(tiles.last().unwrap().end, m);
+                assert!(tiles.windows(2).all(|t| t[0].end == t[1].start));
+                let (short, long) =
+                    (tiles.iter().map(|t| t.len()).min(), tiles.iter().map(|t| t.len()).max());
+                assert!(
+                    long.unwrap() <= most && long.unwrap() - short.unwrap() <= 1,
+                    "m {m} most {most}: {tiles:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    #[should_panic(expected = "input rows are not")]
     fn a_wrong_input_length_is_caught() {
-        matmul_transposed(&[1.0; 5], 1, &[1.0; 6], 2, 3);
+        let packed = PackedRows::<f32>::pack(&[1.0; 6], 2, 3);
+        packed.multiply_into(&[&[1.0; 5]], &mut [0.0; 2]);
     }
 }

@@ -1,13 +1,12 @@
 //! Projection weights in host memory for the host executor: f32, bf16 or f16 rows multiplied
 //! by `kernels::matvec`, or ggml's quantized blocks multiplied by `kernels::quant`.
 
-use aligned_vec::{AVec, ConstAlign};
 use burn::tensor::DType;
 
 use crate::backend::Runtime;
 use crate::error::{Error, Result};
 use crate::formats::BlockFormat;
-use crate::kernels::matvec::{WeightElement, multiply_rows_into, transpose_outputs};
+use crate::kernels::matvec::{PackedRows, transpose_outputs};
 use crate::kernels::quant::QuantMatrix;
 use crate::model::config::LlamaConfig;
 use crate::model::weights::{HostTensor, Weight, WeightSource};
@@ -22,33 +21,31 @@ pub struct HostMatrix {
     cols: usize,
 }
 
-/// One part's weights: f32, or bf16/f16 at half the bytes to stream, aligned to cache lines so
-/// that no vector load straddles two; or quantized blocks.
+/// One part's weights: f32, or bf16/f16 at half the bytes to stream, packed for the float
+/// kernel; or quantized blocks.
 #[derive(Debug)]
 enum HostWeights {
-    F32(AVec<f32, ConstAlign<64>>),
-    Bf16(AVec<half::bf16, ConstAlign<64>>),
-    F16(AVec<half::f16, ConstAlign<64>>),
+    F32(PackedRows<f32>),
+    Bf16(PackedRows<half::bf16>),
+    F16(PackedRows<half::f16>),
     Blocks(QuantMatrix),
 }
 
 impl HostWeights {
-    fn floats(values: &[f32], dtype: DType) -> Self {
-        fn aligned<W: WeightElement>(values: &[f32]) -> AVec<W, ConstAlign<64>> {
-            AVec::from_iter(64, values.iter().map(|&v| W::from_f32(v)))
-        }
+    fn floats(values: &[f32], dtype: DType, cols: usize) -> Self {
+        let rows = values.len() / cols;
         match dtype {
-            DType::BF16 => Self::Bf16(aligned(values)),
-            DType::F16 => Self::F16(aligned(values)),
-            _ => Self::F32(aligned(values)),
+            DType::BF16 => Self::Bf16(PackedRows::pack(values, rows, cols)),
+            DType::F16 => Self::F16(PackedRows::pack(values, rows, cols)),
+            _ => Self::F32(PackedRows::pack(values, rows, cols)),
         }
     }
 
-    fn rows(&self, cols: usize) -> usize {
+    fn rows(&self) -> usize {
         match self {
-            Self::F32(w) => w.len() / cols,
-            Self::Bf16(w) => w.len() / cols,
-            Self::F16(w) => w.len() / cols,
+            Self::F32(w) => w.rows(),
+            Self::Bf16(w) => w.rows(),
+            Self::F16(w) => w.rows(),
             Self::Blocks(q) => q.rows(),
         }
     }
@@ -64,33 +61,29 @@ impl HostWeights {
 
     fn bytes(&self) -> usize {
         match self {
-            Self::F32(w) => w.len() * 4,
-            Self::Bf16(w) => w.len() * 2,
-            Self::F16(w) => w.len() * 2,
+            Self::F32(w) => w.bytes(),
+            Self::Bf16(w) => w.bytes(),
+            Self::F16(w) => w.bytes(),
             Self::Blocks(q) => q.bytes(),
         }
     }
 
     /// `out_t: [rows, m]` = these weights times each input row.
-    fn multiply_into(&self, x_rows: &[&[f32]], cols: usize, out_t: &mut [f32]) {
+    fn multiply_into(&self, x_rows: &[&[f32]], out_t: &mut [f32]) {
         match self {
-            Self::F32(w) => multiply_rows_into(x_rows, w, cols, out_t),
-            Self::Bf16(w) => multiply_rows_into(x_rows, w, cols, out_t),
-            Self::F16(w) => multiply_rows_into(x_rows, w, cols, out_t),
+            Self::F32(w) => w.multiply_into(x_rows, out_t),
+            Self::Bf16(w) => w.multiply_into(x_rows, out_t),
+            Self::F16(w) => w.multiply_into(x_rows, out_t),
             Self::Blocks(q) => q.multiply_into(x_rows, out_t),
         }
     }
 
-    /// Row `row` of a `cols`-wide matrix, appended to `out` as f32.
-    fn extend_row(&self, row: usize, cols: usize, out: &mut Vec<f32>) {
-        fn widen<W: WeightElement>(w: &[W], out: &mut Vec<f32>) {
-            out.extend(w.iter().map(|v| v.to_f32()));
-        }
-        let range = row * cols..(row + 1) * cols;
+    /// Row `row`, appended to `out` as f32.
+    fn extend_row(&self, row: usize, out: &mut Vec<f32>) {
         match self {
-            Self::F32(w) => out.extend_from_slice(&w[range]),
-            Self::Bf16(w) => widen(&w[range], out),
-            Self::F16(w) => widen(&w[range], out),
+            Self::F32(w) => w.extend_row(row, out),
+            Self::Bf16(w) => w.extend_row(row, out),
+            Self::F16(w) => w.extend_row(row, out),
             Self::Blocks(q) => q.extend_row(row, out),
         }
     }
@@ -154,7 +147,7 @@ impl HostMatrix {
         let parts = pending
             .into_iter()
             .map(|part| match part {
-                Pending::Floats(values, dtype) => HostWeights::floats(&values, dtype),
+                Pending::Floats(values, dtype) => HostWeights::floats(&values, dtype, cols),
                 Pending::Blocks(format, bytes) => {
                     let part_rows = bytes.len() / format.bytes_for(cols).expect("whole blocks per row");
                     HostWeights::Blocks(QuantMatrix::new(format, &bytes, part_rows, cols))
@@ -186,8 +179,8 @@ impl HostMatrix {
         let mut out_t = vec![0.0f32; self.rows * m];
         let mut rest = out_t.as_mut_slice();
         for part in &self.parts {
-            let (here, after) = rest.split_at_mut(part.rows(self.cols) * m);
-            part.multiply_into(&x_rows, self.cols, here);
+            let (here, after) = rest.split_at_mut(part.rows() * m);
+            part.multiply_into(&x_rows, here);
             rest = after;
         }
         transpose_outputs(out_t, m, self.rows)
@@ -196,9 +189,9 @@ impl HostMatrix {
     /// Row `row`, appended to `out` as f32.
     pub(crate) fn extend_row(&self, mut row: usize, out: &mut Vec<f32>) {
         for part in &self.parts {
-            let rows = part.rows(self.cols);
+            let rows = part.rows();
             if row < rows {
-                return part.extend_row(row, self.cols, out);
+                return part.extend_row(row, out);
             }
             row -= rows;
         }
