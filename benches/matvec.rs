@@ -55,8 +55,8 @@ fn quantized(c: &mut Criterion) {
             BlockFormat::Q4_K | BlockFormat::Q6_K => k_quant_blocks(format, rows * cols),
             _ => format.quantize(&values).unwrap(),
         };
-        let matrix = QuantMatrix::new(format, &blocks, rows, cols);
         group.throughput(Throughput::Bytes(blocks.len() as u64));
+        let matrix = QuantMatrix::new(format, blocks, rows, cols);
         for m in [1, 5, 9] {
             let x: Vec<f32> = (0..m * cols).map(|i| (i % 13) as f32 * 0.1).collect();
             let x_rows: Vec<&[f32]> = x.chunks(cols).collect();

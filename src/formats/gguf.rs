@@ -212,10 +212,22 @@ impl GgufFile {
         &self.map[info.start..info.start + info.len]
     }
 
-    /// A copy of the bytes of a tensor, after which the map's pages for it are given back.
+    /// The bytes of a tensor handed to `take` a few MiB at a time (each a whole number of
+    /// 4-byte words), each piece's pages given back to the system once taken: the file's pages
+    /// and their copy are never both resident for more than one piece.
+    pub fn read_out(&self, info: &TensorInfo, mut take: impl FnMut(&[u8])) {
+        const PIECE: usize = 4 << 20;
+        for start in (0..info.len).step_by(PIECE) {
+            let range = info.start + start..info.start + (start + PIECE).min(info.len);
+            take(&self.map[range.clone()]);
+            crate::files::release_mapped(&self.map, range);
+        }
+    }
+
+    /// A copy of the bytes of a tensor (see `read_out`).
     pub fn copy_out(&self, info: &TensorInfo) -> Vec<u8> {
-        let bytes = self.tensor_data(info).to_vec();
-        crate::files::release_mapped(&self.map, info.byte_range());
+        let mut bytes = Vec::with_capacity(info.len);
+        self.read_out(info, |piece| bytes.extend_from_slice(piece));
         bytes
     }
 }

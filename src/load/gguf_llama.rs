@@ -11,7 +11,7 @@ use crate::error::{Error, Result};
 use crate::formats::gguf::{GgufFile, TensorInfo, TensorType, Value};
 use crate::model::config::{LlamaConfig, RopeParameters, TokenIds};
 use crate::model::weights::{
-    HostTensor, LayerWeight, Weight, WeightSource, device_tensor, floats_from_le_bytes,
+    HostTensor, LayerWeight, Weight, WeightSource, device_tensor, extend_floats_from_le_bytes,
 };
 
 /// A GGUF Llama checkpoint, its tensors handed out by our weight names.
@@ -80,9 +80,9 @@ impl GgufCheckpoint {
 
 /// llama.cpp's converter stores each query/key head's rows as pairs `(i, i + d/2)` side by side
 /// (the rotary layout of Meta's original code); Hugging Face's layout has the halves apart.
-/// Returns the rows in Hugging Face order, each `row_bytes` long.
-fn unpermute_rows(data: &[u8], heads: usize, row_bytes: usize) -> Vec<u8> {
-    let rows = data.len() / row_bytes;
+/// Returns the rows in Hugging Face order, each `row_len` long (bytes of blocks, or values).
+fn unpermute_rows<T: Copy>(data: &[T], heads: usize, row_len: usize) -> Vec<T> {
+    let rows = data.len() / row_len;
     let head_dim = rows / heads;
     let half = head_dim / 2;
     let mut out = Vec::with_capacity(data.len());
@@ -90,7 +90,7 @@ fn unpermute_rows(data: &[u8], heads: usize, row_bytes: usize) -> Vec<u8> {
         let (head, within) = (row / head_dim, row % head_dim);
         let (j, i) = (within / half, within % half);
         let source = head * head_dim + 2 * i + j;
-        out.extend_from_slice(&data[source * row_bytes..][..row_bytes]);
+        out.extend_from_slice(&data[source * row_len..][..row_len]);
     }
     out
 }
@@ -103,7 +103,29 @@ impl WeightSource for GgufCheckpoint {
 
     fn load_host(&mut self, weight: Weight, config: &LlamaConfig) -> Result<HostTensor> {
         let (name, info) = self.info(weight, config)?;
-        let mut data = self.file.copy_out(info);
+        // Floats are decoded straight from the map, a piece at a time: no copy of the file's
+        // bytes beside them.
+        let floats = |dtype: DType| {
+            let mut values = Vec::with_capacity(info.byte_range().len() / dtype.size());
+            self.file.read_out(info, |piece| extend_floats_from_le_bytes(piece, dtype, &mut values));
+            values
+        };
+        let mut tensor = match info.kind {
+            TensorType::F32 => HostTensor::F32(floats(DType::F32)),
+            TensorType::F16 => HostTensor::Half { values: floats(DType::F16), dtype: DType::F16 },
+            TensorType::Bf16 => HostTensor::Half { values: floats(DType::BF16), dtype: DType::BF16 },
+            // Rows along the last dimension: a 1-D norm in a block type is one row.
+            TensorType::Blocks(format) => {
+                let cols = info.torch_shape().last().copied().unwrap_or(0);
+                let bytes = self.file.copy_out(info);
+                if !format.scales_finite(&bytes) {
+                    return Err(self
+                        .file
+                        .error(format!("tensor `{name}` has a NaN or infinite block scale")));
+                }
+                HostTensor::Blocks { format, bytes, cols }
+            }
+        };
         if let Some(heads) = Self::permuted_heads(weight, config) {
             let rows = info.torch_shape()[0];
             if rows % (2 * heads) != 0 {
@@ -111,27 +133,13 @@ impl WeightSource for GgufCheckpoint {
                     .file
                     .error(format!("tensor `{name}`: {rows} rows do not split into {heads} heads")));
             }
-            data = unpermute_rows(&data, heads, data.len() / rows);
-        }
-        let tensor = match info.kind {
-            TensorType::F32 => HostTensor::F32(floats_from_le_bytes(&data, DType::F32)),
-            TensorType::F16 => {
-                HostTensor::Half { values: floats_from_le_bytes(&data, DType::F16), dtype: DType::F16 }
-            }
-            TensorType::Bf16 => {
-                HostTensor::Half { values: floats_from_le_bytes(&data, DType::BF16), dtype: DType::BF16 }
-            }
-            // Rows along the last dimension: a 1-D norm in a block type is one row.
-            TensorType::Blocks(format) => {
-                let cols = info.torch_shape().last().copied().unwrap_or(0);
-                if !format.scales_finite(&data) {
-                    return Err(self
-                        .file
-                        .error(format!("tensor `{name}` has a NaN or infinite block scale")));
+            match &mut tensor {
+                HostTensor::F32(values) | HostTensor::Half { values, .. } => {
+                    *values = unpermute_rows(values, heads, values.len() / rows)
                 }
-                HostTensor::Blocks { format, bytes: data, cols }
+                HostTensor::Blocks { bytes, .. } => *bytes = unpermute_rows(bytes, heads, bytes.len() / rows),
             }
-        };
+        }
         if let HostTensor::F32(values) | HostTensor::Half { values, .. } = &tensor
             && !values.iter().all(|v| v.is_finite())
         {

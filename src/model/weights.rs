@@ -119,11 +119,18 @@ impl HostTensor {
 /// Little-endian f32, f16 or bf16 values (`dtype`) as f32: exact, as both checkpoint formats
 /// store them.
 pub fn floats_from_le_bytes(bytes: &[u8], dtype: DType) -> Vec<f32> {
+    let mut values = Vec::with_capacity(bytes.len() / dtype.size());
+    extend_floats_from_le_bytes(bytes, dtype, &mut values);
+    values
+}
+
+/// `floats_from_le_bytes`, appended to `out`.
+pub fn extend_floats_from_le_bytes(bytes: &[u8], dtype: DType, out: &mut Vec<f32>) {
     let pairs = || bytes.chunks_exact(2).map(|b| u16::from_le_bytes([b[0], b[1]]));
     match dtype {
-        DType::F16 => pairs().map(|bits| half::f16::from_bits(bits).to_f32()).collect(),
-        DType::BF16 => pairs().map(|bits| half::bf16::from_bits(bits).to_f32()).collect(),
-        DType::F32 => bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect(),
+        DType::F16 => out.extend(pairs().map(|bits| half::f16::from_bits(bits).to_f32())),
+        DType::BF16 => out.extend(pairs().map(|bits| half::bf16::from_bits(bits).to_f32())),
+        DType::F32 => out.extend(bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))),
         other => unreachable!("checkpoints hold float tensors in f32, f16 or bf16, not {other:?}"),
     }
 }

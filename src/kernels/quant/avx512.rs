@@ -295,12 +295,12 @@ mod tests {
             ] {
                 let weights = crate::formats::blocks::testing::blocks(format, weight_rows * cols, 99);
                 let row_bytes = weights.len() / weight_rows;
-                let matrix = QuantMatrix::new(format, &weights, weight_rows, cols);
+                let matrix = QuantMatrix::new(format, weights.clone(), weight_rows, cols);
                 let mut all = vec![0.0f32; weight_rows * m];
                 matrix.multiply_on(&x_rows, &mut all, false);
                 for r in 0..weight_rows {
                     let row = &weights[r * row_bytes..][..row_bytes];
-                    let alone = QuantMatrix::new(format, row, 1, cols);
+                    let alone = QuantMatrix::new(format, row.to_vec(), 1, cols);
                     for (j, x) in x_rows.iter().enumerate() {
                         let got = all[r * m + j];
                         let want = dot_q8_scalar(format, row, &Q8Row::quantize(x));

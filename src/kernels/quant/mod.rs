@@ -109,7 +109,7 @@ impl Q8Row {
 #[derive(Debug)]
 pub struct QuantMatrix {
     format: BlockFormat,
-    blocks: aligned_vec::AVec<u8, aligned_vec::ConstAlign<64>>,
+    blocks: Vec<u8>,
     layout: Layout,
     rows: usize,
     cols: usize,
@@ -128,8 +128,9 @@ enum Layout {
 }
 
 impl QuantMatrix {
-    /// `blocks` must hold exactly `rows` rows of `cols` elements.
-    pub fn new(format: BlockFormat, blocks: &[u8], rows: usize, cols: usize) -> Self {
+    /// `blocks` must hold exactly `rows` rows of `cols` elements. They are kept, not copied:
+    /// where the kernel wants rows interleaved, each group of rows is rearranged in place.
+    pub fn new(format: BlockFormat, mut blocks: Vec<u8>, rows: usize, cols: usize) -> Self {
         let row_bytes = format.bytes_for(cols).unwrap_or(0);
         assert_eq!(
             Some(row_bytes * rows),
@@ -137,22 +138,24 @@ impl QuantMatrix {
             "{format} [{rows}, {cols}]"
         );
         let layout = if interleaves(format) { Layout::Interleaved } else { Layout::Rows };
-        let blocks = match layout {
-            Layout::Rows => aligned_vec::AVec::from_slice(64, blocks),
-            Layout::Interleaved => {
-                let block = format.block_bytes();
-                let mut out = aligned_vec::AVec::with_capacity(64, rows.div_ceil(GROUP) * GROUP * row_bytes);
-                for first in (0..rows).step_by(GROUP) {
-                    for b in 0..row_bytes / block {
-                        for i in 0..GROUP {
-                            let row = (first + i).min(rows - 1);
-                            out.extend_from_slice(&blocks[row * row_bytes + b * block..][..block]);
-                        }
+        if layout == Layout::Interleaved {
+            // The last group is filled up with copies of the last row.
+            for _ in rows..rows.next_multiple_of(GROUP) {
+                blocks.extend_from_within((rows - 1) * row_bytes..rows * row_bytes);
+            }
+            let block = format.block_bytes();
+            let mut rows_of_group = vec![0u8; GROUP * row_bytes];
+            for group in blocks.chunks_exact_mut(GROUP * row_bytes) {
+                rows_of_group.copy_from_slice(group);
+                let row_blocks = rows_of_group.chunks_exact(row_bytes).map(|row| row.chunks_exact(block));
+                let mut rows: Vec<_> = row_blocks.collect();
+                for out in group.chunks_exact_mut(GROUP * block) {
+                    for (out, row) in out.chunks_exact_mut(block).zip(&mut rows) {
+                        out.copy_from_slice(row.next().expect("every row holds row_bytes / block blocks"));
                     }
                 }
-                out
             }
-        };
+        }
         Self { format, blocks, layout, rows, cols }
     }
 
@@ -440,7 +443,11 @@ mod tests {
         for (format, weights) in cases {
             let scalar = dot_q8_scalar(format, &weights, &row);
             let mut vector = [0.0f32];
-            QuantMatrix::new(format, &weights, 1, cols).multiply_on(&[x.as_slice()], &mut vector, false);
+            QuantMatrix::new(format, weights.clone(), 1, cols).multiply_on(
+                &[x.as_slice()],
+                &mut vector,
+                false,
+            );
             let vector = vector[0];
             let exact = dot_dequantized(format, &weights, &x);
             assert!((scalar - vector).abs() < 1e-4, "{format}: {scalar} vs {vector}");
@@ -453,7 +460,7 @@ mod tests {
     fn a_matrix_product_matches_row_by_row_dots_serial_and_parallel() {
         let (rows, cols) = (37, 4 * QK);
         let weights = BlockFormat::Q4_0.quantize(&values(rows * cols, 9)).unwrap();
-        let matrix = QuantMatrix::new(BlockFormat::Q4_0, &weights, rows, cols);
+        let matrix = QuantMatrix::new(BlockFormat::Q4_0, weights.clone(), rows, cols);
         let xs: Vec<Vec<f32>> = (0..3).map(|j| values(cols, j)).collect();
         let x_rows: Vec<&[f32]> = xs.iter().map(Vec::as_slice).collect();
         let (mut serial, mut parallel) = (vec![0.0; rows * 3], vec![0.0; rows * 3]);

@@ -150,7 +150,7 @@ impl HostMatrix {
                 Pending::Floats(values, dtype) => HostWeights::floats(&values, dtype, cols),
                 Pending::Blocks(format, bytes) => {
                     let part_rows = bytes.len() / format.bytes_for(cols).expect("whole blocks per row");
-                    HostWeights::Blocks(QuantMatrix::new(format, &bytes, part_rows, cols))
+                    HostWeights::Blocks(QuantMatrix::new(format, bytes, part_rows, cols))
                 }
             })
             .collect();
