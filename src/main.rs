@@ -189,25 +189,12 @@ struct GenerateArgs {
     projections: Option<String>,
 }
 
-/// Every allocation above 128 KiB gets its own mapping, given back to the system when freed.
-/// glibc otherwise raises that threshold to the largest block freed so far, and a model's
-/// weights, allocated between freed load-time copies of the same size, left holes in the heap
-/// worth a tenth of the file in resident memory (docs/performance.md).
-fn map_large_allocations_each() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: sets an allocator parameter before any thread starts; no memory is touched.
-    unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 128 * 1024);
-    }
-}
-
 fn main() -> ExitCode {
     // `--version` also names the kernel path, which is decided on the CPU it runs on.
     let version = format!("{VERSION}, {} kernels", specbench::kernels::cpu::describe());
     let matches = Cli::command().version(&*Box::leak(version.into_boxed_str())).get_matches();
     let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     specbench::files::exit_cleanly_on_sigbus();
-    map_large_allocations_each();
     // A panic is a bug, not the input's fault: one line naming where, and exit code 1. (The
     // backend probe swaps this hook while it runs, and restores it.)
     std::panic::set_hook(Box::new(|info| {
