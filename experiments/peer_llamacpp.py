@@ -11,9 +11,9 @@ alternate, so drift of the machine hits both alike. Writes DIR/decode.csv (one r
 engine, file and test, with the median and range over the rounds), DIR/machine.json and
 DIR/summary.md. Run on an idle machine: llama.cpp collapses under CPU contention.
 
-With --presets, also the shapes of `random:PRESET` in q8_0 and q4_0: llama.cpp runs a GGUF of
-random weights with those shapes (made here, every tensor in the one type), specbench the preset
-itself quantized on load (same shapes and types, other random values: the same work).
+With --presets, also the shapes of `random:PRESET` in q8_0 and q4_0: a GGUF of random weights
+with those shapes (made here, every tensor in the one type, no vocabulary), which both engines
+run (specbench reads a vocabulary-less file's text as bytes).
 
 The files: the embedded target as f32/bf16/q8_0/q4_0/Q4_K_M GGUF (tests/fixtures/tiny-gguf, plus
 an f32 copy made by llama-quantize) and SmolLM2-135M-Instruct as shipped (q4_1) and requantized by
@@ -111,7 +111,8 @@ def files(presets):
     out = [(model, dtype, path, path, "f32") for model, dtype, path in out]
     for preset in presets:
         for kind in ["q8_0", "q4_0"]:
-            out.append((f"random:{preset}", kind, random_gguf(preset, kind), f"random:{preset}", kind))
+            path = random_gguf(preset, kind)
+            out.append((f"random:{preset}", kind, path, path, "f32"))
     return out
 
 

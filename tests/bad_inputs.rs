@@ -414,6 +414,15 @@ fn gguf_with_a_tokenizer_kind_specbench_does_not_rebuild_is_refused_by_name() {
 }
 
 #[test]
+fn gguf_without_a_vocabulary_reads_text_as_bytes() {
+    // llama.cpp's vocabulary-less files of random weights (`none`, as long as `gpt2`) load, as
+    // the random presets do: the prompt's bytes are its token ids.
+    let (_dir, file) = damaged_gguf(|b| replace_after(b, "tokenizer.ggml.model", b"gpt2", b"none"));
+    let (code, stderr) = generate(&file, &["--json"]);
+    assert_eq!(code, 0, "{stderr}");
+}
+
+#[test]
 fn gguf_whose_metadata_and_tensors_disagree() {
     // One layer more in the metadata than the file has tensors for.
     let (_dir, file) =

@@ -119,6 +119,11 @@ fn strings<'a>(file: &'a GgufFile, key: &str) -> Result<Vec<&'a str>> {
         .collect()
 }
 
+/// Whether the file says it has no vocabulary (`tokenizer.ggml.model` = `none`).
+pub fn has_no_vocabulary(file: &GgufFile) -> bool {
+    file.metadata.get("tokenizer.ggml.model").and_then(Value::as_str) == Some("none")
+}
+
 /// Rebuilds the tokenizer that the file's `tokenizer.ggml.*` keys describe.
 pub fn tokenizer_from(file: &GgufFile) -> Result<tokenizers::Tokenizer> {
     let model = file

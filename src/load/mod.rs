@@ -68,7 +68,14 @@ impl std::fmt::Display for ModelSpec {
     }
 }
 
+/// The file's tokenizer; a file that says it has none (`tokenizer.ggml.model` = `none`, as
+/// llama.cpp's vocabulary-less files of random weights for timing) reads text as bytes, as the
+/// random presets do.
 fn tokenizer_of_gguf(file: &GgufFile, path: &Path) -> Result<Tokenizer> {
+    if gguf_tokenizer::has_no_vocabulary(file) {
+        let bos = gguf_llama::config_from(file)?.bos_token_id;
+        return Ok(Tokenizer::Bytes { bos });
+    }
     Ok(Tokenizer::HuggingFace {
         inner: Box::new(gguf_tokenizer::tokenizer_from(file)?),
         path: path.to_path_buf(),
