@@ -37,6 +37,7 @@ fn quantized(c: &mut Criterion) {
     let shapes = [
         ("q4_1 mlp up 1536x576", BlockFormat::Q4_1, 1536, 576),
         ("q8_0 mlp up 1536x576", BlockFormat::Q8_0, 1536, 576),
+        ("q4_0 mlp up 1536x576", BlockFormat::Q4_0, 1536, 576),
         ("q4_0 mlp up 8192x2048", BlockFormat::Q4_0, 8192, 2048),
         ("q4_k attention 2048x2048", BlockFormat::Q4_K, 2048, 2048),
         ("q6_k attention 2048x2048", BlockFormat::Q6_K, 2048, 2048),
@@ -57,7 +58,7 @@ fn quantized(c: &mut Criterion) {
         };
         group.throughput(Throughput::Bytes(blocks.len() as u64));
         let matrix = QuantMatrix::new(format, blocks, rows, cols);
-        for m in [1, 5, 9] {
+        for m in [1, 5, 9, 65] {
             let x: Vec<f32> = (0..m * cols).map(|i| (i % 13) as f32 * 0.1).collect();
             let x_rows: Vec<&[f32]> = x.chunks(cols).collect();
             let mut out = vec![0.0; rows * m];
