@@ -153,6 +153,13 @@ pub fn speedup_from_expected(expected: f64, cost_ratio: f64, drafted: f64) -> f6
     expected / (drafted * cost_ratio + 1.0)
 }
 
+/// Theorem 3.8 without its assumption that a verify of k + 1 tokens costs one decode step: it
+/// costs `verify_steps` of them (a verify curve's t(k + 1) ÷ t(1)), and the draft `cost_per_step`
+/// of a step per drafted token: E / (k·c + verify_steps).
+pub fn speedup_with_verify_cost(alpha: f64, cost_per_step: f64, k: usize, verify_steps: f64) -> f64 {
+    expected_accepted_len(alpha, k) / (k as f64 * cost_per_step + verify_steps)
+}
+
 /// c = (draft time per drafted token) / (target time per verify call). Per verify call, not
 /// per decode step: Theorem 3.8 assumes the two cost the same, so this c is the one its
 /// prediction takes; where a verify of k + 1 tokens costs more than a step, the prediction
@@ -166,6 +173,15 @@ pub fn cost_ratio(timings: &Timings, stats: &AcceptanceStats) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_verify_that_costs_one_step_gives_theorem_3_8_and_a_dearer_one_less() {
+        for (alpha, c, k) in [(0.8, 0.05, 4), (0.6, 0.2, 1), (0.95, 0.1, 8)] {
+            let plain = predicted_speedup(alpha, c, k);
+            assert!((speedup_with_verify_cost(alpha, c, k, 1.0) - plain).abs() < 1e-12);
+            assert!(speedup_with_verify_cost(alpha, c, k, 1.5) < plain);
+        }
+    }
 
     #[test]
     fn expected_length_matches_the_closed_form() {

@@ -2,7 +2,9 @@
 //! model, from `verify_curve.csv` (rows of `specbench bench forward --rows`, and llama.cpp's
 //! `llama-bench` figures in the same columns: experiments/verify_curve.sh), as a table in
 //! `verify_curve.md` and a plot, `plots/verify_curve`. A verify of k drafts is a forward of
-//! k + 1 rows; Theorem 3.8 assumes it costs one row's time.
+//! k + 1 rows; Theorem 3.8 assumes it costs one row's time. The table's second part is that
+//! theorem with each verify's measured cost instead: the best k and its speedup for a few
+//! acceptance rates and draft costs.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -18,6 +20,9 @@ pub const FILE: &str = "verify_curve.csv";
 
 /// The row counts the table shows, where measured: k + 1 for k = 1, 2, 4, 8, 16, 32, 64.
 const TABLE_ROWS: [usize; 7] = [2, 3, 5, 9, 17, 33, 65];
+
+/// The (α, c) pairs the prediction table shows: c in decode steps per drafted token.
+const PREDICTED_FOR: [(f64, f64); 4] = [(0.6, 0.05), (0.8, 0.05), (0.9, 0.05), (0.8, 0.2)];
 
 /// Reads `dir/verify_curve.csv` and writes `verify_curve.md` and `plots/verify_curve`.
 pub fn write(dir: &Path) -> Result<()> {
@@ -97,6 +102,37 @@ fn markdown(curves: &Curves) -> String {
         }
         out += "\n";
     }
+    out += &predictions(curves);
+    out
+}
+
+/// Theorem 3.8 with the curve's verify costs: for each (α, c) of `PREDICTED_FOR`, the best k
+/// among the measured lengths and its speedup over target-only decoding.
+fn predictions(curves: &Curves) -> String {
+    let mut out = String::from(
+        "\n## What the curve predicts\n\nTheorem 3.8 with each verify's measured cost instead of one decode step: \
+         speedup = E(α, k) / (k·c + t(k + 1) ÷ t(1)), c the draft's time per drafted token in decode steps; \
+         the best k among the measured lengths, and its speedup.\n\n| model | engine | context |",
+    );
+    out += &PREDICTED_FOR.iter().map(|(a, c)| format!(" α = {a}, c = {c} |")).collect::<String>();
+    out += "\n|---|---|---|";
+    out += &"---|".repeat(PREDICTED_FOR.len());
+    out += "\n";
+    for ((model, engine, context), curve) in curves {
+        let Some(&one) = curve.get(&1) else { continue };
+        out += &format!("| {model} | {engine} | {context} |");
+        for &(alpha, cost) in &PREDICTED_FOR {
+            let best = curve
+                .iter()
+                .filter(|&(&n, _)| n >= 2)
+                .map(|(&n, &s)| {
+                    (crate::metrics::speedup_with_verify_cost(alpha, cost, n - 1, s / one), n - 1)
+                })
+                .max_by(|a, b| a.0.total_cmp(&b.0));
+            out += &best.map_or(" — |".into(), |(speedup, k)| format!(" {speedup:.2}× (k = {k}) |"));
+        }
+        out += "\n";
+    }
     out
 }
 
@@ -165,6 +201,9 @@ mod tests {
         let table = std::fs::read_to_string(dir.path().join("verify_curve.md")).unwrap();
         assert!(table.contains("| m.gguf | specbench | 190 | 4.00 | 2.00 |"), "{table}");
         assert!(table.contains("| m.gguf | llama.cpp | 190 | 5.00 | 2.50 |"), "{table}");
+        // α = 0.6, c = 0.05, k = 8 with a verify of two steps: (1 − 0.6⁹) / 0.4 / (0.4 + 2.0).
+        let want = (1.0 - 0.6f64.powi(9)) / 0.4 / 2.4;
+        assert!(table.contains(&format!("| m.gguf | specbench | 190 | {want:.2}× (k = 8) |")), "{table}");
         assert!(dir.path().join("plots/verify_curve.svg").exists());
         crate::measure::append_csv(&path, &[cost("specbench", 3, f64::NAN)]).unwrap();
         let message = write(dir.path()).unwrap_err().to_string();
