@@ -217,10 +217,10 @@ impl GgufFile {
     /// and their copy are never both resident for more than one piece.
     pub fn read_out(&self, info: &TensorInfo, mut take: impl FnMut(&[u8])) {
         const PIECE: usize = 4 << 20;
-        for start in (0..info.len).step_by(PIECE) {
-            let range = info.start + start..info.start + (start + PIECE).min(info.len);
-            take(&self.map[range.clone()]);
-            crate::files::release_mapped(&self.map, range);
+        for (i, piece) in self.tensor_data(info).chunks(PIECE).enumerate() {
+            take(piece);
+            let start = info.start + i * PIECE;
+            crate::files::release_mapped(&self.map, start..start + piece.len());
         }
     }
 

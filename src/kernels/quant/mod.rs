@@ -147,11 +147,9 @@ impl QuantMatrix {
             let mut rows_of_group = vec![0u8; GROUP * row_bytes];
             for group in blocks.chunks_exact_mut(GROUP * row_bytes) {
                 rows_of_group.copy_from_slice(group);
-                let row_blocks = rows_of_group.chunks_exact(row_bytes).map(|row| row.chunks_exact(block));
-                let mut rows: Vec<_> = row_blocks.collect();
-                for out in group.chunks_exact_mut(GROUP * block) {
-                    for (out, row) in out.chunks_exact_mut(block).zip(&mut rows) {
-                        out.copy_from_slice(row.next().expect("every row holds row_bytes / block blocks"));
+                for (b, out) in group.chunks_exact_mut(GROUP * block).enumerate() {
+                    for (i, out) in out.chunks_exact_mut(block).enumerate() {
+                        out.copy_from_slice(&rows_of_group[i * row_bytes + b * block..][..block]);
                     }
                 }
             }
