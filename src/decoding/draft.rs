@@ -52,6 +52,16 @@ pub trait Drafter {
     /// The target kept `len` tokens, the last of which the drafter has not read: anything it
     /// read past `len - 1` is forgotten.
     fn rollback(&mut self, len: usize);
+
+    /// Target layers whose entering hidden states it reads (`Step::capture`): every target
+    /// forward of its generations captures them for `observe`.
+    fn feature_layers(&self) -> &[usize] {
+        &[]
+    }
+
+    /// The target's hidden states at `feature_layers`, each `[rows, hidden]`, for the positions
+    /// `start..` it has just fed (the prefill's, then each verify's, before `rollback`).
+    fn observe(&mut self, _start: usize, _hidden: &[Vec<f32>]) {}
 }
 
 impl<D: Drafter + ?Sized> Drafter for &mut D {
@@ -69,6 +79,12 @@ impl<D: Drafter + ?Sized> Drafter for &mut D {
     }
     fn rollback(&mut self, len: usize) {
         (**self).rollback(len)
+    }
+    fn feature_layers(&self) -> &[usize] {
+        (**self).feature_layers()
+    }
+    fn observe(&mut self, start: usize, hidden: &[Vec<f32>]) {
+        (**self).observe(start, hidden)
     }
 }
 

@@ -12,8 +12,11 @@ use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
 use crate::metrics::{AcceptanceStats, Timings};
-use crate::model::{KvCache, Llama};
+use crate::model::{KvCache, Llama, Step};
 use crate::sampling::SamplingConfig;
+
+/// Logits rows, and the hidden states captured at each asked-for layer (`[rows, hidden]` each).
+pub type Captured = (Vec<Vec<f32>>, Vec<Vec<f32>>);
 
 /// What a decoder needs from a model: logits for the tokens it feeds, over a cache it can roll
 /// back. `Llama` is the real implementation; tests wrap it (e.g. to memoise forwards).
@@ -32,6 +35,23 @@ pub trait CausalLm {
         rows: usize,
         vocab: usize,
     ) -> Result<Vec<Vec<f32>>>;
+    /// As `logits`, with the hidden states entering each layer of `capture` for every fed row
+    /// (`Step::capture`), for drafters that read them. A model that cannot say so.
+    fn logits_capturing(
+        &self,
+        tokens: &[u32],
+        cache: &mut Self::Cache,
+        rows: usize,
+        vocab: usize,
+        capture: &[usize],
+    ) -> Result<Captured> {
+        if capture.is_empty() {
+            return Ok((self.logits(tokens, cache, rows, vocab)?, Vec::new()));
+        }
+        Err(Error::Usage(
+            "this model does not return hidden states; a feature-level drafter needs a Llama target".into(),
+        ))
+    }
     /// Waits for queued device work, so timers measure work done.
     fn sync(&self) -> Result<()>;
     fn vocab_size(&self) -> usize;
@@ -58,6 +78,16 @@ impl<T: CausalLm + ?Sized> CausalLm for &T {
         vocab: usize,
     ) -> Result<Vec<Vec<f32>>> {
         (**self).logits(tokens, cache, rows, vocab)
+    }
+    fn logits_capturing(
+        &self,
+        tokens: &[u32],
+        cache: &mut T::Cache,
+        rows: usize,
+        vocab: usize,
+        capture: &[usize],
+    ) -> Result<Captured> {
+        (**self).logits_capturing(tokens, cache, rows, vocab, capture)
     }
     fn sync(&self) -> Result<()> {
         (**self).sync()
@@ -90,6 +120,18 @@ impl CausalLm for Llama {
         vocab: usize,
     ) -> Result<Vec<Vec<f32>>> {
         self.logits_skipping(tokens, cache, rows, vocab, &[])
+    }
+
+    fn logits_capturing(
+        &self,
+        tokens: &[u32],
+        cache: &mut KvCache,
+        rows: usize,
+        vocab: usize,
+        capture: &[usize],
+    ) -> Result<Captured> {
+        let output = self.step(&Step { capture, ..Step::new(tokens, rows) }, cache, vocab)?;
+        Ok((output.logits, output.hidden))
     }
 
     fn sync(&self) -> Result<()> {
@@ -139,10 +181,20 @@ fn apply_stop_rule(tokens: &mut Vec<u32>, config: &GenerationConfig) -> bool {
 /// Feeds all prompt tokens but the last into `cache`: no decoder step needs their logits, and
 /// both decoders then start from the same state, so prefill means the same in both.
 fn prefill<M: CausalLm>(model: &M, prompt: &[u32], cache: &mut M::Cache) -> Result<()> {
+    prefill_capturing(model, prompt, cache, &[]).map(drop)
+}
+
+/// `prefill`, returning the hidden states entering each layer of `capture` (`Step::capture`).
+fn prefill_capturing<M: CausalLm>(
+    model: &M,
+    prompt: &[u32],
+    cache: &mut M::Cache,
+    capture: &[usize],
+) -> Result<Vec<Vec<f32>>> {
     match prompt.len() {
         0 => Err(Error::EmptyPrompt),
-        1 => Ok(()),
-        n => model.logits(&prompt[..n - 1], cache, 1, 1).map(drop),
+        1 => Ok(vec![Vec::new(); capture.len()]),
+        n => Ok(model.logits_capturing(&prompt[..n - 1], cache, 1, 1, capture)?.1),
     }
 }
 

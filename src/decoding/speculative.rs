@@ -10,7 +10,7 @@ use rand_chacha::ChaCha8Rng;
 
 use super::acceptance::{AcceptanceRule, RejectionSampling, verify_block};
 use super::draft::{DraftLength, DraftRequest, Drafter, Schedule};
-use super::{CausalLm, Generation, GenerationConfig, apply_stop_rule, prefill};
+use super::{CausalLm, Generation, GenerationConfig, apply_stop_rule, prefill_capturing};
 use super::{timed, timed_host};
 use crate::error::{Error, Result};
 use crate::metrics::{AcceptanceStats, Timings};
@@ -56,8 +56,12 @@ impl<'a, T: CausalLm, D: Drafter> Speculative<'a, T, D> {
         let mut schedule = Schedule::new(self.length);
         let start = Instant::now();
 
-        timings.prefill = timed(target, || prefill(target, prompt, &mut target_cache))?.1;
+        let capture = self.drafter.feature_layers().to_vec();
+        let (hidden, prefill) =
+            timed(target, || prefill_capturing(target, prompt, &mut target_cache, &capture))?;
+        timings.prefill = prefill;
         self.drafter.start(prompt, &mut timings)?;
+        self.drafter.observe(0, &hidden);
         // Every token whose successor is known; the target's cache holds a prefix of it.
         let mut committed = prompt.to_vec();
         let mut tokens = Vec::new();
@@ -76,10 +80,13 @@ impl<'a, T: CausalLm, D: Drafter> Speculative<'a, T, D> {
             let k = drafts.len();
 
             // Line 5: the target scores all k + 1 prefixes in one forward.
-            let mut feed = committed[T::cache_len(&target_cache)..].to_vec();
+            let cached = T::cache_len(&target_cache);
+            let mut feed = committed[cached..].to_vec();
             feed.extend_from_slice(drafts);
-            let (rows, verify) = timed(target, || target.logits(&feed, &mut target_cache, k + 1, vocab))?;
+            let ((rows, hidden), verify) =
+                timed(target, || target.logits_capturing(&feed, &mut target_cache, k + 1, vocab, &capture))?;
             timings.verify += verify;
+            self.drafter.observe(cached, &hidden);
 
             // Lines 6–12: accepted prefix, then the resampled or bonus token.
             let (outcome, sampling) = timed_host(|| {

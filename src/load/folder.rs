@@ -10,6 +10,7 @@ use safetensors::{Dtype, SafeTensors};
 
 use crate::error::{Error, Result};
 use crate::model::config::LlamaConfig;
+use crate::model::eagle3::HeadSource;
 use crate::model::weights::{HostTensor, Weight, WeightSource, device_tensor, floats_from_le_bytes};
 
 const SINGLE_FILE: &str = "model.safetensors";
@@ -220,6 +221,68 @@ impl WeightSource for Checkpoint {
                 config.num_hidden_layers
             ),
         })
+    }
+}
+
+/// An EAGLE-3 head's folder (config.json beside model.safetensors) read by its tensor names.
+impl HeadSource for Checkpoint {
+    /// Values as stored: f16/bf16 stay in their half type, which the host kernel keeps.
+    fn floats(&mut self, name: &str, shape: &[usize]) -> Result<HostTensor> {
+        let (dtype, bytes) = self.tensor_bytes(name, shape)?;
+        let values = to_f32(name, dtype, bytes)?;
+        self.used.insert(name.to_string());
+        Ok(match dtype {
+            Dtype::F16 => HostTensor::Half { values, dtype: DType::F16 },
+            Dtype::BF16 => HostTensor::Half { values, dtype: DType::BF16 },
+            _ => HostTensor::F32(values),
+        })
+    }
+
+    fn integers(&mut self, name: &str, len: usize) -> Result<Option<Vec<i64>>> {
+        if !self.shard_of.contains_key(name) {
+            return Ok(None);
+        }
+        let (dtype, bytes) = self.tensor_bytes(name, &[len])?;
+        let values = match dtype {
+            Dtype::I64 => {
+                bytes.chunks_exact(8).map(|b| i64::from_le_bytes(b.try_into().expect("8 bytes"))).collect()
+            }
+            Dtype::I32 => bytes
+                .chunks_exact(4)
+                .map(|b| i64::from(i32::from_le_bytes(b.try_into().expect("4 bytes"))))
+                .collect(),
+            other => {
+                return Err(Error::UnsupportedTensorDtype {
+                    name: name.to_string(),
+                    dtype: format!("{other:?}"),
+                });
+            }
+        };
+        self.used.insert(name.to_string());
+        Ok(Some(values))
+    }
+
+    fn contains(&self, name: &str) -> bool {
+        self.shard_of.contains_key(name)
+    }
+}
+
+impl Checkpoint {
+    /// Marks `names` as read without reading them (tensors a format stores for other tools).
+    pub fn ignore(&mut self, names: &[&str]) {
+        self.used.extend(names.iter().map(|n| n.to_string()));
+    }
+
+    /// The tensors nothing read, sorted.
+    pub fn unused(&self) -> Vec<String> {
+        let mut unused: Vec<String> =
+            self.shard_of.keys().filter(|n| !self.used.contains(*n)).cloned().collect();
+        unused.sort();
+        unused
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
     }
 }
 

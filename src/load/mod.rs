@@ -4,6 +4,7 @@
 //! tensors; `gguf_tokenizer`: its tokenizer and chat template), the memory check, and the
 //! fingerprints that keep result folders from mixing models.
 
+pub mod eagle3;
 pub mod folder;
 pub mod gguf_llama;
 pub mod gguf_tokenizer;

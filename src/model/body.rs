@@ -25,11 +25,44 @@ struct Layer<E: Executor> {
     attention_norm: E::Norm,
     /// Query, key and value stacked: `(heads + 2 kv_heads) · head_dim` outputs.
     qkv: E::Matrix,
-    output: E::Matrix,
-    mlp_norm: E::Norm,
+    block: Block<E>,
+}
+
+/// A decoder layer from its queries, keys and values on: attention, the output projection added
+/// to the residual stream, and the MLP block. Llama's layer and EAGLE-3's (whose q/k/v read the
+/// token's embedding beside the feature) differ only before it.
+pub(crate) struct Block<E: Executor> {
+    pub(crate) output: E::Matrix,
+    pub(crate) mlp_norm: E::Norm,
     /// Gate and up stacked: `2 · intermediate` outputs.
-    gate_up: E::Matrix,
-    down: E::Matrix,
+    pub(crate) gate_up: E::Matrix,
+    pub(crate) down: E::Matrix,
+}
+
+impl<E: Executor> Block<E> {
+    pub(crate) fn matrices(&self) -> [&E::Matrix; 3] {
+        [&self.output, &self.gate_up, &self.down]
+    }
+
+    /// The residual stream `x` after the layer whose rows of q/k/v are `qkv`.
+    #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn forward(
+        &self,
+        exec: &E,
+        x: E::Rows,
+        qkv: E::Rows,
+        cache: &mut E::LayerCache,
+        geometry: &Geometry,
+        positions: &E::Positions,
+        d: &Dims,
+    ) -> E::Rows {
+        let attention = exec.attend(qkv, cache, geometry, positions, d);
+        let x = exec.add(x, exec.project(&self.output, &attention));
+        let normed = exec.rms_norm(&x, &self.mlp_norm, d.eps);
+        let activated = exec.swiglu(exec.project(&self.gate_up, &normed), d.intermediate);
+        exec.add(x, exec.project(&self.down, &activated))
+    }
 }
 
 /// What a forward returns: the logits `[rows, vocab]` of the step's last `logits_rows` rows
@@ -58,10 +91,12 @@ impl<E: Executor> Body<E> {
                 Ok(Layer {
                     attention_norm: exec.load_norm(source, w(LayerWeight::AttentionNorm), config)?,
                     qkv,
-                    output,
-                    mlp_norm: exec.load_norm(source, w(LayerWeight::MlpNorm), config)?,
-                    gate_up,
-                    down,
+                    block: Block {
+                        output,
+                        mlp_norm: exec.load_norm(source, w(LayerWeight::MlpNorm), config)?,
+                        gate_up,
+                        down,
+                    },
                 })
             })
             .collect::<Result<Vec<_>>>()?;
@@ -77,12 +112,17 @@ impl<E: Executor> Body<E> {
 
     /// Every projection, the embedding and the untied head.
     pub fn matrices(&self) -> impl Iterator<Item = &E::Matrix> {
-        let layers = self.layers.iter().flat_map(|l| [&l.qkv, &l.output, &l.gate_up, &l.down]);
+        let layers = self.layers.iter().flat_map(|l| std::iter::once(&l.qkv).chain(l.block.matrices()));
         layers.chain([&self.embed]).chain(self.lm_head.as_ref())
     }
 
     pub fn new_cache(&self) -> KvCache {
         self.exec.new_cache(self.layers.len())
+    }
+
+    /// Rows `ids` of the embedding table on the host (an EAGLE-3 head reads the target's).
+    pub fn embedding_rows(&self, ids: &[u32]) -> Vec<f32> {
+        self.exec.read(&self.exec.embed(&self.embed, ids))
     }
 
     /// Runs `step` after the positions held in `cache` (ids, context and rows checked by the
@@ -108,13 +148,8 @@ impl<E: Executor> Body<E> {
             let layer_cache = E::layer_cache(cache, i).ok_or_else(|| {
                 Error::Usage("a KV cache made by another executor was passed to this model".into())
             })?;
-            let normed = exec.rms_norm(&x, &layer.attention_norm, d.eps);
-            let qkv = exec.project(&layer.qkv, &normed);
-            let attention = exec.attend(qkv, layer_cache, &geometry, &positions, d);
-            x = exec.add(x, exec.project(&layer.output, &attention));
-            let normed = exec.rms_norm(&x, &layer.mlp_norm, d.eps);
-            let activated = exec.swiglu(exec.project(&layer.gate_up, &normed), d.intermediate);
-            x = exec.add(x, exec.project(&layer.down, &activated));
+            let qkv = exec.project(&layer.qkv, &exec.rms_norm(&x, &layer.attention_norm, d.eps));
+            x = layer.block.forward(exec, x, qkv, layer_cache, &geometry, &positions, d);
         }
         capture(exec, &x, layers, step.capture, &mut hidden);
         cache.advance(step.ids.len());

@@ -138,14 +138,19 @@ fn default_hidden_act() -> String {
 
 impl LlamaConfig {
     pub fn from_file(path: &Path) -> Result<Self> {
+        let config = Self::parse_file(path)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// The keys of `path`, not yet validated (a config that embeds Llama's keys in its own).
+    pub fn parse_file(path: &Path) -> Result<Self> {
         if !path.is_file() {
             return Err(Error::MissingFile { path: path.to_path_buf(), what: "config.json" });
         }
         let text = crate::files::read_text(path)?;
-        let config: Self = serde_json::from_str(&text)
-            .map_err(|e| Error::MalformedFile { path: path.to_path_buf(), message: e.to_string() })?;
-        config.validate()?;
-        Ok(config)
+        serde_json::from_str(&text)
+            .map_err(|e| Error::MalformedFile { path: path.to_path_buf(), message: e.to_string() })
     }
 
     pub fn num_kv_heads(&self) -> usize {

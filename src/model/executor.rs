@@ -8,7 +8,7 @@ use crate::model::cache::KvCache;
 use crate::model::config::LlamaConfig;
 use crate::model::rope::Rope;
 use crate::model::step::Geometry;
-use crate::model::weights::{Weight, WeightSource};
+use crate::model::weights::{HostTensor, Weight, WeightSource};
 
 /// The sizes the operations need.
 #[derive(Debug, Clone, Copy)]
@@ -67,6 +67,10 @@ pub trait Executor: Sized {
         weight: Weight,
         config: &LlamaConfig,
     ) -> Result<Self::Norm>;
+    /// A matrix `[rows, cols]` that a loader assembled itself (`name` for messages), stored as
+    /// `load_matrix` stores weights.
+    fn matrix_of(&self, tensor: HostTensor, rows: usize, cols: usize, name: &str) -> Result<Self::Matrix>;
+    fn norm_of(&self, values: Vec<f32>) -> Self::Norm;
     /// Bytes a matrix holds, and how it stores them (`f32`, `q4_k`, ...).
     fn matrix_bytes(matrix: &Self::Matrix) -> usize;
     fn matrix_formats(matrix: &Self::Matrix) -> Vec<&'static str>;
@@ -80,6 +84,8 @@ pub trait Executor: Sized {
 
     /// Rows `ids` of the embedding table.
     fn embed(&self, table: &Self::Matrix, ids: &[u32]) -> Self::Rows;
+    /// Host rows `[rows, width]`, row-major, as activations.
+    fn upload(&self, values: Vec<f32>, width: usize) -> Self::Rows;
     /// Hugging Face's `LlamaRMSNorm`, row by row.
     fn rms_norm(&self, x: &Self::Rows, weight: &Self::Norm, eps: f64) -> Self::Rows;
     /// `x · Wᵀ`.

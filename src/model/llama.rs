@@ -125,6 +125,15 @@ impl Llama {
         }
     }
 
+    /// Rows `ids` of the embedding table, on the host.
+    pub fn embedding_rows(&self, ids: &[u32]) -> Result<Vec<f32>> {
+        self.check_ids(ids)?;
+        Ok(match &self.engine {
+            Engine::Tensor(body) => body.embedding_rows(ids),
+            Engine::Host(body) => body.embedding_rows(ids),
+        })
+    }
+
     /// Token ids in (batch 1, each checked against the vocabulary), logits `[seq, vocab]` out,
     /// for positions that follow those held in `cache`.
     pub fn forward_ids(&self, ids: &[u32], cache: &mut KvCache) -> Result<Tensor<2>> {
@@ -204,17 +213,22 @@ impl Llama {
     }
 
     fn check(&self, ids: &[u32], cache: &KvCache) -> Result<()> {
-        if ids.is_empty() {
-            return Err(Error::EmptyPrompt);
-        }
-        let vocab_size = self.config.vocab_size;
-        if let Some(&id) = ids.iter().find(|&&id| id as usize >= vocab_size) {
-            return Err(Error::TokenOutOfRange { id, vocab_size });
-        }
+        self.check_ids(ids)?;
         let end = cache.len().saturating_add(ids.len());
         if end > self.config.max_position_embeddings {
             return Err(Error::ContextOverflow { end, max: self.config.max_position_embeddings });
         }
         Ok(())
+    }
+
+    fn check_ids(&self, ids: &[u32]) -> Result<()> {
+        if ids.is_empty() {
+            return Err(Error::EmptyPrompt);
+        }
+        let vocab_size = self.config.vocab_size;
+        match ids.iter().find(|&&id| id as usize >= vocab_size) {
+            Some(&id) => Err(Error::TokenOutOfRange { id, vocab_size }),
+            None => Ok(()),
+        }
     }
 }

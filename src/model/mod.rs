@@ -5,6 +5,7 @@
 pub mod body;
 pub mod cache;
 pub mod config;
+pub mod eagle3;
 pub mod executor;
 pub mod host;
 pub mod llama;
@@ -15,5 +16,6 @@ pub mod weights;
 
 pub use cache::KvCache;
 pub use config::{CustomDims, LlamaConfig};
+pub use eagle3::{Eagle3Config, Eagle3Head};
 pub use llama::{Llama, StepOutput};
 pub use step::Step;

@@ -12,7 +12,7 @@ use crate::model::config::LlamaConfig;
 use crate::model::executor::{Dims, Executor};
 use crate::model::rope::Rope;
 use crate::model::step::Geometry;
-use crate::model::weights::{Weight, WeightSource};
+use crate::model::weights::{HostTensor, Weight, WeightSource};
 
 /// Storage rows allocated at a layer's first append: enough for short generations without a
 /// regrow.
@@ -63,6 +63,16 @@ impl Executor for TensorExecutor {
         source.load(weight, config)
     }
 
+    fn matrix_of(&self, tensor: HostTensor, rows: usize, cols: usize, _name: &str) -> Result<Tensor<2>> {
+        Ok(self.upload(tensor.into_f32(), cols).reshape([rows, cols]).cast(self.runtime.dtype()))
+    }
+
+    fn norm_of(&self, values: Vec<f32>) -> Tensor<1> {
+        let len = values.len();
+        Tensor::<1>::from_data(TensorData::new(values, [len]), self.runtime.device())
+            .cast(self.runtime.dtype())
+    }
+
     fn matrix_bytes(matrix: &Tensor<2>) -> usize {
         matrix.shape().num_elements() * matrix.dtype().size()
     }
@@ -108,6 +118,12 @@ impl Executor for TensorExecutor {
     fn embed(&self, table: &Tensor<2>, ids: &[u32]) -> Tensor<2> {
         let ids = TensorData::new(ids.iter().map(|&t| t as i64).collect::<Vec<_>>(), [ids.len()]);
         table.clone().select(0, Tensor::<1, Int>::from_data(ids, self.runtime.device()))
+    }
+
+    fn upload(&self, values: Vec<f32>, width: usize) -> Tensor<2> {
+        let rows = values.len() / width;
+        Tensor::<2>::from_data(TensorData::new(values, [rows, width]), self.runtime.device())
+            .cast(self.runtime.dtype())
     }
 
     fn rms_norm(&self, x: &Tensor<2>, weight: &Tensor<1>, eps: f64) -> Tensor<2> {

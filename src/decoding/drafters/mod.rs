@@ -8,7 +8,9 @@
 //! - [`model`]: a separate draft checkpoint; [`quantized`]: the target's own weights in another
 //!   dtype; [`layer_skip`]: the target with layers left out. All sample from a language model.
 //! - [`ngram`]: copies from the context's own n-grams (prompt lookup, llama.cpp's lookup).
+//! - [`eagle3`]: an EAGLE-3 head drafting on the target's own hidden states.
 
+pub mod eagle3;
 pub mod layer_skip;
 pub mod model;
 pub mod ngram;
@@ -35,10 +37,11 @@ pub enum DrafterSpec {
     Quantized(quantized::QuantizedSettings),
     LayerSkip(layer_skip::LayerSkipSettings),
     Ngram(ngram::NgramSettings),
+    Eagle3(eagle3::Eagle3Settings),
 }
 
 /// The kinds' names, for messages.
-pub const KINDS: &str = "model, quantized, layer_skip, ngram";
+pub const KINDS: &str = "model, quantized, layer_skip, ngram, eagle3";
 
 /// What a kind of drafter does with its settings.
 pub trait DrafterKind {
@@ -105,6 +108,7 @@ impl DrafterSpec {
             Self::Quantized(settings) => settings,
             Self::LayerSkip(settings) => settings,
             Self::Ngram(settings) => settings,
+            Self::Eagle3(settings) => settings,
         }
     }
 
@@ -143,6 +147,7 @@ impl FromStr for DrafterSpec {
             "self" => Self::Quantized(quantized::QuantizedSettings { dtype: value.into() }),
             "skip" | "keep" => Self::LayerSkip(layer_skip::LayerSkipSettings::from_short(kind, value)),
             "ngram" => Self::Ngram(ngram::NgramSettings::from_short(value).ok_or_else(|| bad_short(text))?),
+            "eagle3" => Self::Eagle3(eagle3::Eagle3Settings { path: value.into() }),
             _ => return Err(bad_short(text)),
         };
         spec.check(&|field| format!("--drafter {text} ({field})"))?;
@@ -153,7 +158,7 @@ impl FromStr for DrafterSpec {
 fn bad_short(text: &str) -> Error {
     Error::Usage(format!(
         "--drafter `{text}`: write model:PATH, self:DTYPE (q8_0, q4_0, bf16, ...), skip:LAYERS or keep:LAYERS \
-         (like 4-7,9), or ngram:MIN-MAX[:counts]"
+         (like 4-7,9), ngram:MIN-MAX[:counts], or eagle3:HEAD_FOLDER"
     ))
 }
 

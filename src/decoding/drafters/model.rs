@@ -134,18 +134,7 @@ impl<M: CausalLm> Drafter for ModelDrafter<M> {
             let (rows, forward) =
                 timed(&self.model, || self.model.logits(&feed, &mut self.cache, 1, self.vocab))?;
             timings.draft += forward;
-            let (drawn, sampling) = timed_host(|| {
-                if request.min_confidence.is_some_and(|least| confidence(&rows[0]) < least) {
-                    return Ok(None);
-                }
-                let q = request.sampling.probabilities_banning(
-                    &rows[0],
-                    request.banned,
-                    "draft",
-                    committed.len() + i,
-                )?;
-                Ok::<_, Error>(Some((sample(&q, rng), q)))
-            });
+            let (drawn, sampling) = timed_host(|| draw(&rows[0], request, committed.len() + i, rng));
             timings.sampling += sampling;
             let Some((token, q)) = drawn? else { break };
             proposal.tokens.push(token);
@@ -157,6 +146,22 @@ impl<M: CausalLm> Drafter for ModelDrafter<M> {
     fn rollback(&mut self, len: usize) {
         M::truncate(&mut self.cache, len.saturating_sub(1));
     }
+}
+
+/// A draft token from `logits` (a row over the shared vocabulary, for `position`) and the
+/// distribution it was drawn from, or `None` where the request's confidence floor stops the
+/// draft.
+pub(super) fn draw(
+    logits: &[f32],
+    request: &DraftRequest,
+    position: usize,
+    rng: &mut ChaCha8Rng,
+) -> Result<Option<(u32, Vec<f64>)>> {
+    if request.min_confidence.is_some_and(|least| confidence(logits) < least) {
+        return Ok(None);
+    }
+    let q = request.sampling.probabilities_banning(logits, request.banned, "draft", position)?;
+    Ok(Some((sample(&q, rng), q)))
 }
 
 /// The largest probability of softmax(`logits`) at temperature 1: 1 / Σ exp(l − max).

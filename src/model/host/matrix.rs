@@ -95,6 +95,40 @@ enum Pending {
     Blocks(BlockFormat, Vec<u8>),
 }
 
+impl Pending {
+    /// `tensor`, rows of `cols`, in the storage the run asks for: float weights in the runtime's
+    /// weight dtype (a file's f16/bf16 in its own, under an f32 run), or quantized when it asks
+    /// for a block format; a checkpoint's own quantized blocks as they are.
+    fn of(tensor: HostTensor, cols: usize, name: &str, runtime: &Runtime) -> Result<Self> {
+        Ok(match (tensor, runtime.quantize()) {
+            (HostTensor::F32(values) | HostTensor::Half { values, .. }, Some(format)) => {
+                if !cols.is_multiple_of(format.block_len()) {
+                    return Err(Error::InvalidConfig(format!(
+                        "{} cannot be quantized to {format}: its rows of {cols} do not fill blocks of {}",
+                        name,
+                        format.block_len()
+                    )));
+                }
+                Pending::Blocks(format, format.quantize(&values).expect("whole blocks per row"))
+            }
+            (HostTensor::F32(values), None) => Pending::Floats(values, runtime.weight_dtype()),
+            // A file's f16/bf16 stays as stored unless the run asks for another half type.
+            (HostTensor::Half { values, dtype }, None) => {
+                let wanted = runtime.weight_dtype();
+                Pending::Floats(values, if wanted == DType::F32 { dtype } else { wanted })
+            }
+            (HostTensor::Blocks { format, .. }, Some(wanted)) if format != wanted => {
+                return Err(Error::InvalidConfig(format!(
+                    "{} is already quantized to {format}; quantizing it again to {wanted} would compound \
+                     the loss: run this checkpoint with dtype f32 (its own types)",
+                    name
+                )));
+            }
+            (HostTensor::Blocks { format, bytes, .. }, _) => Pending::Blocks(format, bytes),
+        })
+    }
+}
+
 impl HostMatrix {
     /// `weights` stacked along the output dimension (one matrix when there is one weight). Float
     /// weights are held in the runtime's weight dtype (a file's f16/bf16 in its own, under an f32
@@ -111,32 +145,7 @@ impl HostMatrix {
         for &weight in weights {
             let [out, input]: [usize; 2] =
                 weight.hf_shape(config).try_into().expect("projections and embeddings are matrices");
-            let tensor = match (source.load_host(weight, config)?, runtime.quantize()) {
-                (HostTensor::F32(values) | HostTensor::Half { values, .. }, Some(format)) => {
-                    if !input.is_multiple_of(format.block_len()) {
-                        return Err(Error::InvalidConfig(format!(
-                            "{} cannot be quantized to {format}: its rows of {input} do not fill blocks of {}",
-                            weight.hf_name(),
-                            format.block_len()
-                        )));
-                    }
-                    Pending::Blocks(format, format.quantize(&values).expect("whole blocks per row"))
-                }
-                (HostTensor::F32(values), None) => Pending::Floats(values, runtime.weight_dtype()),
-                // A file's f16/bf16 stays as stored unless the run asks for another half type.
-                (HostTensor::Half { values, dtype }, None) => {
-                    let wanted = runtime.weight_dtype();
-                    Pending::Floats(values, if wanted == DType::F32 { dtype } else { wanted })
-                }
-                (HostTensor::Blocks { format, .. }, Some(wanted)) if format != wanted => {
-                    return Err(Error::InvalidConfig(format!(
-                        "{} is already quantized to {format}; quantizing it again to {wanted} would compound \
-                         the loss: run this checkpoint with dtype f32 (its own types)",
-                        weight.hf_name()
-                    )));
-                }
-                (HostTensor::Blocks { format, bytes, .. }, _) => Pending::Blocks(format, bytes),
-            };
+            let tensor = Pending::of(source.load_host(weight, config)?, input, &weight.hf_name(), runtime)?;
             match (pending.last_mut(), tensor) {
                 (Some(Pending::Floats(all, a)), Pending::Floats(values, b)) if *a == b => all.extend(values),
                 (Some(Pending::Blocks(a, all)), Pending::Blocks(b, bytes)) if *a == b => all.extend(bytes),
@@ -144,6 +153,22 @@ impl HostMatrix {
             }
             (rows, cols) = (rows + out, input);
         }
+        Ok(Self::assemble(pending, rows, cols))
+    }
+
+    /// One weight `[rows, cols]` that a loader assembled itself (`name` for messages), stored as
+    /// `load` stores a weight.
+    pub(crate) fn of(
+        tensor: HostTensor,
+        rows: usize,
+        cols: usize,
+        name: &str,
+        runtime: &Runtime,
+    ) -> Result<Self> {
+        Ok(Self::assemble(vec![Pending::of(tensor, cols, name, runtime)?], rows, cols))
+    }
+
+    fn assemble(pending: Vec<Pending>, rows: usize, cols: usize) -> Self {
         let parts = pending
             .into_iter()
             .map(|part| match part {
@@ -154,7 +179,7 @@ impl HostMatrix {
                 }
             })
             .collect();
-        Ok(Self { parts, rows, cols })
+        Self { parts, rows, cols }
     }
 
     /// The width of a row: the input size.

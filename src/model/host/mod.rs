@@ -21,7 +21,7 @@ use crate::model::config::LlamaConfig;
 use crate::model::executor::{Dims, Executor};
 use crate::model::rope::Rope;
 use crate::model::step::Geometry;
-use crate::model::weights::{Weight, WeightSource};
+use crate::model::weights::{HostTensor, Weight, WeightSource};
 
 /// Attention work (rows × visible positions × heads × head_dim) from which a step's heads are
 /// spread over the kernel pool; below it, a head's few microseconds are not worth a hand-off.
@@ -71,6 +71,14 @@ impl Executor for HostExecutor {
         Ok(source.load_host(weight, config)?.into_f32())
     }
 
+    fn matrix_of(&self, tensor: HostTensor, rows: usize, cols: usize, name: &str) -> Result<HostMatrix> {
+        HostMatrix::of(tensor, rows, cols, name, &self.runtime)
+    }
+
+    fn norm_of(&self, values: Vec<f32>) -> Vec<f32> {
+        values
+    }
+
     fn matrix_bytes(matrix: &HostMatrix) -> usize {
         matrix.bytes()
     }
@@ -102,6 +110,10 @@ impl Executor for HostExecutor {
             table.extend_row(id as usize, &mut x);
         }
         x
+    }
+
+    fn upload(&self, values: Vec<f32>, _width: usize) -> Vec<f32> {
+        values
     }
 
     #[inline(always)]
