@@ -14,12 +14,14 @@ use specbench::decoding::acceptance::{
     AcceptanceRule, DraftDistribution, RejectionSampling, Verdict, verify_token,
 };
 use specbench::decoding::draft::{DraftLength, Drafter};
+use specbench::decoding::drafters::eagle3::Eagle3Drafter;
 use specbench::decoding::drafters::layer_skip::LayerSkip;
 use specbench::decoding::drafters::model::ModelDrafter;
 use specbench::decoding::drafters::ngram::{NgramDrafter, NgramLookup};
 use specbench::decoding::pairing::shared_vocab;
 use specbench::decoding::speculative::Speculative;
-use specbench::decoding::{CausalLm, GenerationConfig, autoregressive};
+use specbench::decoding::{Captured, CausalLm, GenerationConfig, autoregressive};
+use specbench::load::eagle3::load_head;
 use specbench::metrics::expected_accepted_len;
 use specbench::model::Llama;
 use specbench::sampling::{SamplingConfig, sample};
@@ -200,11 +202,13 @@ fn draft_equals_target_accepts_everything() {
 struct Memoized<'a, M: CausalLm = Llama> {
     model: &'a M,
     rows: RefCell<HashMap<Vec<u32>, Vec<f32>>>,
+    /// The captured layers' rows at the last position of each prefix (one capture set per test).
+    hidden: RefCell<HashMap<Vec<u32>, Vec<Vec<f32>>>>,
 }
 
 impl<'a, M: CausalLm> Memoized<'a, M> {
     fn new(model: &'a M) -> Self {
-        Self { model, rows: RefCell::default() }
+        Self { model, rows: RefCell::default(), hidden: RefCell::default() }
     }
 
     /// Next-token logits after `prefix`.
@@ -241,6 +245,38 @@ impl<M: CausalLm> CausalLm for Memoized<'_, M> {
         cache.extend_from_slice(tokens);
         Ok((cache.len() - rows..cache.len()).map(|end| self.next(&cache[..=end])[..vocab].to_vec()).collect())
     }
+    /// Hidden states memoised per prefix too (a row's depend on the tokens up to it only).
+    fn logits_capturing(
+        &self,
+        tokens: &[u32],
+        cache: &mut Vec<u32>,
+        rows: usize,
+        vocab: usize,
+        capture: &[usize],
+    ) -> specbench::Result<Captured> {
+        let start = cache.len();
+        let logits = self.logits(tokens, cache, rows, vocab)?;
+        let mut hidden = vec![Vec::new(); capture.len()];
+        if capture.is_empty() {
+            return Ok((logits, hidden));
+        }
+        for end in start..cache.len() {
+            let prefix = &cache[..=end];
+            if !self.hidden.borrow().contains_key(prefix) {
+                let (_, all) =
+                    self.model.logits_capturing(prefix, &mut self.model.new_cache(), 1, 1, capture)?;
+                let width = all[0].len() / prefix.len();
+                for row in 0..prefix.len() {
+                    let layers = all.iter().map(|h| h[row * width..(row + 1) * width].to_vec()).collect();
+                    self.hidden.borrow_mut().insert(prefix[..=row].to_vec(), layers);
+                }
+            }
+            for (slot, layer) in hidden.iter_mut().zip(&self.hidden.borrow()[prefix]) {
+                slot.extend_from_slice(layer);
+            }
+        }
+        Ok((logits, hidden))
+    }
     fn sync(&self) -> specbench::Result<()> {
         Ok(())
     }
@@ -254,6 +290,19 @@ const RUNS: u64 = 20_000;
 const PROMPT: [u32; 3] = [1, 7, 4];
 
 const TINY_TARGET: &str = "vocab=12,hidden=32,intermediate=64,layers=2,heads=4,kv_heads=2,head_dim=8";
+
+/// An EAGLE-3 head for `TINY_TARGET`.
+const EAGLE3_HEAD: common::heads::HeadShape = common::heads::HeadShape {
+    vocab: VOCAB,
+    hidden: 32,
+    intermediate: 48,
+    heads: 4,
+    kv_heads: 2,
+    head_dim: 8,
+    draft_vocab: 9,
+    aux_layers: [0, 1, 2],
+    std: 0.5,
+};
 
 fn tiny_vocab_pair() -> (Llama, Llama) {
     let target = common::random_model(TINY_TARGET, 21, 0.35);
@@ -395,7 +444,8 @@ fn distribution_preserved_and_wrong_rules_detected() {
 /// Every drafter kind and both adaptive schedules through the same chi-square test, each with
 /// the always-accept negative control that must fail: the quantized target (q4_0, quantized on
 /// load), the target with a layer skipped, n-gram lookup (certain proposals) on a prompt that
-/// repeats itself, and a separate draft under the heuristic and the confidence schedule.
+/// repeats itself, a separate draft under the heuristic and the confidence schedule, and an
+/// EAGLE-3 head (random weights) whose draft vocabulary holds 9 of the 12 tokens.
 #[test]
 fn every_drafter_kind_and_schedule_keeps_the_target_distribution() {
     let (target, draft) = tiny_vocab_pair();
@@ -422,7 +472,9 @@ fn every_drafter_kind_and_schedule_keeps_the_target_distribution() {
     let confidence = DraftLength::Confidence { threshold: 0.3, max: 3 };
     let fixed = DraftLength::Fixed(2);
     type PValue<'a> = &'a dyn Fn(&dyn AcceptanceRule) -> f64;
-    let cases: [(&str, PValue); 6] = [
+    let head_dir = EAGLE3_HEAD.write_random(23);
+    let head = load_head(head_dir.path(), target.config(), target.runtime()).unwrap();
+    let cases: [(&str, PValue); 7] = [
         ("quantized q4_0, k = 2", &|rule| {
             drafter_p_value(&memo, model(&quantized), &PROMPT, t1, fixed, rule)
         }),
@@ -434,6 +486,9 @@ fn every_drafter_kind_and_schedule_keeps_the_target_distribution() {
         ("draft, heuristic", &|rule| drafter_p_value(&memo, model(&draft), &PROMPT, t1, heuristic, rule)),
         ("draft, confidence 0.3", &|rule| {
             drafter_p_value(&memo, model(&draft), &PROMPT, t1, confidence, rule)
+        }),
+        ("eagle3 head, k = 2", &|rule| {
+            drafter_p_value(&memo, Eagle3Drafter::new(&head, &target, VOCAB), &PROMPT, t1, fixed, rule)
         }),
     ];
     for (name, p_value) in cases {

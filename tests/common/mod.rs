@@ -1,6 +1,8 @@
 //! Helpers shared by the integration tests: committed fixtures and the backends to run on.
 #![allow(dead_code)]
 
+pub mod heads;
+
 use std::path::{Path, PathBuf};
 
 use burn::tensor::{DType, Device};
