@@ -12,6 +12,9 @@ config and T = 0:
   loads it without a dtype (or in f32); the embedded pair's folders are converted to f32 GGUF
   by llama.cpp's converter first;
 - `ngram` drafters: `llama-lookup` (its n-gram sizes are fixed at 1..4 in llama.cpp);
+- `eagle3` drafters: `llama-speculative-simple --spec-type draft-eagle3` with the same head
+  converted by llama.cpp's converter (`--target-model-dir models/derived/smollm2-hf`, the target's
+  config and tokenizer, which scripts/train_eagle3_smollm2.py writes), f32;
 - the `confidence:P` schedule: `--spec-draft-p-min P` at the largest k (llama.cpp's
   `--draft-p-min`, the same rule: stop before a draft token whose top probability is below P).
 
@@ -50,8 +53,8 @@ DERIVED = ROOT / "models/derived"
 THREADS = "2"
 
 
-def run(command):
-    done = subprocess.run([str(c) for c in command], capture_output=True, text=True)
+def run(command, env=None):
+    done = subprocess.run([str(c) for c in command], capture_output=True, text=True, env=env)
     if done.returncode != 0:
         raise SystemExit(f"{command[0]} failed ({done.returncode}):\n{done.stderr[-3000:]}")
     return done
@@ -81,12 +84,25 @@ def as_gguf(path):
     return convert_embedded(path, "f32", out)
 
 
+def eagle3_gguf(head):
+    """The EAGLE-3 head folder `head` as an f32 GGUF, made once by llama.cpp's converter."""
+    out = DERIVED / f"{head.name}-eagle3-f32.gguf"
+    if not out.exists():
+        import sys
+
+        src = ROOT / ".llamacpp/src"
+        # The converter needs llama.cpp's own gguf-py (it knows the EAGLE3 architecture).
+        run([sys.executable, src / "convert_hf_to_gguf.py", head, "--outtype", "f32", "--outfile", out,
+             "--target-model-dir", DERIVED / "smollm2-hf"], env={**os.environ, "PYTHONPATH": str(src / "gguf-py")})
+    return out
+
+
 def seconds(pattern, text):
     found = re.search(pattern, text)
     return float(found.group(1)) if found else 0.0
 
 
-def llama_cpp(kind, target, prompt, max_new, k=0, draft=None, p_min=None, ban_eos=False):
+def llama_cpp(kind, target, prompt, max_new, k=0, draft=None, p_min=None, ban_eos=False, spec_type="draft-simple"):
     """One generation; returns the numbers a runs.csv row needs. `ban_eos`: llama.cpp's
     `--ignore-eos`, which bans the end-of-generation tokens as `[experiment] ban_eos` does."""
     common = ["-p", prompt, "-n", max_new, "--temp", "0", "-t", THREADS] + (["--ignore-eos"] if ban_eos else [])
@@ -101,7 +117,7 @@ def llama_cpp(kind, target, prompt, max_new, k=0, draft=None, p_min=None, ban_eo
     if kind == "lookup":
         command = [BIN / "llama-lookup", "-m", target, "--spec-draft-n-max", k, *common]
     else:
-        command = [BIN / "llama-speculative-simple", "-m", target, "-md", draft, "--spec-type", "draft-simple",
+        command = [BIN / "llama-speculative-simple", "-m", target, "-md", draft, "--spec-type", spec_type,
                    "--spec-draft-n-max", k, "-td", THREADS, *common]
         if p_min is not None:
             command += ["--spec-draft-p-min", p_min]
@@ -212,6 +228,13 @@ def main():
             elif kind == "model" and drafter.get("dtype", "f32") == "f32" and name in recorded:
                 # Without a dtype a GGUF's quantized blocks stay as they are in specbench too.
                 draft = as_gguf(Path(recorded[name]["spec"]))
+            elif kind == "eagle3":
+                draft = eagle3_gguf(Path(recorded[name]["spec"]))
+                for k in ks:
+                    rows.append(row(header, config, manifest, prompt, name, k, "", str(draft),
+                                    llama_cpp("speculative", target, text, max_new, k, draft, ban_eos=ban_eos,
+                                              spec_type="draft-eagle3")))
+                continue
             elif kind == "ngram":
                 for k in ks:
                     rows.append(row(header, config, manifest, prompt, name, k, "", "llama-lookup ngram 1..=4",

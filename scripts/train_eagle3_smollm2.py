@@ -179,7 +179,9 @@ def main():
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--data", type=Path, help="reuse conversations saved by an earlier run (JSON)")
+    parser.add_argument("--data", type=Path, nargs="*", default=[],
+                        help="conversations saved by earlier runs (JSON), used beside --dialogues new ones")
+    parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args()
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -198,13 +200,18 @@ def main():
     embed = teacher.model.embed_tokens
     embed.weight.requires_grad_(False)
     layers = aux_layers(t.num_hidden_layers)
-    OUT.mkdir(parents=True, exist_ok=True)
+    out = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    # The target's config and tokenizer, which llama.cpp's converter reads (--target-model-dir).
+    target_dir = ROOT / "models/derived/smollm2-hf"
+    t.save_pretrained(target_dir)
+    tokenizer.save_pretrained(target_dir)
 
-    if args.data:
-        conversations = json.loads(args.data.read_text())
-    else:
-        conversations = self_instruct(teacher, tokenizer, args.dialogues, 64, 48, 160)
-        (OUT / "conversations.json").write_text(json.dumps(conversations))
+    conversations = [c for path in args.data for c in json.loads(path.read_text())]
+    if args.dialogues:
+        generated = self_instruct(teacher, tokenizer, args.dialogues, 64, 48, 160)
+        (out / f"conversations-seed{args.seed}.json").write_text(json.dumps(generated))
+        conversations += generated
     generated = time.time()
     evaluation = set()
     for config in sorted((ROOT / "configs").glob("smollm2*.jsonl")):
@@ -278,7 +285,7 @@ def main():
     t2d = torch.zeros(t.vocab_size, dtype=torch.bool)
     t2d[t2d_ids] = True
     tensors["t2d"] = t2d
-    save_file(tensors, OUT / "model.safetensors", metadata={"format": "pt"})
+    save_file(tensors, out / "model.safetensors", metadata={"format": "pt"})
     theta = getattr(t, "rope_theta", None) or t.rope_parameters["rope_theta"]
     config = {
         "architectures": ["LlamaForCausalLMEagle3"], "model_type": "llama", "hidden_act": "silu",
@@ -291,10 +298,11 @@ def main():
         "eagle_aux_hidden_state_layer_ids": layers,
         "eagle_config": {"eagle_aux_hidden_state_layer_ids": layers, "use_aux_hidden_state": True},
     }
-    (OUT / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     report = {
         "target": f"models/smollm2/{TEACHER_FILE} (transformers, dequantized, run in bf16)",
         "conversations": len(conversations), "dropped_for_overlap": overlap,
+        "data": [str(p) for p in args.data] + ([f"{args.dialogues} written by this run (seed {args.seed})"] if args.dialogues else []),
         "tokens": sum(len(c) for c in conversations), "windows": {"train": len(train), "held_out": len(test)},
         "draft_vocab": args.draft_vocab, "draft_vocab_coverage": coverage, "aux_layers": layers,
         "args": {k: str(v) for k, v in vars(args).items()},
@@ -302,7 +310,7 @@ def main():
                     "training": (time.time() - featured) / 60, "total": (time.time() - began) / 60},
         "torch": torch.__version__, "curve": curve,
     }
-    (OUT / "training.json").write_text(json.dumps(report, indent=1) + "\n")
+    (out / "training.json").write_text(json.dumps(report, indent=1) + "\n")
     print(json.dumps(report["minutes"]), flush=True)
 
 

@@ -182,3 +182,38 @@ fn a_bf16_head_loads_and_drafts() {
     let out = drafter.generate(&target.model, DraftLength::Fixed(4), &prompt, &greedy).unwrap();
     assert_eq!(out.tokens, expected);
 }
+
+/// The head against SpecForge's own `LlamaForCausalLMEagle3` (scripts/make_eagle3_fixture.py):
+/// seven rows of fused target features (target hidden 48, head hidden 64) in one causal pass,
+/// every row's output features and the last row's draft logits, on both executors.
+#[test]
+fn the_head_computes_what_specforge_computes() {
+    use specbench::model::eagle3::HeadInput;
+    use specbench::model::{CustomDims, LlamaConfig};
+    let dir = common::fixture_dir("eagle3-specforge");
+    let reference: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("reference.json")).unwrap()).unwrap();
+    let floats = |key: &str| -> Vec<f32> {
+        reference[key].as_array().unwrap().iter().map(|v| v.as_f64().unwrap() as f32).collect()
+    };
+    let ids: Vec<u32> =
+        reference["ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
+    let target = LlamaConfig::custom(
+        &CustomDims::parse("vocab=320,hidden=48,intermediate=64,layers=4,heads=4,kv_heads=2,head_dim=12")
+            .unwrap(),
+    );
+    let host = Runtime::new(Backend::Flex, "f32").unwrap();
+    let tensor = host.clone().with_executor(ExecutorKind::Tensor).unwrap();
+    for runtime in [host, tensor] {
+        let head = specbench::load::eagle3::load_head(&dir, &target, &runtime).unwrap();
+        assert!(head.has_embedding());
+        let mut cache = head.new_cache();
+        let out = head.forward(HeadInput::Target(floats("features")), &ids, None, &mut cache).unwrap();
+        let (expected_out, expected_logits) = (floats("output"), floats("logits"));
+        let last = &expected_logits[expected_logits.len() - 200..];
+        let what = format!("{:?}", runtime.executor());
+        assert!(common::max_abs_diff(&out.features, &expected_out) < 1e-4, "features on {what}");
+        assert!(common::max_abs_diff(&out.logits, last) < 1e-4, "logits on {what}");
+        assert_eq!(head.target_token(5), 7, "d2t: draft 5 is target 3 · 5 / 2");
+    }
+}

@@ -40,6 +40,8 @@ pub struct Eagle3Config {
     pub norm_before_residual: bool,
     /// An RMSNorm (`input_norm.weight`) over the fused features before `fc`.
     pub norm_before_fc: bool,
+    /// Whether `lm_head` reads `norm`'s output (SpecForge's `norm_output`) or the layer's.
+    pub norm_output: bool,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -49,6 +51,8 @@ struct EagleKeys {
     eagle_aux_hidden_state_layer_ids: Option<Vec<usize>>,
     norm_before_residual: Option<bool>,
     norm_before_fc: Option<bool>,
+    norm_output: Option<bool>,
+    fc_norm: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -79,6 +83,8 @@ impl Eagle3Config {
             "eagle_aux_hidden_state_layer_ids": take(&mut layer, "eagle_aux_hidden_state_layer_ids"),
             "norm_before_residual": take(&mut layer, "norm_before_residual"),
             "norm_before_fc": take(&mut layer, "norm_before_fc"),
+            "norm_output": take(&mut layer, "norm_output"),
+            "fc_norm": take(&mut layer, "fc_norm"),
         });
         let keys: EagleKeys = serde_json::from_value(keys).map_err(|e| invalid(e.to_string()))?;
         let section = take(&mut layer, "eagle_config");
@@ -87,6 +93,11 @@ impl Eagle3Config {
         } else {
             serde_json::from_value(section).map_err(|e| invalid(format!("eagle_config: {e}")))?
         };
+        if keys.fc_norm == Some(true) {
+            return Err(invalid(
+                "fc_norm = true (an RMSNorm per fused layer before fc) is not implemented".into(),
+            ));
+        }
         if section.use_aux_hidden_state == Some(false) {
             return Err(invalid("eagle_config.use_aux_hidden_state = false (a head on the last layer alone) is not implemented".into()));
         }
@@ -122,6 +133,7 @@ impl Eagle3Config {
             aux_layers,
             norm_before_residual: keys.norm_before_residual.unwrap_or(false),
             norm_before_fc: keys.norm_before_fc.unwrap_or(false),
+            norm_output: keys.norm_output.unwrap_or(true),
             layer,
         };
         config.check_target(target).map_err(|e| invalid(e.to_string()))?;
@@ -212,7 +224,8 @@ struct HeadBody<E: Executor> {
     embed_qkv: E::Matrix,
     feature_qkv: E::Matrix,
     block: Block<E>,
-    norm: E::Norm,
+    /// `None` where `lm_head` reads the layer's output itself (`norm_output = false`).
+    norm: Option<E::Norm>,
     lm_head: E::Matrix,
     dims: Dims,
     rope: Rope,
@@ -403,7 +416,7 @@ impl<E: Executor> HeadBody<E> {
             embed_qkv,
             feature_qkv,
             block: Block { output, mlp_norm, gate_up, down },
-            norm: final_norm,
+            norm: config.norm_output.then_some(final_norm),
             lm_head,
             dims: Dims::of(&config.layer),
             rope: Rope::new(&config.layer)?,
@@ -449,7 +462,11 @@ impl<E: Executor> HeadBody<E> {
         let x = self.block.forward(exec, residual, qkv, layer_cache, &geometry, &positions, d);
         cache.advance(ids.len());
         let features = exec.read(&x);
-        let last = exec.rms_norm(&exec.last_rows(x, 1, d.hidden), &self.norm, d.eps);
+        let last = exec.last_rows(x, 1, d.hidden);
+        let last = match &self.norm {
+            Some(weight) => exec.rms_norm(&last, weight, d.eps),
+            None => last,
+        };
         let logits = exec.read(&exec.project(&self.lm_head, &last));
         Ok(HeadOutput { features, logits })
     }
