@@ -168,6 +168,48 @@ def ttt_loss(head, embed, batch, depth):
     return total, accuracy
 
 
+def save(head, t2d_ids, t, layers, out):
+    """The head in SpecForge's checkpoint format: model.safetensors (bf16; d2t int64, t2d bool) and
+    config.json."""
+    from safetensors.torch import save_file
+
+    draft_vocab = len(t2d_ids)
+    tensors = {
+        "fc.weight": head.fc.weight,
+        "midlayer.input_layernorm.weight": head.input_layernorm,
+        "midlayer.hidden_norm.weight": head.hidden_norm,
+        "midlayer.self_attn.q_proj.weight": head.q_proj.weight,
+        "midlayer.self_attn.k_proj.weight": head.k_proj.weight,
+        "midlayer.self_attn.v_proj.weight": head.v_proj.weight,
+        "midlayer.self_attn.o_proj.weight": head.o_proj.weight,
+        "midlayer.post_attention_layernorm.weight": head.post_attention_layernorm,
+        "midlayer.mlp.gate_proj.weight": head.gate_proj.weight,
+        "midlayer.mlp.up_proj.weight": head.up_proj.weight,
+        "midlayer.mlp.down_proj.weight": head.down_proj.weight,
+        "norm.weight": head.norm,
+        "lm_head.weight": head.lm_head.weight,
+    }
+    tensors = {k: v.detach().to(torch.bfloat16).contiguous() for k, v in tensors.items()}
+    tensors["d2t"] = (t2d_ids - torch.arange(draft_vocab)).to(torch.int64)
+    t2d = torch.zeros(t.vocab_size, dtype=torch.bool)
+    t2d[t2d_ids] = True
+    tensors["t2d"] = t2d
+    save_file(tensors, out / "model.safetensors", metadata={"format": "pt"})
+    theta = getattr(t, "rope_theta", None) or t.rope_parameters["rope_theta"]
+    config = {
+        "architectures": ["LlamaForCausalLMEagle3"], "model_type": "llama", "hidden_act": "silu",
+        "hidden_size": t.hidden_size, "intermediate_size": t.intermediate_size, "num_hidden_layers": 1,
+        "num_attention_heads": t.num_attention_heads, "num_key_value_heads": t.num_key_value_heads,
+        "head_dim": t.hidden_size // t.num_attention_heads, "rms_norm_eps": t.rms_norm_eps, "rope_theta": theta,
+        "max_position_embeddings": t.max_position_embeddings, "vocab_size": t.vocab_size,
+        "draft_vocab_size": draft_vocab, "target_hidden_size": t.hidden_size, "tie_word_embeddings": False,
+        "bos_token_id": t.bos_token_id, "eos_token_id": t.eos_token_id, "torch_dtype": "bfloat16",
+        "eagle_aux_hidden_state_layer_ids": layers,
+        "eagle_config": {"eagle_aux_hidden_state_layer_ids": layers, "use_aux_hidden_state": True},
+    }
+    (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dialogues", type=int, default=1600, help="conversations the target writes")
@@ -185,8 +227,6 @@ def main():
     args = parser.parse_args()
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
-    from safetensors.torch import save_file
-
     torch.manual_seed(args.seed)
     torch.set_num_threads(args.threads)
     rng = random.Random(args.seed)
@@ -265,40 +305,7 @@ def main():
             curve.append(entry)
             print(json.dumps(entry), flush=True)
 
-    tensors = {
-        "fc.weight": head.fc.weight,
-        "midlayer.input_layernorm.weight": head.input_layernorm,
-        "midlayer.hidden_norm.weight": head.hidden_norm,
-        "midlayer.self_attn.q_proj.weight": head.q_proj.weight,
-        "midlayer.self_attn.k_proj.weight": head.k_proj.weight,
-        "midlayer.self_attn.v_proj.weight": head.v_proj.weight,
-        "midlayer.self_attn.o_proj.weight": head.o_proj.weight,
-        "midlayer.post_attention_layernorm.weight": head.post_attention_layernorm,
-        "midlayer.mlp.gate_proj.weight": head.gate_proj.weight,
-        "midlayer.mlp.up_proj.weight": head.up_proj.weight,
-        "midlayer.mlp.down_proj.weight": head.down_proj.weight,
-        "norm.weight": head.norm,
-        "lm_head.weight": head.lm_head.weight,
-    }
-    tensors = {k: v.detach().to(torch.bfloat16).contiguous() for k, v in tensors.items()}
-    tensors["d2t"] = (t2d_ids - torch.arange(args.draft_vocab)).to(torch.int64)
-    t2d = torch.zeros(t.vocab_size, dtype=torch.bool)
-    t2d[t2d_ids] = True
-    tensors["t2d"] = t2d
-    save_file(tensors, out / "model.safetensors", metadata={"format": "pt"})
-    theta = getattr(t, "rope_theta", None) or t.rope_parameters["rope_theta"]
-    config = {
-        "architectures": ["LlamaForCausalLMEagle3"], "model_type": "llama", "hidden_act": "silu",
-        "hidden_size": t.hidden_size, "intermediate_size": t.intermediate_size, "num_hidden_layers": 1,
-        "num_attention_heads": t.num_attention_heads, "num_key_value_heads": t.num_key_value_heads,
-        "head_dim": t.hidden_size // t.num_attention_heads, "rms_norm_eps": t.rms_norm_eps, "rope_theta": theta,
-        "max_position_embeddings": t.max_position_embeddings, "vocab_size": t.vocab_size,
-        "draft_vocab_size": args.draft_vocab, "target_hidden_size": t.hidden_size, "tie_word_embeddings": False,
-        "bos_token_id": t.bos_token_id, "eos_token_id": t.eos_token_id, "torch_dtype": "bfloat16",
-        "eagle_aux_hidden_state_layer_ids": layers,
-        "eagle_config": {"eagle_aux_hidden_state_layer_ids": layers, "use_aux_hidden_state": True},
-    }
-    (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    save(head, t2d_ids, t, layers, out)
     report = {
         "target": f"models/smollm2/{TEACHER_FILE} (transformers, dequantized, run in bf16)",
         "conversations": len(conversations), "dropped_for_overlap": overlap,
