@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use super::model::draw;
 use super::{Describe, DraftContext, DrafterKind, LoadedDrafter};
 use crate::decoding::draft::{DraftRequest, Drafter, Proposal};
+use crate::decoding::pairing::shared_vocab;
 use crate::decoding::{timed, timed_host};
 use crate::error::{Error, Result};
 use crate::load::ModelSpec;
@@ -60,7 +61,8 @@ impl DrafterKind for Eagle3Settings {
         };
         let target = context.target;
         let head = load_head(&dir, target.model.config(), context.runtime)?;
-        let vocab = target.tokenizer.vocab_size().min(target.model.config().vocab_size);
+        // The target's own vocabulary, as for the quantized drafter (the head scores the same).
+        let vocab = shared_vocab(target, target)?;
         Ok(Box::new(LoadedEagle3 { head, vocab }))
     }
 }
