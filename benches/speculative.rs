@@ -6,10 +6,11 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use specbench::backend::{Backend, Runtime};
 use specbench::decoding::GenerationConfig;
-use specbench::decoding::acceptance::{DraftDistribution, RejectionSampling, verify_block};
+use specbench::decoding::acceptance::{DraftDistribution, RejectionSampling};
 use specbench::decoding::draft::DraftLength;
 use specbench::decoding::drafters::model::ModelDrafter;
 use specbench::decoding::speculative::Speculative;
+use specbench::decoding::tree::{DraftTree, verify_tree};
 use specbench::load::{LoadedModel, ModelSpec};
 use specbench::sampling::SamplingConfig;
 
@@ -25,10 +26,10 @@ fn rejection_rule(c: &mut Criterion) {
     for k in [1, 4, 8] {
         let ps: Vec<Vec<f64>> = (0..=k).map(|i| distribution(vocab, i)).collect();
         let qs: Vec<DraftDistribution> = (0..k).map(|i| distribution(vocab, i + 7).into()).collect();
-        let drafts: Vec<u32> = (0..k as u32).collect();
+        let chain = DraftTree::chain((0..k as u32).collect(), qs);
         let mut rng = ChaCha8Rng::seed_from_u64(0);
-        group.bench_function(BenchmarkId::new("verify_block", k), |b| {
-            b.iter(|| verify_block(&RejectionSampling, |i| Ok(&ps[i]), &qs, &drafts, &mut rng).unwrap())
+        group.bench_function(BenchmarkId::new("verify_tree (chain)", k), |b| {
+            b.iter(|| verify_tree(&RejectionSampling, |i| Ok(&ps[i]), &chain, &mut rng).unwrap())
         });
     }
     group.bench_function("probabilities (softmax, T=0.7, top-p 0.9)", |b| {

@@ -10,6 +10,7 @@ use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use specbench::backend::ExecutorKind;
 use specbench::backend::{Backend, Runtime};
 use specbench::decoding::drafters::DrafterSpec;
+use specbench::decoding::tree::TreeShape;
 use specbench::experiment::config::ExperimentFile;
 use specbench::experiment::generate::Request;
 use specbench::experiment::runner::{RunOptions, Shard, load_prompts, run as run_sweep};
@@ -137,6 +138,10 @@ struct GenerateArgs {
     /// Draft tokens proposed per target forward.
     #[arg(long, default_value_t = 4)]
     k: usize,
+    /// Draft a tree per target forward instead of k tokens: `budget:NODES,depth:LEVELS`
+    /// (optionally `,width:CHILDREN`).
+    #[arg(long)]
+    tree: Option<String>,
     #[arg(long)]
     prompt: String,
     /// Wrap --prompt as one user turn of the model's chat template (tokenizer_config.json,
@@ -380,6 +385,12 @@ fn generate(args: GenerateArgs) -> Result<()> {
         model: args.model.parse()?,
         drafter,
         k: args.k,
+        tree: args
+            .tree
+            .as_deref()
+            .map(TreeShape::parse)
+            .transpose()
+            .map_err(|why| anyhow::anyhow!("--tree {why}"))?,
         prompt: args.prompt.clone(),
         chat: args.chat,
         max_new_tokens: args.max_new_tokens,

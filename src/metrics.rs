@@ -55,6 +55,10 @@ pub struct AcceptanceStats {
     /// Σ over verified positions of β = Σ_x min(p(x), q(x)), and their number.
     pub overlap_sum: f64,
     pub overlap_count: u64,
+    /// Draft tokens the target verified: `proposed` for chains (and the positions past a stop
+    /// that do not count there), every node for trees.
+    #[serde(default)]
+    pub nodes: u64,
 }
 
 impl AcceptanceStats {
@@ -74,11 +78,12 @@ impl AcceptanceStats {
         self.target_calls += 1;
     }
 
-    /// A speculative step in which the first `proposed` (≤ k) draft positions count, the first
-    /// `accepted` of them kept; `overlaps` holds β of each counted position where the
-    /// acceptance test ran. Positions past the stop (max_new_tokens, an accepted EOS) do not
-    /// count: no token there could have been emitted.
-    pub fn record_step(&mut self, proposed: usize, accepted: usize, overlaps: &[f64]) {
+    /// A speculative step in which the first `proposed` (≤ k) draft positions (a tree's
+    /// levels) count, the first `accepted` of them kept, over `nodes` verified draft tokens;
+    /// `overlaps` holds β of each counted position where the acceptance test ran. Positions
+    /// past the stop (max_new_tokens, an accepted EOS) do not count: no token there could have
+    /// been emitted.
+    pub fn record_step(&mut self, proposed: usize, accepted: usize, overlaps: &[f64], nodes: usize) {
         debug_assert!(accepted <= proposed && proposed <= self.k && overlaps.len() <= proposed);
         self.target_calls += 1;
         self.proposed += proposed as u64;
@@ -89,6 +94,7 @@ impl AcceptanceStats {
         self.drafted_len_hist[proposed] += 1;
         self.overlap_sum += overlaps.iter().sum::<f64>();
         self.overlap_count += overlaps.len() as u64;
+        self.nodes += nodes as u64;
     }
 
     /// Adds the counts of another generation with the same k (a later turn of a conversation).
@@ -107,6 +113,7 @@ impl AcceptanceStats {
         add(&mut self.drafted_len_hist, &other.drafted_len_hist);
         self.overlap_sum += other.overlap_sum;
         self.overlap_count += other.overlap_count;
+        self.nodes += other.nodes;
     }
 
     /// α̂ = accepted / proposed (vLLM's and llama.cpp's "acceptance rate"); NaN without drafts.
@@ -202,15 +209,15 @@ mod tests {
     #[test]
     fn statistics_count_positions_and_lengths() {
         let mut stats = AcceptanceStats::new(3);
-        stats.record_step(3, 3, &[1.0, 1.0, 1.0]);
-        stats.record_step(3, 1, &[0.9, 0.2]);
+        stats.record_step(3, 3, &[1.0, 1.0, 1.0], 3);
+        stats.record_step(3, 1, &[0.9, 0.2], 3);
         assert_eq!((stats.proposed, stats.accepted, stats.target_calls), (6, 4, 2));
         assert_eq!(stats.per_position(), vec![1.0, 0.5, 0.5]);
         assert_eq!(stats.accepted_len_hist, vec![0, 1, 0, 1]);
         assert!((stats.mean_accepted_len() - 3.0).abs() < 1e-12);
         assert!((stats.alpha() - 4.1 / 5.0).abs() < 1e-12);
         // A last step cut by the stop: only its first position counts.
-        stats.record_step(1, 1, &[0.5]);
+        stats.record_step(1, 1, &[0.5], 1);
         assert_eq!((stats.proposed, stats.accepted), (7, 5));
         assert_eq!(stats.position_proposed, vec![3, 2, 2]);
         assert_eq!(stats.drafted_len_hist, vec![0, 1, 0, 2]);
@@ -219,13 +226,13 @@ mod tests {
     #[test]
     fn absorbing_adds_every_count() {
         let (mut a, mut b) = (AcceptanceStats::new(2), AcceptanceStats::new(2));
-        a.record_step(2, 1, &[0.5, 0.25]);
-        b.record_step(2, 2, &[0.75, 0.5]);
-        b.record_step(1, 0, &[0.125]);
+        a.record_step(2, 1, &[0.5, 0.25], 2);
+        b.record_step(2, 2, &[0.75, 0.5], 2);
+        b.record_step(1, 0, &[0.125], 1);
         let mut both = AcceptanceStats::new(2);
-        both.record_step(2, 1, &[0.5, 0.25]);
-        both.record_step(2, 2, &[0.75, 0.5]);
-        both.record_step(1, 0, &[0.125]);
+        both.record_step(2, 1, &[0.5, 0.25], 2);
+        both.record_step(2, 2, &[0.75, 0.5], 2);
+        both.record_step(1, 0, &[0.125], 1);
         a.absorb(&b);
         assert_eq!(a, both);
     }

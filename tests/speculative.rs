@@ -20,6 +20,7 @@ use specbench::decoding::drafters::model::ModelDrafter;
 use specbench::decoding::drafters::ngram::{NgramDrafter, NgramLookup};
 use specbench::decoding::pairing::shared_vocab;
 use specbench::decoding::speculative::Speculative;
+use specbench::decoding::tree::TreeShape;
 use specbench::decoding::{Captured, CausalLm, GenerationConfig, autoregressive};
 use specbench::load::eagle3::load_head;
 use specbench::metrics::expected_accepted_len;
@@ -59,8 +60,21 @@ fn greedy_equivalence_on_the_transformers_fixture_pair() {
             let out = spec.generate(&prompt, &greedy).unwrap();
             assert_eq!(out.tokens, expected, "k = {k} on {backend}");
         }
+        for shape in TREES {
+            let drafter = ModelDrafter::new(&draft.model, vocab).unwrap();
+            let mut spec = Speculative::new(&target.model, drafter, vocab, DraftLength::Tree(shape)).unwrap();
+            let out = spec.generate(&prompt, &greedy).unwrap();
+            assert_eq!(out.tokens, expected, "{shape:?} on {backend}");
+        }
     }
 }
+
+/// Tree shapes of the greedy tests: narrow and deep, wide and shallow, and large.
+const TREES: [TreeShape; 3] = [
+    TreeShape { budget: 6, depth: 5, width: 2 },
+    TreeShape { budget: 8, depth: 2, width: 4 },
+    TreeShape { budget: 24, depth: 6, width: 4 },
+];
 
 /// Greedy speculative output equals greedy target-only output for every drafter kind and draft
 /// length schedule, on the embedded pair (a trained 6-layer target, so drafts are accepted and
@@ -108,6 +122,26 @@ fn greedy_equivalence_for_every_drafter_and_schedule() {
         check("ngram", length, run(&mut NgramDrafter::new(1, 3, NgramLookup::Latest).unwrap()));
         check("ngram counts", length, run(&mut NgramDrafter::new(1, 4, NgramLookup::Counts).unwrap()));
     }
+    // Trees for every kind that drafts them; each verified more nodes than levels.
+    for shape in TREES {
+        let length = DraftLength::Tree(shape);
+        let run = |drafter: &mut dyn Drafter| {
+            let out = Speculative::new(&target.model, drafter, vocab, length)
+                .unwrap()
+                .generate(&prompt, &greedy)
+                .unwrap();
+            assert!(out.acceptance.nodes > out.acceptance.proposed, "{length:?}: no tree was drafted");
+            out
+        };
+        check("draft", length, run(&mut ModelDrafter::new(&draft.model, vocab).unwrap()));
+        check("q8_0", length, run(&mut ModelDrafter::new(&q8.model, vocab).unwrap()));
+        check("q4_0", length, run(&mut ModelDrafter::new(&q4.model, vocab).unwrap()));
+        check("layer skip", length, run(&mut ModelDrafter::new(&skipping, vocab).unwrap()));
+    }
+    let tree = DraftLength::Tree(TREES[0]);
+    let lookup = NgramDrafter::new(1, 3, NgramLookup::Latest).unwrap();
+    let err = Speculative::new(&target.model, lookup, vocab, tree).unwrap().generate(&prompt, &greedy);
+    assert!(err.unwrap_err().to_string().contains("chains only"));
 }
 
 /// In f16 and bf16, a verify forward of k + 1 tokens rounds differently from one-token
@@ -197,6 +231,11 @@ fn draft_equals_target_accepts_everything() {
     }
 }
 
+/// The parents of a chain of `n` rows.
+fn chain(n: usize) -> Vec<Option<usize>> {
+    (0..n).map(|i| i.checked_sub(1)).collect()
+}
+
 /// Real tiny models behind a memo: each distinct prefix is run through the model once, so
 /// tens of thousands of runs of the real engine loop take seconds.
 struct Memoized<'a, M: CausalLm = Llama> {
@@ -242,10 +281,8 @@ impl<M: CausalLm> CausalLm for Memoized<'_, M> {
         rows: usize,
         vocab: usize,
     ) -> specbench::Result<Vec<Vec<f32>>> {
-        cache.extend_from_slice(tokens);
-        Ok((cache.len() - rows..cache.len()).map(|end| self.next(&cache[..=end])[..vocab].to_vec()).collect())
+        Ok(self.logits_tree(tokens, &chain(tokens.len()), cache, rows, vocab, &[])?.0)
     }
-    /// Hidden states memoised per prefix too (a row's depend on the tokens up to it only).
     fn logits_capturing(
         &self,
         tokens: &[u32],
@@ -254,14 +291,35 @@ impl<M: CausalLm> CausalLm for Memoized<'_, M> {
         vocab: usize,
         capture: &[usize],
     ) -> specbench::Result<Captured> {
-        let start = cache.len();
-        let logits = self.logits(tokens, cache, rows, vocab)?;
+        self.logits_tree(tokens, &chain(tokens.len()), cache, rows, vocab, capture)
+    }
+    /// Each row's prefix is the cached tokens and its ancestors; hidden states memoised per
+    /// prefix too (a row's depend on the tokens up to it only).
+    fn logits_tree(
+        &self,
+        tokens: &[u32],
+        parents: &[Option<usize>],
+        cache: &mut Vec<u32>,
+        rows: usize,
+        vocab: usize,
+        capture: &[usize],
+    ) -> specbench::Result<Captured> {
+        let mut prefixes: Vec<Vec<u32>> = Vec::with_capacity(tokens.len());
+        for (i, &token) in tokens.iter().enumerate() {
+            let mut prefix = parents[i].map_or_else(|| cache.clone(), |p| prefixes[p].clone());
+            prefix.push(token);
+            prefixes.push(prefix);
+        }
+        cache.extend_from_slice(tokens);
+        let logits = prefixes[tokens.len() - rows..]
+            .iter()
+            .map(|prefix| self.next(prefix)[..vocab].to_vec())
+            .collect();
         let mut hidden = vec![Vec::new(); capture.len()];
         if capture.is_empty() {
             return Ok((logits, hidden));
         }
-        for end in start..cache.len() {
-            let prefix = &cache[..=end];
+        for prefix in &prefixes {
             if !self.hidden.borrow().contains_key(prefix) {
                 let (_, all) =
                     self.model.logits_capturing(prefix, &mut self.model.new_cache(), 1, 1, capture)?;
@@ -276,6 +334,11 @@ impl<M: CausalLm> CausalLm for Memoized<'_, M> {
             }
         }
         Ok((logits, hidden))
+    }
+    fn keep(cache: &mut Vec<u32>, start: usize, keep: &[usize]) {
+        let kept: Vec<u32> = keep.iter().map(|&k| cache[start + k]).collect();
+        cache.truncate(start);
+        cache.extend(kept);
     }
     fn sync(&self) -> specbench::Result<()> {
         Ok(())
@@ -441,6 +504,34 @@ fn distribution_preserved_and_wrong_rules_detected() {
     }
 }
 
+/// Trees through the chi-square test: several children per node, drawn without replacement and
+/// verified by recursive rejection sampling, keep the target distribution over both levels;
+/// accepting the first child, or resampling from the target after the last rejection, does not.
+#[test]
+fn tree_drafts_keep_the_target_distribution() {
+    let (target, draft) = tiny_vocab_pair();
+    let (target, draft) = (Memoized::new(&target), Memoized::new(&draft));
+    let t1 = SamplingConfig::with_temperature(1.0);
+    let wide = DraftLength::Tree(TreeShape { budget: 8, depth: 2, width: 4 });
+    let narrow = DraftLength::Tree(TreeShape { budget: 3, depth: 2, width: 2 });
+    let model = || ModelDrafter::new(&draft, VOCAB).unwrap();
+    let cases = [
+        ("temperature 1, budget 8, width 4", t1, wide),
+        ("top-p 0.8, budget 8, width 4", SamplingConfig { top_p: 0.8, ..t1 }, wide),
+        ("temperature 0.6, budget 3, width 2", SamplingConfig::with_temperature(0.6), narrow),
+    ];
+    for (name, sampling, tree) in cases {
+        let p_value = drafter_p_value(&target, model(), &PROMPT, sampling, tree, &RejectionSampling);
+        println!("tree, {name}: p = {p_value:.4}");
+        assert!(p_value > 1e-3, "{name}: tree output differs from the target (p = {p_value:.2e})");
+    }
+    let always = drafter_p_value(&target, model(), &PROMPT, t1, wide, &AlwaysAccept);
+    let from_p = drafter_p_value(&target, model(), &PROMPT, t1, narrow, &ResampleFromTarget);
+    println!("tree negative controls: always-accept p = {always:.2e}, resample-from-p p = {from_p:.2e}");
+    assert!(always < 1e-3, "the test failed to detect always-accept on a tree (p = {always})");
+    assert!(from_p < 1e-3, "the test failed to detect resampling from p on a tree (p = {from_p})");
+}
+
 /// Every drafter kind and both adaptive schedules through the same chi-square test, each with
 /// the always-accept negative control that must fail: the quantized target (q4_0, quantized on
 /// load), the target with a layer skipped, n-gram lookup (certain proposals) on a prompt that
@@ -474,7 +565,8 @@ fn every_drafter_kind_and_schedule_keeps_the_target_distribution() {
     type PValue<'a> = &'a dyn Fn(&dyn AcceptanceRule) -> f64;
     let head_dir = EAGLE3_HEAD.write_random(23);
     let head = load_head(head_dir.path(), target.config(), target.runtime()).unwrap();
-    let cases: [(&str, PValue); 7] = [
+    let tree = DraftLength::Tree(TreeShape { budget: 6, depth: 2, width: 3 });
+    let cases: [(&str, PValue); 10] = [
         ("quantized q4_0, k = 2", &|rule| {
             drafter_p_value(&memo, model(&quantized), &PROMPT, t1, fixed, rule)
         }),
@@ -489,6 +581,13 @@ fn every_drafter_kind_and_schedule_keeps_the_target_distribution() {
         }),
         ("eagle3 head, k = 2", &|rule| {
             drafter_p_value(&memo, Eagle3Drafter::new(&head, &target, VOCAB), &PROMPT, t1, fixed, rule)
+        }),
+        ("eagle3 head, tree", &|rule| {
+            drafter_p_value(&memo, Eagle3Drafter::new(&head, &target, VOCAB), &PROMPT, t1, tree, rule)
+        }),
+        ("quantized q4_0, tree", &|rule| drafter_p_value(&memo, model(&quantized), &PROMPT, t1, tree, rule)),
+        ("layer skip, tree", &|rule| {
+            drafter_p_value(&memo, ModelDrafter::new(&skipping, VOCAB).unwrap(), &PROMPT, t1, tree, rule)
         }),
     ];
     for (name, p_value) in cases {
@@ -530,6 +629,9 @@ impl CausalLm for ContextFree {
     ) -> specbench::Result<Vec<Vec<f32>>> {
         *cache += tokens.len();
         Ok(vec![self.0[..vocab].to_vec(); rows])
+    }
+    fn keep(cache: &mut usize, start: usize, keep: &[usize]) {
+        *cache = start + keep.len();
     }
     fn sync(&self) -> specbench::Result<()> {
         Ok(())

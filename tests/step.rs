@@ -55,6 +55,34 @@ fn a_tree_step_gives_each_row_what_its_branch_gives_as_a_chain() {
     }
 }
 
+/// After a tree step, keeping one branch's rows leaves the cache a chain of that branch would:
+/// the next token's logits agree with the chain's, on both executors, for a branch that moves
+/// rows down (0, 2, 4) and one that does not (0, 1, 3, 5).
+#[test]
+fn keeping_a_branch_leaves_the_cache_its_chain_leaves() {
+    let prefix = [3, 14, 15, 92, 65];
+    let ids = [35, 89, 79, 32, 38, 46];
+    let parents = [None, Some(0), Some(0), Some(1), Some(2), Some(3)];
+    for (kind, runtime) in executors() {
+        let model = model(&runtime);
+        for branch in [&[0usize, 2, 4][..], &[0, 1, 3, 5], &[0, 2]] {
+            let mut cache = model.new_cache();
+            model.step(&Step::new(&prefix, 0), &mut cache, 96).unwrap();
+            let tree = Step { parents: Some(&parents), ..Step::new(&ids, 1) };
+            model.step(&tree, &mut cache, 96).unwrap();
+            cache.keep(prefix.len(), branch);
+            assert_eq!(cache.len(), prefix.len() + branch.len());
+            let next = [7];
+            let kept = model.step(&Step::new(&next, 1), &mut cache, 96).unwrap().logits.remove(0);
+            let mut chain: Vec<u32> = branch.iter().map(|&r| ids[r]).collect();
+            chain.push(7);
+            let expected = chain_logits(&model, &prefix, &chain);
+            let diff = common::max_abs_diff(&kept, &expected);
+            assert!(diff < 1e-4, "{kind}: after keeping {branch:?} the next row differs by {diff}");
+        }
+    }
+}
+
 #[test]
 fn a_chain_given_as_a_tree_is_the_chain() {
     let ids = [1, 2, 3, 4, 5];

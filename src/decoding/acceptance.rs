@@ -7,7 +7,6 @@
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 
-use crate::error::Result;
 use crate::sampling::{normalize, sample};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,6 +39,26 @@ impl DraftDistribution {
                 }
             }
         }
+    }
+}
+
+impl DraftDistribution {
+    /// What the next draw without replacement comes from: `token` removed, the rest
+    /// renormalised (all zero when nothing is left), over `len` tokens.
+    pub fn without(&self, token: u32, len: usize) -> Self {
+        let mut q = match self {
+            Self::Dense(q) => q.clone(),
+            Self::Certain(x) => {
+                let mut q = vec![0.0; len];
+                q[*x as usize] = 1.0;
+                q
+            }
+        };
+        q[token as usize] = 0.0;
+        if q.iter().sum::<f64>() > 0.0 {
+            normalize(&mut q);
+        }
+        Self::Dense(q)
     }
 }
 
@@ -104,44 +123,6 @@ impl AcceptanceRule for RejectionSampling {
     fn verify(&self, p: &[f64], q: &DraftDistribution, token: u32, rng: &mut ChaCha8Rng) -> Verdict {
         verify_token(p, q, token, rng)
     }
-}
-
-/// The outcome of verifying one block of draft tokens (Algorithm 1, lines 6–12).
-#[derive(Debug, Clone, PartialEq)]
-pub struct StepOutcome {
-    /// n: the leading draft tokens accepted (line 7).
-    pub accepted: usize,
-    /// t (line 12): drawn from norm(max(0, p − q)) at the first rejection ("rejected +
-    /// resampled", line 10), or from p_{k+1} when every draft was accepted ("bonus", line 8).
-    pub next: u32,
-    /// β at each position where the acceptance test ran.
-    pub overlaps: Vec<f64>,
-}
-
-/// Tests `drafts[i]` against the target's distribution at position `i` and `qs[i]` in order up
-/// to the first rejection; if all pass, draws the bonus token from position `k`'s. `target(i)`
-/// gives position `i`'s distribution (k + 1 positions) and is asked only for the positions the
-/// test reaches: after a rejection at position `i`, the softmax of every later row would be
-/// wasted work (at T > 0, the largest part of the step's host time on a small model).
-pub fn verify_block<P: AsRef<[f64]>>(
-    rule: &(impl AcceptanceRule + ?Sized),
-    mut target: impl FnMut(usize) -> Result<P>,
-    qs: &[DraftDistribution],
-    drafts: &[u32],
-    rng: &mut ChaCha8Rng,
-) -> Result<StepOutcome> {
-    let mut overlaps = Vec::with_capacity(drafts.len());
-    // Lines 6–7, one position at a time: stopping at the first rejection draws the same n.
-    for (i, &token) in drafts.iter().enumerate() {
-        let p = target(i)?;
-        overlaps.push(overlap(p.as_ref(), &qs[i]));
-        if let Verdict::Rejected { token: resampled } = rule.verify(p.as_ref(), &qs[i], token, rng) {
-            return Ok(StepOutcome { accepted: i, next: resampled, overlaps });
-        }
-    }
-    // Lines 8 and 12 with n = k: the bonus token from the target's last row.
-    let bonus = sample(target(drafts.len())?.as_ref(), rng);
-    Ok(StepOutcome { accepted: drafts.len(), next: bonus, overlaps })
 }
 
 /// One accept/reject test for draft token `token` drawn from `q`: accept when r ≤ p(x)/q(x)
@@ -223,30 +204,6 @@ mod tests {
         assert_eq!(verify_token(&p, &q_agree, 1, &mut rng), Verdict::Accepted);
         assert_eq!(verify_token(&p, &q_differ, 0, &mut rng), Verdict::Rejected { token: 1 });
         assert_eq!(overlap(&p, &q_differ), 0.0);
-    }
-
-    #[test]
-    fn a_block_stops_at_the_first_rejection_or_adds_a_bonus_token() {
-        let mut rng = ChaCha8Rng::seed_from_u64(4);
-        let certain = vec![0.0, 1.0];
-        let never = vec![1.0, 0.0];
-        // Position 1 agrees, position 2 proposes a token the target forbids.
-        let ps = [certain.clone(), certain.clone(), certain.clone()];
-        let qs = vec![dense(&certain), dense(&never)];
-        let out = verify_block(&RejectionSampling, |i| Ok(&ps[i]), &qs, &[1, 0], &mut rng).unwrap();
-        assert_eq!((out.accepted, out.next), (1, 1));
-        assert_eq!(out.overlaps, vec![1.0, 0.0]);
-        // Everything agrees: both kept, bonus drawn from the last target row.
-        let ps = [certain.clone(), certain.clone(), never.clone()];
-        let out = verify_block(
-            &RejectionSampling,
-            |i| Ok(&ps[i]),
-            &[dense(&certain), dense(&certain)],
-            &[1, 1],
-            &mut rng,
-        )
-        .unwrap();
-        assert_eq!((out.accepted, out.next), (2, 0));
     }
 
     #[test]

@@ -5,7 +5,8 @@
 use rand_chacha::ChaCha8Rng;
 
 use super::acceptance::DraftDistribution;
-use crate::error::Result;
+use super::tree::{DraftTree, Draws, TreeShape};
+use crate::error::{Error, Result};
 use crate::metrics::Timings;
 use crate::sampling::SamplingConfig;
 
@@ -49,6 +50,19 @@ pub trait Drafter {
         timings: &mut Timings,
     ) -> Result<Proposal>;
 
+    /// A tree of drafts continuing `committed` (`tree::grow`), at most `shape` large. Kinds
+    /// without a distribution to draw several children from say so.
+    fn propose_tree(
+        &mut self,
+        _committed: &[u32],
+        _shape: &TreeShape,
+        _draws: &Draws,
+        _rng: &mut ChaCha8Rng,
+        _timings: &mut Timings,
+    ) -> Result<DraftTree> {
+        Err(Error::Usage("this drafter drafts chains only; draft trees with a model, quantized, layer_skip or eagle3 drafter".into()))
+    }
+
     /// The target kept `len` tokens, the last of which the drafter has not read: anything it
     /// read past `len - 1` is forgotten.
     fn rollback(&mut self, len: usize);
@@ -76,6 +90,16 @@ impl<D: Drafter + ?Sized> Drafter for &mut D {
         timings: &mut Timings,
     ) -> Result<Proposal> {
         (**self).propose(committed, request, rng, timings)
+    }
+    fn propose_tree(
+        &mut self,
+        committed: &[u32],
+        shape: &TreeShape,
+        draws: &Draws,
+        rng: &mut ChaCha8Rng,
+        timings: &mut Timings,
+    ) -> Result<DraftTree> {
+        (**self).propose_tree(committed, shape, draws, rng, timings)
     }
     fn rollback(&mut self, len: usize) {
         (**self).rollback(len)
@@ -105,6 +129,8 @@ pub enum DraftLength {
         threshold: f64,
         max: usize,
     },
+    /// A tree of drafts per step, verified in one forward (`decoding::tree`).
+    Tree(TreeShape),
 }
 
 impl DraftLength {
@@ -113,16 +139,28 @@ impl DraftLength {
         match *self {
             Self::Fixed(k) => k,
             Self::Heuristic { max, .. } | Self::Confidence { max, .. } => max,
+            Self::Tree(shape) => shape.depth,
+        }
+    }
+
+    /// The most draft rows one verify feeds (and the cache holds until the step ends): k, or a
+    /// tree's budget.
+    pub fn rows(&self) -> usize {
+        match *self {
+            Self::Tree(shape) => shape.budget,
+            other => other.max(),
         }
     }
 
     /// Its name in results: empty for a fixed k (the `k` column says it), else the schedule
-    /// and its parameter, as a config writes it (`heuristic:4`, `confidence:0.5`).
+    /// and its parameter, as a config writes it (`heuristic:4`, `confidence:0.5`), or the
+    /// tree's shape (`tree:budget:16,depth:5,width:4`).
     pub fn schedule(&self) -> String {
         match self {
             Self::Fixed(_) => String::new(),
             Self::Heuristic { start, .. } => format!("heuristic:{start}"),
             Self::Confidence { threshold, .. } => format!("confidence:{threshold}"),
+            Self::Tree(shape) => format!("tree:{}", shape.name()),
         }
     }
 
@@ -159,7 +197,7 @@ impl Schedule {
         let current = match length {
             DraftLength::Fixed(k) => k,
             DraftLength::Heuristic { start, .. } => start,
-            DraftLength::Confidence { max, .. } => max,
+            DraftLength::Confidence { max, .. } | DraftLength::Tree(TreeShape { depth: max, .. }) => max,
         };
         Self { length, current }
     }

@@ -7,6 +7,7 @@ pub mod draft;
 pub mod drafters;
 pub mod pairing;
 pub mod speculative;
+pub mod tree;
 
 use std::time::{Duration, Instant};
 
@@ -52,6 +53,22 @@ pub trait CausalLm {
             "this model does not return hidden states; a feature-level drafter needs a Llama target".into(),
         ))
     }
+    /// As `logits_capturing` for a tree of `tokens`: `parents` as `Step::parents`. A model
+    /// that cannot says so.
+    fn logits_tree(
+        &self,
+        _tokens: &[u32],
+        _parents: &[Option<usize>],
+        _cache: &mut Self::Cache,
+        _rows: usize,
+        _vocab: usize,
+        _capture: &[usize],
+    ) -> Result<Captured> {
+        Err(Error::Usage("this model does not run draft trees; a tree needs a Llama model".into()))
+    }
+    /// Keeps the cached positions `start + keep[j]` as `start + j` and drops those after
+    /// (`KvCache::keep`): a verified tree's accepted branch.
+    fn keep(cache: &mut Self::Cache, start: usize, keep: &[usize]);
     /// Waits for queued device work, so timers measure work done.
     fn sync(&self) -> Result<()>;
     fn vocab_size(&self) -> usize;
@@ -88,6 +105,20 @@ impl<T: CausalLm + ?Sized> CausalLm for &T {
         capture: &[usize],
     ) -> Result<Captured> {
         (**self).logits_capturing(tokens, cache, rows, vocab, capture)
+    }
+    fn logits_tree(
+        &self,
+        tokens: &[u32],
+        parents: &[Option<usize>],
+        cache: &mut T::Cache,
+        rows: usize,
+        vocab: usize,
+        capture: &[usize],
+    ) -> Result<Captured> {
+        (**self).logits_tree(tokens, parents, cache, rows, vocab, capture)
+    }
+    fn keep(cache: &mut T::Cache, start: usize, keep: &[usize]) {
+        T::keep(cache, start, keep)
     }
     fn sync(&self) -> Result<()> {
         (**self).sync()
@@ -132,6 +163,24 @@ impl CausalLm for Llama {
     ) -> Result<Captured> {
         let output = self.step(&Step { capture, ..Step::new(tokens, rows) }, cache, vocab)?;
         Ok((output.logits, output.hidden))
+    }
+
+    fn logits_tree(
+        &self,
+        tokens: &[u32],
+        parents: &[Option<usize>],
+        cache: &mut KvCache,
+        rows: usize,
+        vocab: usize,
+        capture: &[usize],
+    ) -> Result<Captured> {
+        let step = Step { capture, parents: Some(parents), ..Step::new(tokens, rows) };
+        let output = self.step(&step, cache, vocab)?;
+        Ok((output.logits, output.hidden))
+    }
+
+    fn keep(cache: &mut KvCache, start: usize, keep: &[usize]) {
+        cache.keep(start, keep);
     }
 
     fn sync(&self) -> Result<()> {

@@ -1,15 +1,20 @@
 //! Speculative decoding (Leviathan et al. 2023, Algorithm 1): a drafter proposes up to `k`
 //! tokens, the target scores all of them plus one in one forward, and modified rejection
-//! sampling keeps the target's (processed) distribution exactly. The target's cache and the
-//! drafter are rolled back to the kept prefix after every step.
+//! sampling keeps the target's (processed) distribution exactly. A tree of drafts goes through
+//! the same step (`decoding::tree`): one forward with a tree mask, a walk down its accepted
+//! branch. The target's cache and the drafter are rolled back to the kept branch after every
+//! step.
 
 use std::time::Instant;
 
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
-use super::acceptance::{AcceptanceRule, RejectionSampling, verify_block};
+use std::borrow::Cow;
+
+use super::acceptance::{AcceptanceRule, RejectionSampling};
 use super::draft::{DraftLength, DraftRequest, Drafter, Schedule};
+use super::tree::{DraftTree, Draws, TreeShape, verify_tree};
 use super::{CausalLm, Generation, GenerationConfig, apply_stop_rule, prefill_capturing};
 use super::{timed, timed_host};
 use crate::error::{Error, Result};
@@ -67,57 +72,82 @@ impl<'a, T: CausalLm, D: Drafter> Speculative<'a, T, D> {
         let mut tokens = Vec::new();
         let mut accepted_per_call = Vec::new();
         loop {
-            // Algorithm 1, lines 1–4: the drafter's guesses. None past max_new_tokens: a token
-            // there could never be emitted.
-            let request = DraftRequest {
-                limit: schedule.next_limit().min(config.max_new_tokens - tokens.len()),
-                sampling: &config.sampling,
-                min_confidence: schedule.min_confidence(),
-                banned: &config.banned_ids,
+            // Algorithm 1, lines 1–4: the drafter's guesses, a chain or a tree. None past
+            // max_new_tokens: a token there could never be emitted.
+            let room = config.max_new_tokens - tokens.len();
+            let tree = match self.length {
+                DraftLength::Tree(shape) => {
+                    let shape = TreeShape { depth: shape.depth.min(room), ..shape };
+                    let draws = Draws { sampling: &config.sampling, banned: &config.banned_ids };
+                    self.drafter.propose_tree(&committed, &shape, &draws, &mut rng, &mut timings)?
+                }
+                _ => {
+                    let request = DraftRequest {
+                        limit: schedule.next_limit().min(room),
+                        sampling: &config.sampling,
+                        min_confidence: schedule.min_confidence(),
+                        banned: &config.banned_ids,
+                    };
+                    let proposal = self.drafter.propose(&committed, &request, &mut rng, &mut timings)?;
+                    DraftTree::chain(proposal.tokens, proposal.qs)
+                }
             };
-            let proposal = self.drafter.propose(&committed, &request, &mut rng, &mut timings)?;
-            let (drafts, qs) = (&proposal.tokens, &proposal.qs);
-            let k = drafts.len();
+            let n = tree.len();
 
-            // Line 5: the target scores all k + 1 prefixes in one forward.
+            // Line 5: the target scores the committed tokens it lacks and every node in one
+            // forward; row 0 is the last committed token's, row i + 1 node i's.
             let cached = T::cache_len(&target_cache);
+            let tail = committed.len() - cached;
             let mut feed = committed[cached..].to_vec();
-            feed.extend_from_slice(drafts);
-            let ((rows, hidden), verify) =
-                timed(target, || target.logits_capturing(&feed, &mut target_cache, k + 1, vocab, &capture))?;
+            feed.extend_from_slice(&tree.tokens);
+            let ((rows, hidden), verify) = timed(target, || {
+                if tree.is_chain() {
+                    return target.logits_capturing(&feed, &mut target_cache, n + 1, vocab, &capture);
+                }
+                let parents: Vec<Option<usize>> = (0..tail)
+                    .map(|i| i.checked_sub(1))
+                    .chain(tree.parents.iter().map(|p| Some(p.map_or(tail - 1, |p| tail + p))))
+                    .collect();
+                target.logits_tree(&feed, &parents, &mut target_cache, n + 1, vocab, &capture)
+            })?;
             timings.verify += verify;
-            self.drafter.observe(cached, &hidden);
 
-            // Lines 6–12: accepted prefix, then the resampled or bonus token.
+            // Lines 6–12: the accepted branch, then the resampled or bonus token.
+            let depths = tree.depths();
             let (outcome, sampling) = timed_host(|| {
-                let target_at = |i: usize| {
+                let target_at = |c: usize| {
+                    let depth = c.checked_sub(1).map_or(0, |node| depths[node]);
                     config.sampling.probabilities_banning(
-                        &rows[i],
+                        &rows[c],
                         &config.banned_ids,
                         "target",
-                        committed.len() + i,
+                        committed.len() + depth,
                     )
                 };
-                verify_block(rule, target_at, qs, drafts, &mut rng)
+                verify_tree(rule, target_at, &tree, &mut rng)
             });
             timings.sampling += sampling;
             let outcome = outcome?;
-            // Draft positions after an accepted end-of-sequence token are never emitted.
-            let counted = drafts[..outcome.accepted]
-                .iter()
-                .position(|t| config.eos_ids.contains(t))
-                .map_or(k, |eos| eos + 1);
-            let overlaps = &outcome.overlaps[..outcome.overlaps.len().min(counted)];
-            let accepted = outcome.accepted.min(counted);
-            acceptance.record_step(counted, accepted, overlaps);
-            accepted_per_call.push(accepted);
-            schedule.update(k, outcome.accepted);
+            let branch: Vec<u32> = outcome.path.iter().map(|&node| tree.tokens[node]).collect();
 
-            let kept = drafts[..outcome.accepted].iter().copied().chain([outcome.next]);
-            tokens.extend(kept.clone());
-            committed.extend(kept);
+            // The target keeps the branch's rows where a chain would have them; the drafter
+            // reads the same rows' hidden states.
+            let kept: Vec<usize> = (0..tail).chain(outcome.path.iter().map(|&node| tail + node)).collect();
+            T::keep(&mut target_cache, cached, &kept);
+            self.drafter.observe(cached, &rows_of(&hidden, tail + n, &kept));
+
+            // Draft positions after an accepted end-of-sequence token are never emitted.
+            let depth = tree.depth();
+            let counted = branch.iter().position(|t| config.eos_ids.contains(t)).map_or(depth, |eos| eos + 1);
+            let overlaps = &outcome.overlaps[..outcome.overlaps.len().min(counted)];
+            let accepted = branch.len().min(counted);
+            acceptance.record_step(counted, accepted, overlaps, n);
+            accepted_per_call.push(accepted);
+            schedule.update(n, branch.len());
+
+            tokens.extend(branch.iter().copied().chain([outcome.next]));
+            committed.extend(branch.iter().copied().chain([outcome.next]));
             // The newest token has not been fed to the target or the drafter yet.
-            T::truncate(&mut target_cache, committed.len() - 1);
             self.drafter.rollback(committed.len());
             if apply_stop_rule(&mut tokens, config) {
                 break;
@@ -126,4 +156,16 @@ impl<'a, T: CausalLm, D: Drafter> Speculative<'a, T, D> {
         timings.wall = start.elapsed();
         Ok(Generation { prompt_tokens: prompt.len(), tokens, timings, acceptance, accepted_per_call })
     }
+}
+
+/// Rows `kept` of each captured layer (`[rows, hidden]` each); a chain's leading rows as they are.
+fn rows_of<'h>(hidden: &'h [Vec<f32>], rows: usize, kept: &[usize]) -> Cow<'h, [Vec<f32>]> {
+    if kept.iter().enumerate().all(|(j, &k)| j == k) {
+        return Cow::Borrowed(hidden);
+    }
+    let select = |layer: &Vec<f32>| {
+        let width = layer.len() / rows;
+        kept.iter().flat_map(|&row| &layer[row * width..(row + 1) * width]).copied().collect()
+    };
+    Cow::Owned(hidden.iter().map(select).collect())
 }

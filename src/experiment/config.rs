@@ -10,6 +10,7 @@ use crate::decoding::draft::DraftLength;
 pub use crate::decoding::draft::MAX_K;
 use crate::decoding::drafters::model::ModelSettings;
 use crate::decoding::drafters::{Describe, DrafterSpec, KINDS, check_dtype};
+use crate::decoding::tree::TreeShape;
 use crate::error::{Error, Result};
 use crate::experiment::prompts::PromptSet;
 use crate::experiment::rows::{CellKey, ENGINE};
@@ -173,6 +174,10 @@ pub struct Sweep {
     /// `heuristic:START` (transformers' schedule) and `confidence:THRESHOLD`.
     #[serde(default)]
     pub adaptive: Vec<String>,
+    /// Draft trees swept beside them (`budget:16,depth:5`, optionally `,width:4`): each step
+    /// drafts a tree of at most `budget` nodes and `depth` levels, verified in one forward.
+    #[serde(default)]
+    pub tree: Vec<String>,
 }
 
 fn default_top_p() -> f64 {
@@ -216,6 +221,11 @@ impl Cell {
     /// The most tokens a step drafts: the `k` column (0 for the baseline).
     pub fn k(&self) -> usize {
         self.draft.map_or(0, |(_, length)| length.max())
+    }
+
+    /// The most draft rows one of its verifies feeds (0 for the baseline).
+    pub fn draft_rows(&self) -> usize {
+        self.draft.map_or(0, |(_, length)| length.rows())
     }
 
     /// Its identity in result rows; specbench's rows carry the target's dtype.
@@ -403,17 +413,32 @@ impl ExperimentConfig {
         let names: Vec<&str> = self.drafters.iter().map(|d| d.name.as_str()).collect();
         duplicate("drafters.name", &names)?;
         // Compared as parsed (`heuristic:01` is `heuristic:1`), as the results name them.
-        let schedules: Vec<String> = self
-            .draft_lengths()?
-            .iter()
-            .filter(|length| !matches!(length, DraftLength::Fixed(_)))
-            .map(DraftLength::schedule)
-            .collect();
-        duplicate("sweep.adaptive", &schedules)?;
+        let lengths = self.draft_lengths()?;
+        let named = |tree: bool| -> Vec<String> {
+            let kind = |length: &&DraftLength| matches!(length, DraftLength::Tree(_)) == tree;
+            lengths
+                .iter()
+                .filter(kind)
+                .filter(|l| !matches!(l, DraftLength::Fixed(_)))
+                .map(DraftLength::schedule)
+                .collect()
+        };
+        duplicate("sweep.adaptive", &named(false))?;
+        duplicate("sweep.tree", &named(true))?;
+        if !s.tree.is_empty()
+            && let Some(chains) = self.drafters.iter().find(|d| !d.spec.drafts_trees())
+        {
+            return Err(Error::InvalidConfig(format!(
+                "`sweep.tree` is given but drafter `{}` (kind {}) drafts chains only; trees need a drafter with \
+                 distributions to draw from (model, quantized, layer_skip, eagle3)",
+                chains.name,
+                chains.spec.kind_name()
+            )));
+        }
         Ok(())
     }
 
-    /// Each fixed k, then each adaptive schedule capped at the largest k.
+    /// Each fixed k, then each adaptive schedule capped at the largest k, then each tree.
     pub fn draft_lengths(&self) -> Result<Vec<DraftLength>> {
         let max = self.sweep.k.iter().copied().max().unwrap_or(0);
         let fixed = self.sweep.k.iter().map(|&k| Ok(DraftLength::Fixed(k)));
@@ -421,7 +446,12 @@ impl ExperimentConfig {
             DraftLength::parse_schedule(text, max)
                 .map_err(|why| Error::InvalidConfig(format!("`sweep.adaptive`: {why}")))
         });
-        fixed.chain(adaptive).collect()
+        let trees = self.sweep.tree.iter().map(|text| {
+            TreeShape::parse(text)
+                .map(DraftLength::Tree)
+                .map_err(|why| Error::InvalidConfig(format!("`sweep.tree`: {why}")))
+        });
+        fixed.chain(adaptive).chain(trees).collect()
     }
 
     /// The drafters' names in sweep order (`[models.draft]` is `draft`).

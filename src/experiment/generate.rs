@@ -9,6 +9,7 @@ use super::config::{MAX_K, MAX_NEW_TOKENS};
 use crate::backend::Runtime;
 use crate::decoding::draft::DraftLength;
 use crate::decoding::drafters::{Describe, DraftContext, DrafterSpec, LoadedDrafter};
+use crate::decoding::tree::TreeShape;
 use crate::decoding::{Generation, GenerationConfig, autoregressive};
 use crate::error::{Error, Result};
 use crate::load::{LoadedModel, ModelSpec};
@@ -24,6 +25,8 @@ pub struct Request {
     /// run's.
     pub drafter: Option<DrafterSpec>,
     pub k: usize,
+    /// Draft a tree of this shape per step instead of `k` tokens.
+    pub tree: Option<TreeShape>,
     pub prompt: String,
     /// Wrap the prompt as one user turn of the model's chat template.
     pub chat: bool,
@@ -39,6 +42,17 @@ pub struct Request {
     /// positions (0: none).
     pub top_logits: usize,
     pub logit_positions: usize,
+}
+
+impl Request {
+    fn length(&self) -> DraftLength {
+        self.tree.map_or(DraftLength::Fixed(self.k), DraftLength::Tree)
+    }
+
+    /// What each step drafts, for the summary: `k = 4`, or the tree's shape.
+    fn drafts(&self) -> String {
+        self.tree.map_or_else(|| format!("k = {}", self.k), |shape| format!("tree {}", shape.name()))
+    }
 }
 
 /// What a generation gives back: the JSON report and the text summary print from it.
@@ -86,6 +100,18 @@ pub fn generate(request: &Request, runtime: &Runtime) -> Result<Report> {
         }
         other => other,
     });
+    match (&drafter_spec, request.tree) {
+        (None, Some(_)) => {
+            return Err(Error::Usage("--tree drafts with a drafter: give --drafter or --draft".into()));
+        }
+        (Some(spec), Some(_)) if !spec.drafts_trees() => {
+            return Err(Error::Usage(format!(
+                "--tree: a drafter of kind {} drafts chains only; use model, self, skip/keep or eagle3",
+                spec.kind_name()
+            )));
+        }
+        _ => {}
+    }
     let context = DraftContext { target: &target, runtime, seed: request.seed, checkpoint: None };
     let drafter = drafter_spec.as_ref().map(|spec| spec.load(&context)).transpose()?;
     let prompt = target.tokenizer.encode_prompt(&request.prompt, request.chat)?;
@@ -99,7 +125,7 @@ pub fn generate(request: &Request, runtime: &Runtime) -> Result<Report> {
     };
     let generation = match &drafter {
         None => autoregressive::generate(&target.model, &prompt, &config)?,
-        Some(drafter) => drafter.generate(&target.model, DraftLength::Fixed(request.k), &prompt, &config)?,
+        Some(drafter) => drafter.generate(&target.model, request.length(), &prompt, &config)?,
     };
     let draft_model = drafter.as_ref().and_then(|d| d.model());
     let draft = drafter_spec.as_ref().map(|spec| {
@@ -110,13 +136,13 @@ pub fn generate(request: &Request, runtime: &Runtime) -> Result<Report> {
     let label = match (&draft, draft_model) {
         (None, _) => format!("{target_label} on {}", runtime.describe()),
         (Some(name), Some(d)) => format!(
-            "{target_label} + draft {name} ({} weights, k = {}) on {}",
+            "{target_label} + draft {name} ({} weights, {}) on {}",
             weights(d),
-            request.k,
+            request.drafts(),
             runtime.describe()
         ),
         (Some(name), None) => {
-            format!("{target_label} + drafter {name} (k = {}) on {}", request.k, runtime.describe())
+            format!("{target_label} + drafter {name} ({}) on {}", request.drafts(), runtime.describe())
         }
     };
     let speculative = drafter.is_some();
@@ -152,10 +178,13 @@ fn check_context(
     prompt: &[u32],
     request: &Request,
 ) -> Result<()> {
-    let k = if drafter.is_some() { request.k } else { 0 };
-    let what =
-        format!("the prompt ({} tokens) + --max-new-tokens {} + k {k}", prompt.len(), request.max_new_tokens);
-    let positions = prompt.len() + request.max_new_tokens + k;
+    let rows = if drafter.is_some() { request.length().rows() } else { 0 };
+    let what = format!(
+        "the prompt ({} tokens) + --max-new-tokens {} + {rows} draft rows",
+        prompt.len(),
+        request.max_new_tokens
+    );
+    let positions = prompt.len() + request.max_new_tokens + rows;
     target.check_context("target", positions, &what)?;
     match drafter.and_then(|d| d.model()) {
         Some(draft) => draft.check_context("draft", positions, &what),

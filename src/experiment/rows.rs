@@ -70,6 +70,10 @@ pub struct RunRow {
     pub overlap_sum: Option<f64>,
     #[serde(default)]
     pub overlap_count: Option<u64>,
+    /// Draft tokens the target verified, summed over calls: a tree's every node (a chain's
+    /// `proposed`, with positions past a stop). Empty for other engines and older rows.
+    #[serde(default)]
+    pub nodes: Option<u64>,
 }
 
 /// One cell of a sweep: the rows summary, baseline and check group together. The one

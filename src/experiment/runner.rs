@@ -508,12 +508,12 @@ impl<'a> BackendSweep<'a> {
     }
 
     /// A turn of `prompt_tokens` tokens (`label` names it) fits every model with max_new_tokens
-    /// and the largest k.
+    /// and the most draft rows of a verify (the largest k or tree budget).
     fn check_positions(&self, label: &str, prompt_tokens: usize) -> Result<()> {
         let max_new = self.plan.config().experiment.max_new_tokens;
-        let k_max = self.plan.cells.iter().map(Cell::k).max().unwrap_or(0);
-        let what = format!("{label} ({prompt_tokens} tokens) + max_new_tokens {max_new} + k {k_max}");
-        let positions = prompt_tokens + max_new + k_max;
+        let rows = self.plan.cells.iter().map(Cell::draft_rows).max().unwrap_or(0);
+        let what = format!("{label} ({prompt_tokens} tokens) + max_new_tokens {max_new} + {rows} draft rows");
+        let positions = prompt_tokens + max_new + rows;
         self.target.check_context("target", positions, &what)?;
         for (plan, drafter) in self.plan.file.drafters.iter().zip(&self.drafters) {
             if let Some(model) = drafter.model() {
@@ -606,6 +606,7 @@ impl<'a> BackendSweep<'a> {
             drafted_len_hist: join_counts(&a.drafted_len_hist),
             overlap_sum: speculative.then_some(a.overlap_sum),
             overlap_count: speculative.then_some(a.overlap_count),
+            nodes: speculative.then_some(a.nodes),
         }
     }
 }

@@ -244,7 +244,7 @@ pub enum HeadInput<'a> {
 pub struct HeadOutput {
     /// `[rows, hidden]`: the features its next draft reads.
     pub features: Vec<f32>,
-    /// The last row's logits over the draft vocabulary.
+    /// `[logits_rows, draft_vocab]`: the step's last rows' logits over the draft vocabulary.
     pub logits: Vec<f32>,
 }
 
@@ -280,20 +280,21 @@ impl Eagle3Head {
         }
     }
 
-    /// Runs rows of `input` beside tokens `ids` (with `embedding`, their rows of the target's
-    /// embedding, when the head has none of its own) after the positions in `cache`.
+    /// Runs rows of `input` beside the tokens of `step` (its `ids`, `logits_rows` and tree
+    /// `parents`; with `embedding`, their rows of the target's embedding, when the head has none
+    /// of its own) after the positions in `cache`.
     pub fn forward(
         &self,
         input: HeadInput,
-        ids: &[u32],
+        step: &Step,
         embedding: Option<Vec<f32>>,
         cache: &mut KvCache,
     ) -> Result<HeadOutput> {
-        let end = cache.len() + ids.len();
+        let end = cache.len() + step.ids.len();
         if end > self.config.layer.max_position_embeddings {
             return Err(Error::ContextOverflow { end, max: self.config.layer.max_position_embeddings });
         }
-        let forward = HeadForward { input, ids, embedding, cache };
+        let forward = HeadForward { input, step, embedding, cache };
         match &self.engine {
             Engine::Tensor(body) => body.forward(forward),
             Engine::Host(body) => vectorized(HostHeadForward { body, forward }),
@@ -344,7 +345,7 @@ fn draft_to_target(d2t: Option<Vec<i64>>, draft_vocab: usize, vocab: usize) -> R
 
 struct HeadForward<'a> {
     input: HeadInput<'a>,
-    ids: &'a [u32],
+    step: &'a Step<'a>,
     embedding: Option<Vec<f32>>,
     cache: &'a mut KvCache,
 }
@@ -427,7 +428,8 @@ impl<E: Executor> HeadBody<E> {
 
     #[inline(always)]
     fn forward(&self, forward: HeadForward) -> Result<HeadOutput> {
-        let HeadForward { input, ids, embedding, cache } = forward;
+        let HeadForward { input, step, embedding, cache } = forward;
+        let ids = step.ids;
         let (exec, d) = (&self.exec, &self.dims);
         let feature = match input {
             HeadInput::Target(fused) => {
@@ -448,7 +450,7 @@ impl<E: Executor> HeadBody<E> {
                 return Err(Error::Usage("an EAGLE-3 head without embeddings needs the target's".into()));
             }
         };
-        let geometry = Geometry::of(&Step::new(ids, 0), cache.len())?;
+        let geometry = Geometry::of(step, cache.len())?;
         let positions = exec.positions(&geometry, &self.rope);
         let normed_feature = exec.rms_norm(&feature, &self.feature_norm, d.eps);
         let qkv = exec.add(
@@ -462,7 +464,7 @@ impl<E: Executor> HeadBody<E> {
         let x = self.block.forward(exec, residual, qkv, layer_cache, &geometry, &positions, d);
         cache.advance(ids.len());
         let features = exec.read(&x);
-        let last = exec.last_rows(x, 1, d.hidden);
+        let last = exec.last_rows(x, step.logits_rows.max(1), d.hidden);
         let last = match &self.norm {
             Some(weight) => exec.rms_norm(&last, weight, d.eps),
             None => last,

@@ -28,9 +28,13 @@ pub struct SummaryRow {
     pub k: usize,
     pub n: usize,
     /// Draft tokens proposed per target call (k for a fixed k, except where a stop cut the
-    /// last block; less for adaptive schedules and lookup drafters).
+    /// last block; less for adaptive schedules and lookup drafters; a tree's levels).
     #[serde(default)]
     pub mean_drafted: Option<f64>,
+    /// Draft tokens verified per target call: a tree's nodes (rows of its verify forward
+    /// beyond the one a plain step feeds).
+    #[serde(default)]
+    pub nodes_per_call: Option<f64>,
     pub alpha: Option<f64>,
     pub alpha_hat: Option<f64>,
     pub mean_accepted_len: f64,
@@ -54,7 +58,8 @@ pub struct SummaryRow {
     /// Theorem 3.8 without its assumption that a verify costs one decode step: E over the
     /// target's measured time per target-only step ÷ the cell's measured draft + verify time
     /// per target call. Prefill and sampling are left out, so measured ÷ refined says what
-    /// the rest of the step costs.
+    /// the rest of the step costs. For a tree, E is its measured τ (no i.i.d. model of a tree's
+    /// acceptance is assumed).
     #[serde(default)]
     pub refined_speedup: Option<f64>,
 }
@@ -101,6 +106,7 @@ fn summarize_cell(
     let (proposed, accepted, calls) =
         (sum(|r| r.proposed as f64), sum(|r| r.accepted as f64), sum(|r| r.target_calls as f64));
     let speculative = key.k > 0;
+    let tree = key.schedule.starts_with("tree:");
     let alpha = speculative.then(|| aggregate_alpha(cell)).flatten();
     let tokens_per_s = mean(cell.iter().map(|r| r.tokens_per_s));
     let baseline_tokens_per_s = baseline.map(|b| mean(b.iter().map(|r| r.tokens_per_s)));
@@ -114,13 +120,18 @@ fn summarize_cell(
         None => (None, None, String::new()),
     };
     let (draft_s, verify_s) = (sum(|r| r.draft_s), sum(|r| r.verify_s));
-    let cost_ratio =
-        (speculative && draft_s > 0.0 && proposed > 0.0).then(|| (draft_s / proposed) / (verify_s / calls));
+    // Theorem 3.8's c and E are a chain's: a tree's draft time is not per position, and its
+    // acceptance is not i.i.d. over one token per level.
+    let cost_ratio = (speculative && !tree && draft_s > 0.0 && proposed > 0.0)
+        .then(|| (draft_s / proposed) / (verify_s / calls));
+    let nodes: Option<Vec<u64>> = cell.iter().map(|r| r.nodes).collect();
+    let nodes_per_call =
+        nodes.filter(|_| speculative && calls > 0.0).map(|n| n.iter().sum::<u64>() as f64 / calls);
     let drafted = speculative.then(|| drafted_len_shares(key.k, cell)).flatten();
     let mean_drafted =
         drafted.as_ref().map(|shares| shares.iter().enumerate().map(|(n, s)| n as f64 * s).sum());
     // E under i.i.d. acceptance, averaged over the draft lengths the cell actually used.
-    let expected = alpha.zip(drafted.as_ref()).map(|(a, shares)| {
+    let expected = alpha.zip(drafted.as_ref()).filter(|_| !tree).map(|(a, shares)| {
         shares.iter().enumerate().map(|(n, s)| s * expected_accepted_len(a, n)).sum::<f64>()
     });
     let baseline_step = baseline.and_then(|b| {
@@ -128,7 +139,11 @@ fn summarize_cell(
             b.iter().fold((0.0, 0.0), |(t, n), r| (t + r.verify_s, n + r.target_calls as f64));
         (steps > 0.0 && time > 0.0).then(|| time / steps)
     });
+    // A tree's refinement takes its measured τ for E: what its speedup would be if every cost
+    // outside the two models' forwards were nil.
+    let measured_len = (tree && calls > 0.0).then(|| (accepted + calls) / calls);
     let refined_speedup = expected
+        .or(measured_len)
         .zip(baseline_step)
         .filter(|_| calls > 0.0)
         .map(|(e, step)| e * step / ((draft_s + verify_s) / calls));
@@ -143,6 +158,7 @@ fn summarize_cell(
         k: key.k,
         n: cell.len(),
         mean_drafted,
+        nodes_per_call,
         alpha,
         alpha_hat: (proposed > 0.0).then(|| accepted / proposed),
         mean_accepted_len: if calls > 0.0 {

@@ -13,13 +13,14 @@ use super::model::draw;
 use super::{Describe, DraftContext, DrafterKind, LoadedDrafter};
 use crate::decoding::draft::{DraftRequest, Drafter, Proposal};
 use crate::decoding::pairing::shared_vocab;
+use crate::decoding::tree::{DraftTree, Draws, TreeShape, grow};
 use crate::decoding::{timed, timed_host};
 use crate::error::{Error, Result};
 use crate::load::ModelSpec;
 use crate::load::eagle3::load_head;
 use crate::metrics::Timings;
-use crate::model::eagle3::HeadInput;
-use crate::model::{Eagle3Head, KvCache, Llama};
+use crate::model::eagle3::{HeadInput, HeadOutput};
+use crate::model::{Eagle3Head, KvCache, Llama, Step};
 
 /// `kind = "eagle3"`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -104,10 +105,39 @@ impl<'a> Eagle3Drafter<'a> {
         3 * self.head.config().target_hidden
     }
 
-    /// Runs the head on `ids` (with the target's embedding rows when it has none of its own).
-    fn run(&mut self, input: HeadInput, ids: &[u32]) -> Result<crate::model::eagle3::HeadOutput> {
-        let embedding = if self.head.has_embedding() { None } else { Some(self.target.embedding_rows(ids)?) };
-        self.head.forward(input, ids, embedding, &mut self.cache)
+    /// Runs the head on `step` (with the target's embedding rows when it has none of its own).
+    fn run(&mut self, input: HeadInput, step: &Step) -> Result<HeadOutput> {
+        run_head(self.head, self.target, &mut self.cache, input, step)
+    }
+
+    /// The head's first forward of a step: every position the target has fed since the last
+    /// call, read from the target's features beside the token that followed each. `None` when
+    /// the target has fed nothing new.
+    fn read_target(&mut self, committed: &[u32], timings: &mut Timings) -> Result<Option<HeadOutput>> {
+        let (fed, width) = (self.features.len() / self.width(), self.width());
+        if fed <= self.from_target || committed.len() <= fed {
+            return Ok(None);
+        }
+        let start = self.from_target;
+        let fused = self.features[start * width..fed * width].to_vec();
+        let step = Step::new(&committed[start + 1..=fed], 1);
+        let target = self.target;
+        let (out, forward) = timed(target, || self.run(HeadInput::Target(fused), &step))?;
+        timings.draft += forward;
+        self.from_target = fed;
+        Ok(Some(out))
+    }
+
+    /// Logits over the draft vocabulary as logits over the shared one: a token the head cannot
+    /// draft gets the lowest finite logit, probability 0 after any softmax.
+    fn in_target_vocab(&self, logits: &[f32]) -> Vec<f32> {
+        let mut dense = vec![f32::MIN; self.vocab];
+        for (&target, &logit) in self.head.target_tokens().iter().zip(logits) {
+            if let Some(slot) = dense.get_mut(target as usize) {
+                *slot = logit;
+            }
+        }
+        dense
     }
 
     /// Draft ids the request bans: the banned target tokens and those outside the vocabulary.
@@ -130,9 +160,8 @@ impl Drafter for Eagle3Drafter<'_> {
         Ok(())
     }
 
-    /// The first head forward reads every position the target has fed since the last call
-    /// (its features beside the token that followed each); the next ones read the head's own
-    /// output.
+    /// The first head forward reads the target's features (`read_target`); the next ones read
+    /// the head's own output.
     fn propose(
         &mut self,
         committed: &[u32],
@@ -141,18 +170,13 @@ impl Drafter for Eagle3Drafter<'_> {
         timings: &mut Timings,
     ) -> Result<Proposal> {
         let mut proposal = Proposal::default();
-        let (fed, width) = (self.features.len() / self.width(), self.width());
-        if request.limit == 0 || fed <= self.from_target || committed.len() <= fed {
+        if request.limit == 0 {
             return Ok(proposal);
         }
+        let Some(mut out) = self.read_target(committed, timings)? else { return Ok(proposal) };
         let banned = self.banned_drafts(request.banned);
         let request = DraftRequest { banned: &banned, ..*request };
-        let (start, target) = (self.from_target, self.target);
-        let fused = self.features[start * width..fed * width].to_vec();
-        let ids = &committed[start + 1..=fed];
-        let (mut out, forward) = timed(target, || self.run(HeadInput::Target(fused), ids))?;
-        timings.draft += forward;
-        self.from_target = fed;
+        let target = self.target;
         for i in 0..request.limit {
             let (drawn, sampling) = timed_host(|| draw(&out.logits, &request, committed.len() + i, rng));
             timings.sampling += sampling;
@@ -170,10 +194,53 @@ impl Drafter for Eagle3Drafter<'_> {
             let hidden = self.head.config().layer.hidden_size;
             let last = out.features[out.features.len() - hidden..].to_vec();
             let step;
-            (out, step) = timed(target, || self.run(HeadInput::Own(&last), &[token]))?;
+            (out, step) = timed(target, || self.run(HeadInput::Own(&last), &Step::new(&[token], 1)))?;
             timings.draft += step;
         }
         Ok(proposal)
+    }
+
+    /// Each level runs the whole tree so far after the target-read positions, every node beside
+    /// its parent's output feature (the root's: the last target-read row's), and the cache is
+    /// cut back to the target-read positions after.
+    fn propose_tree(
+        &mut self,
+        committed: &[u32],
+        shape: &TreeShape,
+        draws: &Draws,
+        rng: &mut ChaCha8Rng,
+        timings: &mut Timings,
+    ) -> Result<DraftTree> {
+        let Some(out) = self.read_target(committed, timings)? else {
+            return Ok(DraftTree::chain(Vec::new(), Vec::new()));
+        };
+        let hidden = self.head.config().layer.hidden_size;
+        let root_feature = out.features[out.features.len() - hidden..].to_vec();
+        let root = self.in_target_vocab(&out.logits);
+        let base = self.cache.len();
+        // Each node's output feature, filled level by level.
+        let mut features: Vec<f32> = Vec::new();
+        let (head, target) = (self.head, self.target);
+        let draft_vocab = head.config().draft_vocab;
+        let this = &mut *self;
+        grow(shape, draws, committed.len(), root, rng, timings, |tree, nodes, timings| {
+            let input: Vec<f32> = tree
+                .parents
+                .iter()
+                .flat_map(|parent| match parent {
+                    Some(p) => &features[p * hidden..(p + 1) * hidden],
+                    None => &root_feature[..],
+                })
+                .copied()
+                .collect();
+            let step = Step { parents: Some(&tree.parents), ..Step::new(&tree.tokens, nodes.len()) };
+            let (out, forward) =
+                timed(target, || run_head(head, target, &mut this.cache, HeadInput::Own(&input), &step))?;
+            timings.draft += forward;
+            this.cache.truncate(base);
+            features.extend_from_slice(&out.features[nodes.start * hidden..nodes.end * hidden]);
+            Ok(out.logits.chunks_exact(draft_vocab).map(|row| this.in_target_vocab(row)).collect())
+        })
     }
 
     fn rollback(&mut self, len: usize) {
@@ -198,4 +265,17 @@ impl Drafter for Eagle3Drafter<'_> {
             }
         }
     }
+}
+
+/// Runs `head` on `step` after the positions in `cache`, with `target`'s embedding rows when the
+/// head has none of its own.
+fn run_head(
+    head: &Eagle3Head,
+    target: &Llama,
+    cache: &mut KvCache,
+    input: HeadInput,
+    step: &Step,
+) -> Result<HeadOutput> {
+    let embedding = if head.has_embedding() { None } else { Some(target.embedding_rows(step.ids)?) };
+    head.forward(input, step, embedding, cache)
 }

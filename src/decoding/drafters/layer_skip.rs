@@ -5,11 +5,11 @@ use serde::{Deserialize, Serialize};
 
 use super::model::ModelDrafter;
 use super::{Describe, DraftContext, DrafterKind, LoadedDrafter};
-use crate::decoding::CausalLm;
 use crate::decoding::draft::Drafter;
 use crate::decoding::pairing::shared_vocab;
+use crate::decoding::{Captured, CausalLm};
 use crate::error::{Error, Result};
-use crate::model::{KvCache, Llama};
+use crate::model::{KvCache, Llama, Step};
 
 /// `kind = "layer_skip"`: one of `skip` (the layers left out) and `layers` (the layers kept).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -209,6 +209,22 @@ impl CausalLm for LayerSkip<'_> {
         vocab: usize,
     ) -> Result<Vec<Vec<f32>>> {
         self.model.logits_skipping(tokens, cache, rows, vocab, &self.skip)
+    }
+    fn logits_tree(
+        &self,
+        tokens: &[u32],
+        parents: &[Option<usize>],
+        cache: &mut KvCache,
+        rows: usize,
+        vocab: usize,
+        capture: &[usize],
+    ) -> Result<Captured> {
+        let step = Step { skip: &self.skip, capture, parents: Some(parents), ..Step::new(tokens, rows) };
+        let output = self.model.step(&step, cache, vocab)?;
+        Ok((output.logits, output.hidden))
+    }
+    fn keep(cache: &mut KvCache, start: usize, keep: &[usize]) {
+        cache.keep(start, keep);
     }
     fn sync(&self) -> Result<()> {
         self.model.sync()

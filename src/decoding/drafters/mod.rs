@@ -57,6 +57,11 @@ pub trait DrafterKind {
     fn describe(&self, context: &Describe) -> String;
     /// Loads what it keeps across generations.
     fn load(&self, context: &DraftContext) -> Result<Box<dyn LoadedDrafter>>;
+    /// Whether it drafts trees (`Drafter::propose_tree`): it has distributions to draw
+    /// several children from.
+    fn drafts_trees(&self) -> bool {
+        true
+    }
 }
 
 /// What `describe` may name.
@@ -132,6 +137,10 @@ impl DrafterSpec {
 
     pub fn load(&self, context: &DraftContext) -> Result<Box<dyn LoadedDrafter>> {
         self.kind().load(context)
+    }
+
+    pub fn drafts_trees(&self) -> bool {
+        self.kind().drafts_trees()
     }
 }
 

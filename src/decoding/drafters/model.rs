@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use super::{Describe, DraftContext, DrafterKind, LoadedDrafter, check_dtype};
 use crate::decoding::draft::{DraftRequest, Drafter, Proposal};
 use crate::decoding::pairing::shared_vocab;
+use crate::decoding::tree::{DraftTree, Draws, TreeShape, grow};
 use crate::decoding::{CausalLm, prefill, timed, timed_host};
 use crate::error::{Error, Result};
 use crate::load::LoadedModel;
@@ -141,6 +142,33 @@ impl<M: CausalLm> Drafter for ModelDrafter<M> {
             proposal.qs.push(q.into());
         }
         Ok(proposal)
+    }
+
+    /// The committed tokens the cache lacks first (the last one's row is the root's), then,
+    /// once per level, the whole tree so far after them (a cached row cannot be hidden from
+    /// another branch, so earlier levels are run again), the cache cut back after each.
+    fn propose_tree(
+        &mut self,
+        committed: &[u32],
+        shape: &TreeShape,
+        draws: &Draws,
+        rng: &mut ChaCha8Rng,
+        timings: &mut Timings,
+    ) -> Result<DraftTree> {
+        let feed = committed[M::cache_len(&self.cache)..].to_vec();
+        let (mut rows, forward) =
+            timed(&self.model, || self.model.logits(&feed, &mut self.cache, 1, self.vocab))?;
+        timings.draft += forward;
+        let (model, cache, vocab) = (&self.model, &mut self.cache, self.vocab);
+        let base = M::cache_len(cache);
+        grow(shape, draws, committed.len(), rows.remove(0), rng, timings, |tree, nodes, timings| {
+            let ((rows, _), forward) = timed(model, || {
+                model.logits_tree(&tree.tokens, &tree.parents, cache, nodes.len(), vocab, &[])
+            })?;
+            M::truncate(cache, base);
+            timings.draft += forward;
+            Ok(rows)
+        })
     }
 
     fn rollback(&mut self, len: usize) {

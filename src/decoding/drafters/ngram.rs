@@ -84,6 +84,11 @@ impl DrafterKind for NgramSettings {
         let drafter = NgramDrafter::new(min_n, max_n, self.lookup("lookup")?)?;
         Ok(Box::new(LoadedNgram { drafter, vocab: shared_vocab(context.target, context.target)? }))
     }
+
+    /// A lookup has one continuation per context, not a distribution to draw siblings from.
+    fn drafts_trees(&self) -> bool {
+        false
+    }
 }
 
 struct LoadedNgram {

@@ -155,6 +155,7 @@ impl Executor for HostExecutor {
             k.extend_from_slice(&row[q_width..q_width + kv_width]);
             v.extend_from_slice(&row[q_width + kv_width..]);
         }
+        cache.width = kv_width;
         for (store, new) in [(&mut cache.keys, &k), (&mut cache.values, &v)] {
             store.truncate(start * kv_width);
             store.extend_from_slice(new);

@@ -1,0 +1,419 @@
+//! Draft trees: their shape (`tree = "budget:16,depth:5"`), how a drafter grows one (EAGLE-2's
+//! expansion of the most probable nodes, Li et al. 2024), and how one target forward verifies
+//! it (recursive rejection sampling over each node's children, drawn without replacement:
+//! SpecInfer's multi-step speculative sampling in the form of Jeon et al. 2024 and Sequoia).
+//! A chain is the tree of one child per node, and goes through the same walk.
+//!
+//! Exactness at T > 0 asks that every candidate be a draw from its parent's distribution with
+//! the earlier siblings removed, and that whether a candidate is drawn at all be decided before
+//! it is drawn. Growth therefore never prunes a drawn node: it decides each next draw from
+//! what it has already drawn (EAGLE-2 reranks after drawing, which keeps the target
+//! distribution only at T = 0).
+
+use std::borrow::Cow;
+use std::ops::Range;
+
+use rand_chacha::ChaCha8Rng;
+
+use super::acceptance::{AcceptanceRule, DraftDistribution, Verdict, overlap, residual};
+use crate::error::Result;
+use crate::metrics::Timings;
+use crate::sampling::{SamplingConfig, sample};
+
+/// How large a tree a step drafts: at most `budget` nodes, `depth` levels below the committed
+/// tokens, and `width` children per node and new nodes per level.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TreeShape {
+    pub budget: usize,
+    pub depth: usize,
+    pub width: usize,
+}
+
+/// Children per node and nodes per level when a shape does not say.
+pub const DEFAULT_WIDTH: usize = 4;
+/// The most nodes a tree may hold: its verify feeds them all as rows of one forward.
+pub const MAX_BUDGET: usize = 256;
+
+impl TreeShape {
+    /// `budget:B,depth:D[,width:W]`, in any order.
+    pub fn parse(text: &str) -> std::result::Result<Self, String> {
+        let (mut budget, mut depth, mut width) = (None, None, None);
+        for part in text.split(',') {
+            let (key, value) = part.split_once(':').ok_or_else(|| {
+                format!("`{text}`: write `budget:NODES,depth:LEVELS` with an optional `,width:CHILDREN`")
+            })?;
+            let value: usize =
+                value.trim().parse().map_err(|_| format!("`{text}`: `{key}` must be a whole number"))?;
+            let slot = match key.trim() {
+                "budget" => &mut budget,
+                "depth" => &mut depth,
+                "width" => &mut width,
+                other => {
+                    return Err(format!(
+                        "`{text}`: unknown key `{other}`; a tree has budget, depth and width"
+                    ));
+                }
+            };
+            if slot.replace(value).is_some() {
+                return Err(format!("`{text}`: `{key}` is given twice"));
+            }
+        }
+        let (Some(budget), Some(depth)) = (budget, depth) else {
+            return Err(format!("`{text}`: a tree needs both `budget` and `depth`"));
+        };
+        let shape = Self { budget, depth, width: width.unwrap_or(DEFAULT_WIDTH) };
+        if !(1..=MAX_BUDGET).contains(&budget) {
+            return Err(format!("`{text}`: the budget must be in 1..={MAX_BUDGET} nodes"));
+        }
+        if !(1..=budget).contains(&depth) {
+            return Err(format!("`{text}`: the depth must be in 1..={budget} (at most the budget)"));
+        }
+        if shape.width == 0 {
+            return Err(format!("`{text}`: the width must be at least 1"));
+        }
+        Ok(shape)
+    }
+
+    /// As a config writes it, every key given.
+    pub fn name(&self) -> String {
+        format!("budget:{},depth:{},width:{}", self.budget, self.depth, self.width)
+    }
+}
+
+/// A draft tree. Node `i` is `tokens[i]` after node `parents[i]` (`None`: after the committed
+/// tokens). Nodes come level by level; siblings in the order they were drawn.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct DraftTree {
+    pub tokens: Vec<u32>,
+    pub parents: Vec<Option<usize>>,
+    /// The distribution each context's children were drawn from (without replacement):
+    /// `[0]` after the committed tokens, `[i + 1]` after node `i`; `None` for a leaf.
+    pub qs: Vec<Option<DraftDistribution>>,
+}
+
+impl DraftTree {
+    /// A chain: each token the only child of the one before, drawn from `qs[i]`.
+    pub fn chain(tokens: Vec<u32>, qs: Vec<DraftDistribution>) -> Self {
+        let n = tokens.len();
+        let mut qs: Vec<_> = qs.into_iter().map(Some).collect();
+        qs.push(None);
+        Self { tokens, parents: (0..n).map(|i| i.checked_sub(1)).collect(), qs }
+    }
+
+    pub fn len(&self) -> usize {
+        self.tokens.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.tokens.is_empty()
+    }
+
+    /// Whether every node is the only child of the one before it.
+    pub fn is_chain(&self) -> bool {
+        self.parents.iter().enumerate().all(|(i, &p)| p == i.checked_sub(1))
+    }
+
+    /// The number of levels: the longest branch.
+    pub fn depth(&self) -> usize {
+        self.depths().into_iter().max().unwrap_or(0)
+    }
+
+    /// Each node's level, 1 for children of the committed tokens.
+    pub fn depths(&self) -> Vec<usize> {
+        let mut depths = Vec::with_capacity(self.len());
+        for &parent in &self.parents {
+            depths.push(parent.map_or(1, |p| depths[p] + 1));
+        }
+        depths
+    }
+
+    /// The children of context `c` (0: the committed tokens; `i + 1`: node `i`) in draw order.
+    fn children(&self, c: usize) -> impl Iterator<Item = usize> + '_ {
+        let parent = c.checked_sub(1);
+        self.parents.iter().enumerate().filter(move |&(_, &p)| p == parent).map(|(i, _)| i)
+    }
+
+    fn push(&mut self, token: u32, context: usize) {
+        self.tokens.push(token);
+        self.parents.push(context.checked_sub(1));
+        self.qs.push(None);
+    }
+}
+
+/// What verifying a tree decided.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TreeOutcome {
+    /// The accepted branch, nodes from the first level down.
+    pub path: Vec<usize>,
+    /// The token after it: drawn from the residual at the first context whose children were
+    /// all rejected, or from the target's distribution after a leaf (the bonus token).
+    pub next: u32,
+    /// β = Σ min(p, q) at each context where the acceptance test ran.
+    pub overlaps: Vec<f64>,
+}
+
+/// Walks `tree` from the committed tokens: at each context, tests its children in draw order
+/// against the target's distribution there (`target(c)`, asked only for contexts the walk
+/// reaches); the first accepted child becomes the next context. After a rejection, the target
+/// distribution becomes the residual norm(max(0, p − q)) and the draft distribution loses the
+/// rejected token, as drawing without replacement left it for the next sibling; when every
+/// child is rejected, the rule's resample from the last residual ends the walk. With one
+/// child per node this is Leviathan et al.'s Algorithm 1, draw for draw.
+pub fn verify_tree<P: AsRef<[f64]>>(
+    rule: &(impl AcceptanceRule + ?Sized),
+    mut target: impl FnMut(usize) -> Result<P>,
+    tree: &DraftTree,
+    rng: &mut ChaCha8Rng,
+) -> Result<TreeOutcome> {
+    let (mut path, mut overlaps, mut context) = (Vec::new(), Vec::new(), 0);
+    'walk: loop {
+        let p = target(context)?;
+        let children: Vec<usize> = tree.children(context).collect();
+        let Some(q) = tree.qs[context].as_ref().filter(|_| !children.is_empty()) else {
+            return Ok(TreeOutcome { path, next: sample(p.as_ref(), rng), overlaps });
+        };
+        overlaps.push(overlap(p.as_ref(), q));
+        let (mut p, mut q) = (Cow::Borrowed(p.as_ref()), Cow::Borrowed(q));
+        for (i, &child) in children.iter().enumerate() {
+            let token = tree.tokens[child];
+            match rule.verify(&p, &q, token, rng) {
+                Verdict::Accepted => {
+                    path.push(child);
+                    context = child + 1;
+                    continue 'walk;
+                }
+                Verdict::Rejected { token: next } if i + 1 == children.len() => {
+                    return Ok(TreeOutcome { path, next, overlaps });
+                }
+                Verdict::Rejected { .. } => {
+                    p = Cow::Owned(residual(&p, &q));
+                    q = Cow::Owned(q.without(token, p.len()));
+                }
+            }
+        }
+    }
+}
+
+/// Grows a tree after the committed tokens (`position` of them) from the drafter's logits
+/// there (`root`, over the shared vocabulary). Level by level, it draws up to `width` new
+/// nodes, each time for the context whose next draw is worth most: the context's cumulative
+/// probability times the largest probability left among its undrawn tokens (EAGLE-2's score,
+/// known before the draw). At T = 0 a context's draws are its tokens by descending probability
+/// at temperature 1; at T > 0 draws without replacement from its processed distribution.
+/// `expand(tree, nodes, timings)` gives the drafter's logits after each node of the range
+/// (the level just drawn, the tree's last nodes).
+pub fn grow(
+    shape: &TreeShape,
+    draws: &Draws,
+    position: usize,
+    root: Vec<f32>,
+    rng: &mut ChaCha8Rng,
+    timings: &mut Timings,
+    mut expand: impl FnMut(&DraftTree, Range<usize>, &mut Timings) -> Result<Vec<Vec<f32>>>,
+) -> Result<DraftTree> {
+    let mut tree = DraftTree { qs: vec![None], ..DraftTree::default() };
+    let mut scores = vec![1.0];
+    let mut level: Vec<(usize, Vec<f32>)> = vec![(0, root)];
+    for depth in 0..shape.depth {
+        let start = std::time::Instant::now();
+        let mut contexts = level
+            .iter()
+            .map(|(c, logits)| Context::new(*c, scores[*c], logits, draws, position + depth))
+            .collect::<Result<Vec<_>>>()?;
+        let first = tree.len();
+        let room = shape.width.min(shape.budget - first);
+        for _ in 0..room {
+            let best = contexts
+                .iter_mut()
+                .filter(|c| c.drawn < shape.width)
+                .map(|c| (c.worth(), c))
+                .filter(|(worth, _)| *worth > 0.0)
+                .max_by(|a, b| a.0.total_cmp(&b.0));
+            let Some((_, context)) = best else { break };
+            let (token, weight) = context.draw(draws.sampling, rng);
+            tree.push(token, context.index);
+            scores.push(context.score * weight);
+        }
+        for context in contexts.into_iter().filter(|c| c.drawn > 0) {
+            tree.qs[context.index] = Some(DraftDistribution::Dense(context.q));
+        }
+        timings.sampling += start.elapsed();
+        if tree.len() == first || depth + 1 == shape.depth || tree.len() == shape.budget {
+            break;
+        }
+        let rows = expand(&tree, first..tree.len(), timings)?;
+        level = (first..tree.len()).map(|i| i + 1).zip(rows).collect();
+    }
+    Ok(tree)
+}
+
+/// How nodes are drawn: the step's sampling, and the tokens never drafted.
+#[derive(Debug, Clone, Copy)]
+pub struct Draws<'a> {
+    pub sampling: &'a SamplingConfig,
+    pub banned: &'a [u32],
+}
+
+/// A context of the level being drawn.
+struct Context {
+    /// 0 for the committed tokens, `i + 1` after node `i`.
+    index: usize,
+    /// The product of the drafter's probabilities along the branch to it.
+    score: f64,
+    /// The processed distribution its children are drawn from.
+    q: Vec<f64>,
+    /// What ranks its children: `q` at T > 0; at T = 0 (where `q` is one-hot) the drafter's
+    /// probabilities at temperature 1.
+    weights: Vec<f64>,
+    /// `weights` with the drawn tokens removed.
+    left: Vec<f64>,
+    drawn: usize,
+}
+
+impl Context {
+    fn new(index: usize, score: f64, logits: &[f32], draws: &Draws, position: usize) -> Result<Self> {
+        let q = draws.sampling.probabilities_banning(logits, draws.banned, "draft", position)?;
+        let weights = if draws.sampling.is_greedy() {
+            SamplingConfig::with_temperature(1.0).probabilities_banning(
+                logits,
+                draws.banned,
+                "draft",
+                position,
+            )?
+        } else {
+            q.clone()
+        };
+        Ok(Self { index, score, q, left: weights.clone(), weights, drawn: 0 })
+    }
+
+    /// The score its next child would have at best.
+    fn worth(&self) -> f64 {
+        self.score * self.left.iter().copied().fold(0.0, f64::max)
+    }
+
+    /// Its next child and that child's probability.
+    fn draw(&mut self, sampling: &SamplingConfig, rng: &mut ChaCha8Rng) -> (u32, f64) {
+        let token = if sampling.is_greedy() {
+            // The most probable left, the lowest id among equals (as the greedy sampler).
+            let best =
+                self.left.iter().enumerate().fold(0, |b, (i, &w)| if w > self.left[b] { i } else { b });
+            best as u32
+        } else {
+            sample(&self.left, rng)
+        };
+        self.left[token as usize] = 0.0;
+        self.drawn += 1;
+        (token, self.weights[token as usize])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::decoding::acceptance::RejectionSampling;
+    use rand::SeedableRng;
+
+    fn dense(q: &[f64]) -> DraftDistribution {
+        DraftDistribution::Dense(q.to_vec())
+    }
+
+    #[test]
+    fn shapes_parse_and_name_themselves() {
+        let shape = TreeShape::parse("depth:5,budget:16").unwrap();
+        assert_eq!(shape, TreeShape { budget: 16, depth: 5, width: DEFAULT_WIDTH });
+        assert_eq!(TreeShape::parse(&shape.name()).unwrap(), shape);
+        assert_eq!(TreeShape::parse("budget:8,depth:3,width:2").unwrap().width, 2);
+        for bad in [
+            "",
+            "budget:16",
+            "budget:0,depth:1",
+            "budget:4,depth:5",
+            "budget:8,depth:2,width:0",
+            "budget:x,depth:2",
+            "budget:8,depth:2,size:3",
+            "budget:8,budget:9,depth:2",
+            "budget:999,depth:3",
+        ] {
+            assert!(TreeShape::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_chain_proposal_is_a_tree_of_single_children() {
+        let chain = DraftTree::chain(vec![3, 1], vec![dense(&[1.0]), dense(&[1.0])]);
+        assert!(chain.is_chain());
+        assert_eq!((chain.depth(), chain.parents.clone(), chain.qs.len()), (2, vec![None, Some(0)], 3));
+        assert!(chain.qs[2].is_none());
+    }
+
+    #[test]
+    fn a_block_stops_at_the_first_rejection_or_adds_a_bonus_token() {
+        let mut rng = ChaCha8Rng::seed_from_u64(4);
+        let certain = vec![0.0, 1.0];
+        let never = vec![1.0, 0.0];
+        // Position 1 agrees, position 2 proposes a token the target forbids.
+        let ps = [certain.clone(), certain.clone(), certain.clone()];
+        let chain = DraftTree::chain(vec![1, 0], vec![dense(&certain), dense(&never)]);
+        let out = verify_tree(&RejectionSampling, |i| Ok(&ps[i]), &chain, &mut rng).unwrap();
+        assert_eq!((out.path, out.next), (vec![0], 1));
+        assert_eq!(out.overlaps, vec![1.0, 0.0]);
+        // Everything agrees: both kept, bonus drawn from the last target row.
+        let ps = [certain.clone(), certain.clone(), never.clone()];
+        let chain = DraftTree::chain(vec![1, 1], vec![dense(&certain), dense(&certain)]);
+        let out = verify_tree(&RejectionSampling, |i| Ok(&ps[i]), &chain, &mut rng).unwrap();
+        assert_eq!((out.path, out.next), (vec![0, 1], 0));
+    }
+
+    #[test]
+    fn a_rejected_first_child_hands_over_to_its_sibling() {
+        // Greedy target on token 2; the draft's first child 0, its second 2, whose child 1 the
+        // target takes after 2.
+        let tree = DraftTree {
+            tokens: vec![0, 2, 1],
+            parents: vec![None, None, Some(1)],
+            qs: vec![Some(dense(&[1.0, 0.0, 0.0])), None, Some(dense(&[0.0, 1.0, 0.0])), None],
+        };
+        let ps = [vec![0.0, 0.0, 1.0], vec![1.0, 0.0, 0.0], vec![0.0, 1.0, 0.0], vec![0.0, 0.0, 1.0]];
+        let mut rng = ChaCha8Rng::seed_from_u64(0);
+        let out = verify_tree(&RejectionSampling, |c| Ok(&ps[c]), &tree, &mut rng).unwrap();
+        assert_eq!((out.path, out.next), (vec![1, 2], 2));
+    }
+
+    #[test]
+    fn greedy_growth_takes_the_most_probable_branches_within_the_budget() {
+        // Logits over 4 tokens: after the committed tokens 3 ≫ 2 > the rest; every node then
+        // prefers token 0.
+        let root = vec![0.0, 0.0, 2.0, 4.0];
+        let draws = Draws { sampling: &SamplingConfig::greedy(), banned: &[] };
+        let shape = TreeShape { budget: 5, depth: 3, width: 2 };
+        let mut rng = ChaCha8Rng::seed_from_u64(0);
+        let tree = grow(&shape, &draws, 7, root, &mut rng, &mut Timings::default(), |tree, nodes, _| {
+            assert_eq!(nodes.end, tree.len());
+            Ok(nodes.map(|_| vec![3.0, 0.0, 0.0, 0.0]).collect())
+        })
+        .unwrap();
+        assert_eq!(tree.tokens[..2], [3, 2]);
+        assert_eq!(tree.parents[..2], [None, None]);
+        // Level 2: the best two are the first child of each level-1 node.
+        assert_eq!((tree.tokens[2], tree.parents[2]), (0, Some(0)));
+        assert_eq!(tree.len(), 5);
+        assert!(tree.depth() <= 3);
+        assert!(matches!(tree.qs[0], Some(DraftDistribution::Dense(ref q)) if q[3] == 1.0));
+    }
+
+    #[test]
+    fn no_context_is_drawn_past_its_support() {
+        // At T = 1 with top-k 1 each context has one token: a width of 3 still draws one child.
+        let sampling = SamplingConfig { top_k: 1, ..SamplingConfig::with_temperature(1.0) };
+        let draws = Draws { sampling: &sampling, banned: &[] };
+        let shape = TreeShape { budget: 9, depth: 3, width: 3 };
+        let mut rng = ChaCha8Rng::seed_from_u64(1);
+        let tree =
+            grow(&shape, &draws, 0, vec![0.0, 1.0, 0.5], &mut rng, &mut Timings::default(), |_, nodes, _| {
+                Ok(nodes.map(|_| vec![1.0, 0.0, 0.5]).collect())
+            })
+            .unwrap();
+        assert!(tree.is_chain());
+        assert_eq!(tree.tokens, vec![1, 0, 0]);
+    }
+}
