@@ -16,7 +16,7 @@ use std::ops::Range;
 use rand_chacha::ChaCha8Rng;
 
 use super::acceptance::{AcceptanceRule, DraftDistribution, Verdict, overlap, residual};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::metrics::Timings;
 use crate::sampling::{SamplingConfig, sample};
 
@@ -218,24 +218,25 @@ pub fn grow(
         let start = std::time::Instant::now();
         let mut contexts = level
             .iter()
-            .map(|(c, logits)| Context::new(*c, scores[*c], logits, draws, position + depth))
+            .map(|(c, logits)| Context::new(*c, scores[*c], logits, draws, position + depth, shape.width))
             .collect::<Result<Vec<_>>>()?;
         let first = tree.len();
         let room = shape.width.min(shape.budget - first);
         for _ in 0..room {
             let best = contexts
                 .iter_mut()
-                .filter(|c| c.drawn < shape.width)
+                .filter(|c| c.drawn.len() < shape.width)
                 .map(|c| (c.worth(), c))
                 .filter(|(worth, _)| *worth > 0.0)
                 .max_by(|a, b| a.0.total_cmp(&b.0));
             let Some((_, context)) = best else { break };
-            let (token, weight) = context.draw(draws.sampling, rng);
+            let (token, weight) = context.draw(rng);
             tree.push(token, context.index);
             scores.push(context.score * weight);
         }
-        for context in contexts.into_iter().filter(|c| c.drawn > 0) {
-            tree.qs[context.index] = Some(DraftDistribution::Dense(context.q));
+        for context in contexts.into_iter().filter(|c| !c.drawn.is_empty()) {
+            let index = context.index;
+            tree.qs[index] = Some(context.distribution());
         }
         timings.sampling += start.elapsed();
         if tree.len() == first || depth + 1 == shape.depth || tree.len() == shape.budget {
@@ -260,51 +261,136 @@ struct Context {
     index: usize,
     /// The product of the drafter's probabilities along the branch to it.
     score: f64,
-    /// The processed distribution its children are drawn from.
+    /// At T > 0 the processed distribution its children are drawn from; empty at T = 0, where
+    /// that distribution is one-hot on the most probable token.
     q: Vec<f64>,
-    /// What ranks its children: `q` at T > 0; at T = 0 (where `q` is one-hot) the drafter's
-    /// probabilities at temperature 1.
-    weights: Vec<f64>,
-    /// `weights` with the drawn tokens removed.
-    left: Vec<f64>,
-    drawn: usize,
+    /// Its most probable tokens, best first (the lowest id first among equals, as the greedy
+    /// sampler), by `q`, or at T = 0 by the drafter's probabilities at temperature 1: one more
+    /// than it may draw, so the best undrawn one is always among them.
+    top: Vec<(u32, f64)>,
+    /// At T > 0 from the second draw on: `q` without the tokens drawn.
+    left: Option<Vec<f64>>,
+    drawn: Vec<u32>,
 }
 
 impl Context {
-    fn new(index: usize, score: f64, logits: &[f32], draws: &Draws, position: usize) -> Result<Self> {
-        let q = draws.sampling.probabilities_banning(logits, draws.banned, "draft", position)?;
-        let weights = if draws.sampling.is_greedy() {
-            SamplingConfig::with_temperature(1.0).probabilities_banning(
-                logits,
-                draws.banned,
-                "draft",
-                position,
-            )?
+    fn new(
+        index: usize,
+        score: f64,
+        logits: &[f32],
+        draws: &Draws,
+        position: usize,
+        width: usize,
+    ) -> Result<Self> {
+        let (q, top) = if draws.sampling.is_greedy() {
+            (Vec::new(), most_probable_logits(logits, draws.banned, width + 1, position)?)
         } else {
-            q.clone()
+            let q = draws.sampling.probabilities_banning(logits, draws.banned, "draft", position)?;
+            let top = most_probable(&q, width + 1);
+            (q, top)
         };
-        Ok(Self { index, score, q, left: weights.clone(), weights, drawn: 0 })
+        Ok(Self { index, score, q, top, left: None, drawn: Vec::new() })
+    }
+
+    /// The best undrawn token and its probability.
+    fn best_left(&self) -> Option<(u32, f64)> {
+        self.top.iter().copied().find(|(token, _)| !self.drawn.contains(token))
     }
 
     /// The score its next child would have at best.
     fn worth(&self) -> f64 {
-        self.score * self.left.iter().copied().fold(0.0, f64::max)
+        self.best_left().map_or(0.0, |(_, weight)| self.score * weight)
     }
 
     /// Its next child and that child's probability.
-    fn draw(&mut self, sampling: &SamplingConfig, rng: &mut ChaCha8Rng) -> (u32, f64) {
-        let token = if sampling.is_greedy() {
-            // The most probable left, the lowest id among equals (as the greedy sampler).
-            let best =
-                self.left.iter().enumerate().fold(0, |b, (i, &w)| if w > self.left[b] { i } else { b });
-            best as u32
+    fn draw(&mut self, rng: &mut ChaCha8Rng) -> (u32, f64) {
+        let token = if self.q.is_empty() {
+            self.best_left().expect("drawn only while worth more than nothing").0
+        } else if self.drawn.is_empty() {
+            sample(&self.q, rng)
         } else {
-            sample(&self.left, rng)
+            let (q, drawn) = (&self.q, &self.drawn);
+            let left = self.left.get_or_insert_with(|| {
+                let mut left = q.clone();
+                drawn.iter().for_each(|&t| left[t as usize] = 0.0);
+                left
+            });
+            sample(left, rng)
         };
-        self.left[token as usize] = 0.0;
-        self.drawn += 1;
-        (token, self.weights[token as usize])
+        if let Some(left) = &mut self.left {
+            left[token as usize] = 0.0;
+        }
+        self.drawn.push(token);
+        let weight = match self.q.get(token as usize) {
+            Some(&q) => q,
+            None => self.top.iter().find(|(t, _)| *t == token).map_or(0.0, |(_, w)| *w),
+        };
+        (token, weight)
     }
+
+    /// What its children were drawn from, for the verify.
+    fn distribution(self) -> DraftDistribution {
+        if self.q.is_empty() {
+            DraftDistribution::Certain(self.top[0].0)
+        } else {
+            DraftDistribution::Dense(self.q)
+        }
+    }
+}
+
+/// At T = 0, where they only rank children: the `n` most probable tokens at temperature 1 and
+/// their probabilities, read off the logits without a softmax over the vocabulary (a token more
+/// than `NEGLIGIBLE` below the best adds under e^-40 of it to the normaliser and is left out).
+fn most_probable_logits(
+    logits: &[f32],
+    banned: &[u32],
+    n: usize,
+    position: usize,
+) -> Result<Vec<(u32, f64)>> {
+    const NEGLIGIBLE: f32 = 40.0;
+    if !logits.iter().all(|x| x.is_finite()) {
+        return Err(Error::NonFiniteLogits { model: "draft", position });
+    }
+    let allowed = |token: usize| !banned.contains(&(token as u32));
+    let best = (0..logits.len()).filter(|&t| allowed(t)).map(|t| logits[t]).fold(f32::NEG_INFINITY, f32::max);
+    if best == f32::NEG_INFINITY {
+        return Err(Error::InvalidSampling("every token is banned".into()));
+    }
+    let mut normaliser = 0.0f64;
+    let mut weights = Vec::new();
+    for (token, &logit) in logits.iter().enumerate() {
+        if logit >= best - NEGLIGIBLE && allowed(token) {
+            let weight = f64::from(logit - best).exp();
+            normaliser += weight;
+            weights.push((token, weight));
+        }
+    }
+    let mut top: Vec<(u32, f64)> = Vec::with_capacity(n + 1);
+    for (token, weight) in weights {
+        let p = weight / normaliser;
+        if top.len() == n && p <= top[n - 1].1 {
+            continue;
+        }
+        let at = top.partition_point(|&(_, w)| w >= p);
+        top.insert(at, (token as u32, p));
+        top.truncate(n);
+    }
+    Ok(top)
+}
+
+/// The `n` most probable tokens of `p` with positive probability, best first, the lowest id
+/// first among equals.
+fn most_probable(p: &[f64], n: usize) -> Vec<(u32, f64)> {
+    let mut top: Vec<(u32, f64)> = Vec::with_capacity(n + 1);
+    for (token, &weight) in p.iter().enumerate() {
+        if weight <= 0.0 || (top.len() == n && weight <= top[n - 1].1) {
+            continue;
+        }
+        let at = top.partition_point(|&(_, w)| w >= weight);
+        top.insert(at, (token as u32, weight));
+        top.truncate(n);
+    }
+    top
 }
 
 #[cfg(test)]
@@ -398,7 +484,24 @@ mod tests {
         assert_eq!((tree.tokens[2], tree.parents[2]), (0, Some(0)));
         assert_eq!(tree.len(), 5);
         assert!(tree.depth() <= 3);
-        assert!(matches!(tree.qs[0], Some(DraftDistribution::Dense(ref q)) if q[3] == 1.0));
+        // At T = 0 the root's children were drawn from its arg-max, one-hot.
+        assert_eq!(tree.qs[0], Some(DraftDistribution::Certain(3)));
+    }
+
+    #[test]
+    fn the_most_probable_come_first_and_the_lowest_id_among_equals() {
+        let p = [0.1, 0.3, 0.0, 0.3, 0.2, 0.1];
+        assert_eq!(most_probable(&p, 3), vec![(1, 0.3), (3, 0.3), (4, 0.2)]);
+        assert_eq!(most_probable(&p, 9).len(), 5);
+        assert_eq!(most_probable(&[0.0, 1.0], 2), vec![(1, 1.0)]);
+        // From logits: softmax order and values, banned tokens left out.
+        let logits = [1.0, 3.0, 3.0, 2.0];
+        let top = most_probable_logits(&logits, &[2], 2, 0).unwrap();
+        let z = 1f64.exp() + 3f64.exp() + 2f64.exp();
+        assert_eq!((top[0].0, top[1].0), (1, 3));
+        assert!((top[0].1 - 3f64.exp() / z).abs() < 1e-12 && (top[1].1 - 2f64.exp() / z).abs() < 1e-12);
+        assert!(most_probable_logits(&[f32::NAN, 0.0], &[], 2, 0).is_err());
+        assert!(most_probable_logits(&[0.0], &[0], 1, 0).is_err());
     }
 
     #[test]

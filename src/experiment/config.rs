@@ -635,6 +635,29 @@ temperatures = [0.0]
     }
 
     #[test]
+    fn trees_are_cells_beside_k_and_need_drafters_that_draw_them() {
+        let trees = VALID.replace(
+            "k = [1, 2]",
+            "k = [1, 2]\ntree = [\"budget:16,depth:5\", \"depth:3,budget:8,width:2\"]",
+        );
+        let config = ExperimentConfig::parse(&trees).unwrap();
+        // Per temperature: the baseline, then 2 fixed k + 2 trees.
+        assert_eq!(config.cells().len(), 2 * (1 + 4));
+        let names = config.drafter_names();
+        let labels: Vec<String> = config.cells().iter().map(|c| c.key("f32", &names).draft_label()).collect();
+        assert!(labels.contains(&"draft tree:budget:16,depth:5,width:4".to_string()), "{labels:?}");
+        let rows: Vec<usize> = config.cells().iter().map(Cell::draft_rows).collect();
+        assert_eq!(rows[..5], [0, 1, 2, 16, 8]);
+        let err = error_of(&trees.replace("budget:16,depth:5", "budget:16"));
+        assert!(err.contains("sweep.tree") && err.contains("depth"), "{err}");
+        let err = error_of(&trees.replace("depth:3,budget:8,width:2", "depth:5,budget:16"));
+        assert!(err.contains("sweep.tree") && err.contains("twice"), "{err}");
+        let lookup = DRAFTERS.replace("k = [1, 4]", "k = [1, 4]\ntree = [\"budget:4,depth:2\"]");
+        let err = error_of(&lookup);
+        assert!(err.contains("lookup") && err.contains("chains only"), "{err}");
+    }
+
+    #[test]
     fn drafter_mistakes_name_their_key() {
         for (from, to, key) in [
             ("kind = \"ngram\"", "kind = \"ngram\"\ndtype = \"q4_0\"", "drafters[2].dtype"),

@@ -121,6 +121,8 @@ impl CellKey {
         match (self.k, self.schedule.is_empty()) {
             (0, _) => "target only".into(),
             (k, true) => format!("{} k={k}", self.drafter),
+            // A tree's shape names its depth.
+            (_, false) if self.schedule.starts_with("tree:") => format!("{} {}", self.drafter, self.schedule),
             (k, false) => format!("{} {} (k ≤ {k})", self.drafter, self.schedule),
         }
     }

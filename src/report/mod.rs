@@ -91,7 +91,9 @@ pub fn summary_markdown(summary: &[SummaryRow], manifest: Option<&Manifest>) -> 
             c = draft time per drafted token ÷ target time per verify call; predicted = Theorem 3.8 from α, c, k; \
             refined = E × (target-only time per step) ÷ (the cell's draft + verify time per target call), \
             Theorem 3.8 without assuming a verify of k + 1 tokens costs one step. An adaptive schedule's k is its cap; \
-            \"drafted\" is the mean number of draft tokens per target call, and E is averaged over the lengths drafted.\n\n";
+            \"drafted\" is the mean number of draft tokens per target call, and E is averaged over the lengths drafted; \
+            \"nodes\" the draft tokens verified per call. A tree (`tree:budget:B,depth:D,width:W`) drafts up to D levels and B nodes; \
+            its \"drafted\" counts levels, α is taken at the first child of each reached node, and refined uses its measured τ for E.\n\n";
     out += &cell_table(summary);
     out += "\n## By prompt category\n\n| category | engine | backend | T | drafter | k | n | α | τ | speedup [95% CI] |\n|---|---|---|---|---|---|---|---|---|---|\n";
     for r in summary.iter().filter(|r| r.category != ALL && r.k > 0) {
@@ -192,11 +194,11 @@ fn task_table(summary: &[SummaryRow], columns: &[TaskColumn]) -> String {
 /// The per-cell table (all prompts) as markdown: what `run` and `report` print.
 pub fn cell_table(summary: &[SummaryRow]) -> String {
     let mut out = String::new();
-    out += "| engine | backend | dtype | T | drafter | k | drafted | n | α | α̂ | τ | E | tokens/s | target-only tokens/s | speedup [95% CI] | CI | decode speedup | c | predicted | refined |\n";
-    out += "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n";
+    out += "| engine | backend | dtype | T | drafter | k | drafted | nodes | n | α | α̂ | τ | E | tokens/s | target-only tokens/s | speedup [95% CI] | CI | decode speedup | c | predicted | refined |\n";
+    out += "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n";
     for r in summary.iter().filter(|r| r.category == ALL) {
         out += &format!(
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {:.2} | {} | {:.2} | {} | {} | {} | {} | {} | {} | {} |\n",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {:.2} | {} | {:.2} | {} | {} | {} | {} | {} | {} | {} |\n",
             r.engine,
             r.backend,
             r.dtype,
@@ -204,6 +206,7 @@ pub fn cell_table(summary: &[SummaryRow]) -> String {
             if r.drafter.is_empty() { "—" } else { &r.drafter },
             k_cell(r),
             opt(r.mean_drafted, 2),
+            opt(r.nodes_per_call, 2),
             r.n,
             opt(r.alpha, 3),
             opt(r.alpha_hat, 3),
@@ -222,9 +225,13 @@ pub fn cell_table(summary: &[SummaryRow]) -> String {
     out
 }
 
-/// `3`, or for an adaptive schedule `heuristic:4 ≤ 8`.
+/// `3`, for an adaptive schedule `heuristic:4 ≤ 8`, for a tree its shape (which names its depth).
 fn k_cell(r: &SummaryRow) -> String {
-    if r.schedule.is_empty() { r.k.to_string() } else { format!("{} ≤ {}", r.schedule, r.k) }
+    match r.schedule.as_str() {
+        "" => r.k.to_string(),
+        tree if tree.starts_with("tree:") => tree.to_string(),
+        schedule => format!("{schedule} ≤ {}", r.k),
+    }
 }
 
 /// A name as part of a file name: anything but ASCII letters, digits, `-`, `_` and `.` becomes `_`.
