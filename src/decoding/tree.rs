@@ -196,10 +196,11 @@ pub fn verify_tree<P: AsRef<[f64]>>(
 
 /// Grows a tree after the committed tokens (`position` of them) from the drafter's logits
 /// there (`root`, over the shared vocabulary). Level by level, it draws up to `width` new
-/// nodes, each time for the context whose next draw is worth most: the context's cumulative
-/// probability times the largest probability left among its undrawn tokens (EAGLE-2's score,
-/// known before the draw). At T = 0 a context's draws are its tokens by descending probability
-/// at temperature 1; at T > 0 draws without replacement from its processed distribution.
+/// nodes, each time for the context whose next child is worth most: the context's value times
+/// the probability of its next-ranked token (EAGLE-2's cumulative probability, known before the
+/// draw). At T = 0 a context's children are its tokens by descending probability at temperature
+/// 1; at T > 0 draws without replacement from its processed distribution, the i-th valued as the
+/// i-th most probable token (see `Context::top`).
 /// `expand(tree, nodes, timings)` gives the drafter's logits after each node of the range
 /// (the level just drawn, the tree's last nodes).
 pub fn grow(
@@ -259,14 +260,16 @@ pub struct Draws<'a> {
 struct Context {
     /// 0 for the committed tokens, `i + 1` after node `i`.
     index: usize,
-    /// The product of the drafter's probabilities along the branch to it.
+    /// The value of reaching it: the product of its ancestors' child values.
     score: f64,
     /// At T > 0 the processed distribution its children are drawn from; empty at T = 0, where
     /// that distribution is one-hot on the most probable token.
     q: Vec<f64>,
-    /// Its most probable tokens, best first (the lowest id first among equals, as the greedy
-    /// sampler), by `q`, or at T = 0 by the drafter's probabilities at temperature 1: one more
-    /// than it may draw, so the best undrawn one is always among them.
+    /// Its `width` most probable tokens, best first (the lowest id first among equals, as the
+    /// greedy sampler), by `q`, or at T = 0 by the drafter's probabilities at temperature 1. The
+    /// i-th child's value is the i-th probability: at T = 0 it is that child's; at T > 0, where
+    /// the walk tests children in draw order and reaches a later one only after the earlier are
+    /// rejected, the drawn token's own probability would overrate a late draw.
     top: Vec<(u32, f64)>,
     /// At T > 0 from the second draw on: `q` without the tokens drawn.
     left: Option<Vec<f64>>,
@@ -283,29 +286,25 @@ impl Context {
         width: usize,
     ) -> Result<Self> {
         let (q, top) = if draws.sampling.is_greedy() {
-            (Vec::new(), most_probable_logits(logits, draws.banned, width + 1, position)?)
+            (Vec::new(), most_probable_logits(logits, draws.banned, width, position)?)
         } else {
             let q = draws.sampling.probabilities_banning(logits, draws.banned, "draft", position)?;
-            let top = most_probable(&q, width + 1);
+            let top = most_probable(&q, width);
             (q, top)
         };
         Ok(Self { index, score, q, top, left: None, drawn: Vec::new() })
     }
 
-    /// The best undrawn token and its probability.
-    fn best_left(&self) -> Option<(u32, f64)> {
-        self.top.iter().copied().find(|(token, _)| !self.drawn.contains(token))
-    }
-
-    /// The score its next child would have at best.
+    /// The value of its next child (0 once it has as many as tokens it can draw).
     fn worth(&self) -> f64 {
-        self.best_left().map_or(0.0, |(_, weight)| self.score * weight)
+        self.top.get(self.drawn.len()).map_or(0.0, |&(_, weight)| self.score * weight)
     }
 
-    /// Its next child and that child's probability.
+    /// Its next child and that child's value.
     fn draw(&mut self, rng: &mut ChaCha8Rng) -> (u32, f64) {
+        let (best, weight) = self.top[self.drawn.len()];
         let token = if self.q.is_empty() {
-            self.best_left().expect("drawn only while worth more than nothing").0
+            best
         } else if self.drawn.is_empty() {
             sample(&self.q, rng)
         } else {
@@ -321,10 +320,6 @@ impl Context {
             left[token as usize] = 0.0;
         }
         self.drawn.push(token);
-        let weight = match self.q.get(token as usize) {
-            Some(&q) => q,
-            None => self.top.iter().find(|(t, _)| *t == token).map_or(0.0, |(_, w)| *w),
-        };
         (token, weight)
     }
 
