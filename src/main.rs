@@ -139,8 +139,8 @@ struct GenerateArgs {
     #[arg(long, default_value_t = 4)]
     k: usize,
     /// Draft a tree per target forward instead of k tokens: `budget:NODES,depth:LEVELS`
-    /// (optionally `,width:CHILDREN`).
-    #[arg(long)]
+    /// (optionally `,width:NODES_PER_LEVEL`).
+    #[arg(long, conflicts_with = "k")]
     tree: Option<String>,
     #[arg(long)]
     prompt: String,

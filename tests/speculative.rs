@@ -723,4 +723,9 @@ fn greedy_equivalence_with_banned_tokens() {
         let out = with_draft(&target.model, &draft.model, vocab, k).generate(&prompt, &greedy).unwrap();
         assert_eq!(out.tokens, expected, "k = {k}");
     }
+    for shape in TREES {
+        let drafter = ModelDrafter::new(&draft.model, vocab).unwrap();
+        let mut spec = Speculative::new(&target.model, drafter, vocab, DraftLength::Tree(shape)).unwrap();
+        assert_eq!(spec.generate(&prompt, &greedy).unwrap().tokens, expected, "{shape:?}");
+    }
 }

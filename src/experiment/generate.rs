@@ -60,7 +60,10 @@ impl Request {
 pub struct Report {
     pub model: String,
     pub draft: Option<String>,
+    /// The draft length, for a chain.
     pub k: Option<usize>,
+    /// The tree's shape (`budget:16,depth:5,width:4`), for a tree.
+    pub tree: Option<String>,
     pub runtime: String,
     pub prompt: String,
     pub prompt_ids: Vec<u32>,
@@ -148,7 +151,8 @@ pub fn generate(request: &Request, runtime: &Runtime) -> Result<Report> {
     let speculative = drafter.is_some();
     Ok(Report {
         model: target.spec.to_string(),
-        k: speculative.then_some(request.k),
+        k: speculative.then_some(request.k).filter(|_| request.tree.is_none()),
+        tree: request.tree.filter(|_| speculative).map(|shape| shape.name()),
         runtime: runtime.describe(),
         prompt: request.prompt.clone(),
         text: target.tokenizer.decode_continuation(&prompt, &generation.tokens),
@@ -164,7 +168,7 @@ pub fn generate(request: &Request, runtime: &Runtime) -> Result<Report> {
             request.top_logits,
             request.logit_positions,
         )?,
-        summary: describe(&label, &generation, speculative),
+        summary: describe(&label, &generation, speculative, request.tree.is_some()),
         draft,
         prompt_ids: prompt,
         generated_ids: generation.tokens,
@@ -245,7 +249,7 @@ fn top_logits(
 }
 
 /// A human-readable summary of one generation.
-fn describe(label: &str, g: &Generation, speculative: bool) -> String {
+fn describe(label: &str, g: &Generation, speculative: bool, tree: bool) -> String {
     let t = &g.timings;
     let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
     let mut lines = vec![
@@ -266,7 +270,20 @@ fn describe(label: &str, g: &Generation, speculative: bool) -> String {
             ms(t.wall)
         ),
     ];
-    if speculative {
+    if speculative && tree {
+        let a = &g.acceptance;
+        let by_depth: Vec<String> = a.per_position().iter().map(|r| format!("{r:.2}")).collect();
+        lines.push(format!(
+            "tree: {:.2} nodes verified per target call; accepted length ≥ depth d in [{}] of calls",
+            a.nodes as f64 / a.target_calls as f64,
+            by_depth.join(", ")
+        ));
+        lines.push(format!(
+            "mean accepted length {:.2} tokens per target call; accepted-length histogram {:?}",
+            a.mean_accepted_len(),
+            a.accepted_len_hist
+        ));
+    } else if speculative {
         let a = &g.acceptance;
         let c = cost_ratio(t, a);
         let per_position: Vec<String> = a.per_position().iter().map(|r| format!("{r:.2}")).collect();
