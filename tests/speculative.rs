@@ -304,13 +304,19 @@ impl<M: CausalLm> CausalLm for Memoized<'_, M> {
         vocab: usize,
         capture: &[usize],
     ) -> specbench::Result<Captured> {
-        let mut prefixes: Vec<Vec<u32>> = Vec::with_capacity(tokens.len());
-        for (i, &token) in tokens.iter().enumerate() {
-            let mut prefix = parents[i].map_or_else(|| cache.clone(), |p| prefixes[p].clone());
+        // The tree's rows: its cached ones, then `tokens`; each row's prefix is what comes before
+        // the tree and the row's ancestors.
+        let cached = parents.len() - tokens.len();
+        let before = cache.len() - cached;
+        let tree: Vec<u32> = cache[before..].iter().chain(tokens).copied().collect();
+        let mut prefixes: Vec<Vec<u32>> = Vec::with_capacity(tree.len());
+        for (t, &token) in tree.iter().enumerate() {
+            let mut prefix = parents[t].map_or_else(|| cache[..before].to_vec(), |p| prefixes[p].clone());
             prefix.push(token);
             prefixes.push(prefix);
         }
         cache.extend_from_slice(tokens);
+        let prefixes = prefixes.split_off(cached);
         let logits = prefixes[tokens.len() - rows..]
             .iter()
             .map(|prefix| self.next(prefix)[..vocab].to_vec())

@@ -83,6 +83,32 @@ fn keeping_a_branch_leaves_the_cache_its_chain_leaves() {
     }
 }
 
+/// A tree fed level by level, each step after the earlier levels in the cache, gives each row
+/// what the whole tree in one step gives it.
+#[test]
+fn a_tree_fed_level_by_level_is_the_tree_fed_at_once() {
+    let prefix = [3, 14, 15, 92, 65];
+    let ids = [35, 89, 79, 32, 38, 46];
+    let parents = [None, Some(0), Some(0), Some(1), Some(2), Some(3)];
+    for (kind, runtime) in executors() {
+        let model = model(&runtime);
+        let mut cache = model.new_cache();
+        model.step(&Step::new(&prefix, 0), &mut cache, 96).unwrap();
+        let whole = Step { parents: Some(&parents), ..Step::new(&ids, ids.len()) };
+        let expected = model.step(&whole, &mut cache.clone(), 96).unwrap().logits;
+        let mut levels = Vec::new();
+        for level in [0..1, 1..3, 3..5, 5..6] {
+            let step =
+                Step { parents: Some(&parents[..level.end]), ..Step::new(&ids[level.clone()], level.len()) };
+            levels.extend(model.step(&step, &mut cache, 96).unwrap().logits);
+        }
+        for (row, (got, want)) in levels.iter().zip(&expected).enumerate() {
+            let diff = common::max_abs_diff(got, want);
+            assert!(diff < 1e-4, "{kind}: row {row} fed by level differs by {diff}");
+        }
+    }
+}
+
 #[test]
 fn a_chain_given_as_a_tree_is_the_chain() {
     let ids = [1, 2, 3, 4, 5];

@@ -53,8 +53,9 @@ pub trait CausalLm {
             "this model does not return hidden states; a feature-level drafter needs a Llama target".into(),
         ))
     }
-    /// As `logits_capturing` for a tree of `tokens`: `parents` as `Step::parents`. A model
-    /// that cannot says so.
+    /// As `logits_capturing` for a tree of `tokens`: `parents` as `Step::parents` (its first
+    /// `parents.len() - tokens.len()` entries the tree's rows already cached). A model that
+    /// cannot says so.
     fn logits_tree(
         &self,
         _tokens: &[u32],

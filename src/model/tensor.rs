@@ -104,11 +104,10 @@ impl Executor for TensorExecutor {
                 .cast(self.runtime.dtype())
         };
         let total = geometry.start + rows;
-        let mask = (rows > 1).then(|| {
+        let mask = (rows > 1 || geometry.cached_tree_rows() > 0).then(|| {
+            let tree_start = geometry.tree_start;
             let hidden: Vec<bool> = (0..rows)
-                .flat_map(|i| {
-                    (0..total).map(move |p| p >= geometry.start && !geometry.sees(i, p - geometry.start))
-                })
+                .flat_map(|i| (0..total).map(move |p| p >= tree_start && !geometry.sees(i, p - tree_start)))
                 .collect();
             Tensor::from_data(TensorData::new(hidden, [rows, total]), device)
         });

@@ -200,9 +200,9 @@ impl Drafter for Eagle3Drafter<'_> {
         Ok(proposal)
     }
 
-    /// Each level runs the whole tree so far after the target-read positions, every node beside
-    /// its parent's output feature (the root's: the last target-read row's), and the cache is
-    /// cut back to the target-read positions after.
+    /// Each level runs its nodes after the tree's earlier levels in the cache, every node beside
+    /// its parent's output feature (the root's: the last target-read row's); the cache is cut
+    /// back to the target-read positions after the tree is grown.
     fn propose_tree(
         &mut self,
         committed: &[u32],
@@ -223,9 +223,8 @@ impl Drafter for Eagle3Drafter<'_> {
         let (head, target) = (self.head, self.target);
         let draft_vocab = head.config().draft_vocab;
         let this = &mut *self;
-        grow(shape, draws, committed.len(), root, rng, timings, |tree, nodes, timings| {
-            let input: Vec<f32> = tree
-                .parents
+        let tree = grow(shape, draws, committed.len(), root, rng, timings, |tree, nodes, timings| {
+            let input: Vec<f32> = tree.parents[nodes.clone()]
                 .iter()
                 .flat_map(|parent| match parent {
                     Some(p) => &features[p * hidden..(p + 1) * hidden],
@@ -233,14 +232,16 @@ impl Drafter for Eagle3Drafter<'_> {
                 })
                 .copied()
                 .collect();
-            let step = Step { parents: Some(&tree.parents), ..Step::new(&tree.tokens, nodes.len()) };
+            let parents = &tree.parents[..nodes.end];
+            let step = Step { parents: Some(parents), ..Step::new(&tree.tokens[nodes.clone()], nodes.len()) };
             let (out, forward) =
                 timed(target, || run_head(head, target, &mut this.cache, HeadInput::Own(&input), &step))?;
             timings.draft += forward;
-            this.cache.truncate(base);
-            features.extend_from_slice(&out.features[nodes.start * hidden..nodes.end * hidden]);
+            features.extend_from_slice(&out.features);
             Ok(out.logits.chunks_exact(draft_vocab).map(|row| this.in_target_vocab(row)).collect())
-        })
+        });
+        self.cache.truncate(base);
+        tree
     }
 
     fn rollback(&mut self, len: usize) {

@@ -144,9 +144,9 @@ impl<M: CausalLm> Drafter for ModelDrafter<M> {
         Ok(proposal)
     }
 
-    /// The committed tokens the cache lacks first (the last one's row is the root's), then,
-    /// once per level, the whole tree so far after them (a cached row cannot be hidden from
-    /// another branch, so earlier levels are run again), the cache cut back after each.
+    /// The committed tokens the cache lacks first (the last one's row is the root's), then
+    /// each level's nodes after the tree's earlier levels in the cache, which is cut back to
+    /// the committed tokens after the tree is grown.
     fn propose_tree(
         &mut self,
         committed: &[u32],
@@ -161,14 +161,16 @@ impl<M: CausalLm> Drafter for ModelDrafter<M> {
         timings.draft += forward;
         let (model, cache, vocab) = (&self.model, &mut self.cache, self.vocab);
         let base = M::cache_len(cache);
-        grow(shape, draws, committed.len(), rows.remove(0), rng, timings, |tree, nodes, timings| {
-            let ((rows, _), forward) = timed(model, || {
-                model.logits_tree(&tree.tokens, &tree.parents, cache, nodes.len(), vocab, &[])
-            })?;
-            M::truncate(cache, base);
-            timings.draft += forward;
-            Ok(rows)
-        })
+        let tree =
+            grow(shape, draws, committed.len(), rows.remove(0), rng, timings, |tree, nodes, timings| {
+                let (tokens, parents) = (&tree.tokens[nodes.clone()], &tree.parents[..nodes.end]);
+                let ((rows, _), forward) =
+                    timed(model, || model.logits_tree(tokens, parents, cache, nodes.len(), vocab, &[]))?;
+                timings.draft += forward;
+                Ok(rows)
+            });
+        M::truncate(cache, base);
+        tree
     }
 
     fn rollback(&mut self, len: usize) {

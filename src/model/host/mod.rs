@@ -333,8 +333,9 @@ impl Heads<'_> {
         for (&(i, query, visible, fours), scores) in queries.iter().zip(&mut scores) {
             scores.extend((fours..visible).map(|p| dot(query, key(p)) * scale));
             if self.geometry.visible.is_some() {
-                for j in (0..i).filter(|&j| !self.geometry.sees(i, j)) {
-                    scores[start + j] = f32::NEG_INFINITY;
+                let (tree_start, cached) = (self.geometry.tree_start, self.geometry.cached_tree_rows());
+                for c in (0..cached + i).filter(|&c| !self.geometry.sees(i, c)) {
+                    scores[tree_start + c] = f32::NEG_INFINITY;
                 }
             }
             softmax(scores);
