@@ -141,7 +141,7 @@ fn run_writes_the_whole_result_folder_and_report_reproduces_it() {
     let summary = std::fs::read_to_string(dir.join("summary.csv")).unwrap();
     assert!(
         summary
-            .starts_with("engine,backend,dtype,drafter,schedule,category,temperature,k,n,mean_drafted,alpha")
+            .starts_with("engine,backend,dtype,drafter,schedule,category,temperature,k,n,mean_drafted,nodes_per_call,alpha")
     );
     let markdown = std::fs::read_to_string(dir.join("summary.md")).unwrap();
     assert!(markdown.contains("speedup [95% CI]") && markdown.contains("By prompt category"));
@@ -592,7 +592,7 @@ fn a_run_that_cannot_start_leaves_no_folder_and_says_why() {
     let dir = tmp.path().join("run");
     let stderr = failure(&specbench(&["run", long.to_str().unwrap(), "--out", dir.to_str().unwrap()]));
     assert!(
-        stderr.contains("prompt `") && stderr.contains("context of 256") && stderr.contains("k 3"),
+        stderr.contains("prompt `") && stderr.contains("context of 256") && stderr.contains("3 draft rows"),
         "{stderr}"
     );
     assert!(!dir.exists(), "a failed start left {}", dir.display());
