@@ -139,10 +139,9 @@ fn run_writes_the_whole_result_folder_and_report_reproduces_it() {
     assert!(manifest["peak_resident_mib"].as_f64().is_some_and(|m| m > 1.0), "{manifest}");
 
     let summary = std::fs::read_to_string(dir.join("summary.csv")).unwrap();
-    assert!(
-        summary
-            .starts_with("engine,backend,dtype,drafter,schedule,category,temperature,k,n,mean_drafted,nodes_per_call,alpha")
-    );
+    assert!(summary.starts_with(
+        "engine,backend,dtype,drafter,schedule,category,temperature,k,n,mean_drafted,nodes_per_call,alpha"
+    ));
     let markdown = std::fs::read_to_string(dir.join("summary.md")).unwrap();
     assert!(markdown.contains("speedup [95% CI]") && markdown.contains("By prompt category"));
     let plots = ["speedup_vs_k", "tokens_per_s", "accepted_len_vs_k", "acceptance_by_position"];

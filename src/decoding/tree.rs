@@ -360,29 +360,24 @@ fn most_probable_logits(
             weights.push((token, weight));
         }
     }
-    let mut top: Vec<(u32, f64)> = Vec::with_capacity(n + 1);
-    for (token, weight) in weights {
-        let p = weight / normaliser;
-        if top.len() == n && p <= top[n - 1].1 {
-            continue;
-        }
-        let at = top.partition_point(|&(_, w)| w >= p);
-        top.insert(at, (token as u32, p));
-        top.truncate(n);
-    }
-    Ok(top)
+    Ok(best_of(weights.into_iter().map(|(token, weight)| (token as u32, weight / normaliser)), n))
 }
 
 /// The `n` most probable tokens of `p` with positive probability, best first, the lowest id
 /// first among equals.
 fn most_probable(p: &[f64], n: usize) -> Vec<(u32, f64)> {
+    best_of(p.iter().enumerate().map(|(token, &weight)| (token as u32, weight)), n)
+}
+
+/// `most_probable` over `(token, probability)` pairs in id order.
+fn best_of(p: impl IntoIterator<Item = (u32, f64)>, n: usize) -> Vec<(u32, f64)> {
     let mut top: Vec<(u32, f64)> = Vec::with_capacity(n + 1);
-    for (token, &weight) in p.iter().enumerate() {
+    for (token, weight) in p {
         if weight <= 0.0 || (top.len() == n && weight <= top[n - 1].1) {
             continue;
         }
         let at = top.partition_point(|&(_, w)| w >= weight);
-        top.insert(at, (token as u32, weight));
+        top.insert(at, (token, weight));
         top.truncate(n);
     }
     top
