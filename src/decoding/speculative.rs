@@ -5,12 +5,11 @@
 //! branch. The target's cache and the drafter are rolled back to the kept branch after every
 //! step.
 
+use std::borrow::Cow;
 use std::time::Instant;
 
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
-
-use std::borrow::Cow;
 
 use super::acceptance::{AcceptanceRule, RejectionSampling};
 use super::draft::{DraftLength, DraftRequest, Drafter, Schedule};
